@@ -1,0 +1,1 @@
+"""One module per CLI command family; each turns flags into a library call (thin layer)."""

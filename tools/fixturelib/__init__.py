@@ -1,0 +1,1 @@
+"""Building blocks of ``tools/make_fixtures.py`` (tiny reference checkpoints in the released layout)."""
