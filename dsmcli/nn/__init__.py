@@ -1,6 +1,6 @@
 """Building blocks shared by the Mimi transformer and the DSM language model."""
 
-from dsmcli.nn.attention import attend, context_mask
+from dsmcli.nn.attention import attend, causal_attend, context_mask
 from dsmcli.nn.kv_cache import EMPTY_POSITION, RingKVCache
 from dsmcli.nn.norms import LayerNormF32, NormKind, RMSNorm, make_norm
 from dsmcli.nn.rope import apply_rope, rope_angles, rope_frequencies, rotate
@@ -13,6 +13,7 @@ __all__ = [
     "RingKVCache",
     "apply_rope",
     "attend",
+    "causal_attend",
     "context_mask",
     "make_norm",
     "rope_angles",

@@ -1,0 +1,149 @@
+"""Block decoders: each yields float32 ``[frames, channels]`` blocks at the source rate.
+
+* ``soundfile`` (libsndfile: wav, flac, ogg, mp3, aiff, ...) read block by block;
+* ``ffmpeg`` run as a subprocess writing float WAV to a pipe, for every other format;
+* a binary stream (stdin, a raw file) with a WAV header or raw s16le samples.
+
+All of them keep memory bounded by one block, whatever the input length.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import numpy as np
+import soundfile
+
+from dsmcli.audio.pcm import ByteReader, PcmFormat, iter_pcm, read_wav_header
+from dsmcli.errors import InputError
+
+FFMPEG_WAV_ARGS = ("-vn", "-f", "wav", "-acodec", "pcm_f32le", "pipe:1")
+FFPROBE_TIMEOUT_SECONDS = 30
+
+
+@dataclass
+class DecodedStream:
+    """An open decoder: its blocks, source rate/channels, duration if known, and cleanup."""
+
+    blocks: Iterator[np.ndarray]
+    rate: int
+    channels: int
+    duration: float | None
+    close: Callable[[], None] | None = None  # releases the file / process
+    codec: str = ""  # libsndfile's container name ("MP3", "WAV", ...) when it decodes
+
+
+def open_soundfile(path: Path, name: str, block_seconds: float) -> DecodedStream:
+    """Decode with libsndfile; raises ``InputError`` on unreadable, corrupt or cut files."""
+    try:
+        file = soundfile.SoundFile(str(path))
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise InputError(f"{name}: not a readable audio file ({_libsndfile_reason(error)})") from error
+    duration = file.frames / file.samplerate if file.frames > 0 else None
+    block = max(1, round(block_seconds * file.samplerate))
+    blocks = _soundfile_blocks(file, name, block)
+    return DecodedStream(blocks, file.samplerate, file.channels, duration, file.close, file.format)
+
+
+def _soundfile_blocks(file: soundfile.SoundFile, name: str, block: int) -> Iterator[np.ndarray]:
+    with file:
+        while True:
+            try:
+                data = file.read(block, dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError) as error:
+                raise InputError(f"{name}: corrupt audio data ({_libsndfile_reason(error)})") from error
+            if not len(data):
+                return
+            yield data
+
+
+def _libsndfile_reason(error: Exception) -> str:
+    """libsndfile's message without the path; its "does not exist" on bad data is misleading."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    reason = text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+    return "unrecognised or corrupt data" if reason.startswith("File does not exist") else reason
+
+
+def ffmpeg_path() -> str | None:
+    """The ffmpeg executable on PATH, if any."""
+    return shutil.which("ffmpeg")
+
+
+class _FfmpegProcess:
+    """ffmpeg decoding one file to float WAV on its stdout; stderr kept for the error line."""
+
+    def __init__(self, ffmpeg: str, path: Path, name: str) -> None:
+        self.name = name
+        self._errors = tempfile.TemporaryFile()
+        command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path), *FFMPEG_WAV_ARGS]
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._errors)
+        self.reader = ByteReader(cast(BinaryIO, self._process.stdout), name)
+
+    def failure(self) -> InputError:
+        """The error to raise when ffmpeg failed, quoting its last message."""
+        self._stop()
+        self._errors.seek(0)
+        lines = self._errors.read().decode("utf-8", "replace").strip().splitlines()
+        self._errors.close()
+        return InputError(f"{self.name}: ffmpeg cannot decode it ({lines[-1] if lines else 'no audio stream'})")
+
+    def blocks(self, pcm: PcmFormat, block_bytes: int) -> Iterator[np.ndarray]:
+        yield from iter_pcm(self.reader, pcm, None, block_bytes)
+        if self._process.wait() != 0:
+            raise self.failure()
+
+    def _stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self.reader.stream.close()
+        self._process.wait()
+
+    def close(self) -> None:
+        self._stop()
+        self._errors.close()
+
+
+def open_ffmpeg(path: Path, name: str, block_seconds: float) -> DecodedStream:
+    """Decode anything ffmpeg reads, streaming its float WAV output through a pipe."""
+    ffmpeg = ffmpeg_path()
+    if ffmpeg is None:
+        suffix = path.suffix or "this format"
+        raise InputError(f"{name}: install ffmpeg to read {suffix} files")
+    process = _FfmpegProcess(ffmpeg, path, name)
+    try:
+        header = read_wav_header(process.reader)
+    except InputError:
+        raise process.failure() from None
+    pcm = header.format
+    block_bytes = max(1, round(block_seconds * pcm.rate)) * pcm.block_align
+    return DecodedStream(process.blocks(pcm, block_bytes), pcm.rate, pcm.channels, _probe_duration(path), process.close)
+
+
+def _probe_duration(path: Path) -> float | None:
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return None
+    command = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=FFPROBE_TIMEOUT_SECONDS, check=False)
+        return float(done.stdout.decode().strip())
+    except (subprocess.SubprocessError, ValueError, OSError):
+        return None
+
+
+def open_pcm_stream(reader: ByteReader, raw: PcmFormat | None, read_bytes: int) -> DecodedStream:
+    """A WAV stream (``raw is None``) or raw samples in the ``raw`` format, read as they arrive."""
+    if raw is None:
+        header = read_wav_header(reader)
+        pcm, size = header.format, header.data_size
+    else:
+        pcm, size = raw, None
+    duration = size / pcm.block_align / pcm.rate if size is not None else None
+    step = max(pcm.block_align, read_bytes - read_bytes % pcm.block_align)
+    return DecodedStream(iter_pcm(reader, pcm, size, step), pcm.rate, pcm.channels, duration)

@@ -1,0 +1,16 @@
+"""Mimi neural audio codec: 24 kHz audio ↔ 12.5 Hz discrete codes, one-shot and streaming."""
+
+from dsmcli.codec.config import MimiConfig, PadMode, QuantizerConfig, SEANetConfig, TransformerConfig
+from dsmcli.codec.model import DecoderState, EncoderState, Mimi, MimiState
+
+__all__ = [
+    "DecoderState",
+    "EncoderState",
+    "Mimi",
+    "MimiConfig",
+    "MimiState",
+    "PadMode",
+    "QuantizerConfig",
+    "SEANetConfig",
+    "TransformerConfig",
+]

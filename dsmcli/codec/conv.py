@@ -1,0 +1,153 @@
+"""Causal streaming convolutions with explicit per-slot state (FORMAT.md §2.4).
+
+``CausalConv1d`` keeps the last ``P = (kernel - 1) * dilation + 1 - stride`` input samples of each
+slot (``previous``); a step runs a valid convolution over ``previous ++ x``. ``pad_mode`` decides
+what ``previous`` holds before the first step: zeros, or the first input sample repeated.
+``CausalConvTranspose1d`` keeps the ``K - S`` overlapping output samples of the last step, minus
+the bias (``partial``), and adds them to the next step's head. The one-shot ``forward`` of both
+equals one step from a fresh state.
+
+Module nesting mirrors the released tensor names (``….conv.conv.weight``, ``….convtr.convtr.weight``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dsmcli.codec.config import PadMode
+
+
+class SlotState(Protocol):
+    def reset(self, mask: Tensor) -> None: ...
+
+
+def nested(name: str, child: nn.Module) -> nn.Module:
+    """A container holding ``child`` under ``name``: the released files nest some layers one level deeper."""
+    holder = nn.Module()
+    holder.add_module(name, child)
+    return holder
+
+
+def commit(dst: Tensor, src: Tensor, active: Tensor | None) -> None:
+    """``dst[b] = src[b]`` for active slots (all when ``active`` is None); ``dst`` is ``[B, ...]``."""
+    if active is None:
+        dst.copy_(src)
+    else:
+        dst.copy_(torch.where(active.view(-1, *([1] * (dst.dim() - 1))), src, dst))
+
+
+@dataclass
+class ConvState:
+    """previous: ``[B, C_in, P]`` input tail; fresh: ``[B]`` True until the slot's first step."""
+
+    previous: Tensor
+    fresh: Tensor
+
+    def reset(self, mask: Tensor) -> None:
+        self.previous.masked_fill_(mask[:, None, None], 0.0)
+        self.fresh.masked_fill_(mask, True)
+
+
+@dataclass
+class ConvTrState:
+    """partial: ``[B, C_out, K - S]`` overlap carried to the next step (bias excluded)."""
+
+    partial: Tensor
+
+    def reset(self, mask: Tensor) -> None:
+        self.partial.masked_fill_(mask[:, None, None], 0.0)
+
+
+class CausalConv1d(nn.Module):
+    """Causal Conv1d: ``[B, C_in, T]`` → ``[B, C_out, T / stride]`` (``T`` a multiple of ``stride``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+                 groups: int = 1, bias: bool = True, pad_mode: PadMode = PadMode.CONSTANT):
+        super().__init__()
+        self.conv = nested("conv", nn.Conv1d(in_channels, out_channels, kernel_size, stride, dilation=dilation,
+                                             groups=groups, bias=bias))
+        self.stride = stride
+        self.pad_mode = PadMode(pad_mode)
+        self.context = (kernel_size - 1) * dilation + 1 - stride
+        if self.context < 0:
+            raise ValueError(f"kernel {kernel_size} (dilation {dilation}) shorter than stride {stride}")
+
+    @property
+    def layer(self) -> nn.Conv1d:
+        return self.conv.conv
+
+    def _check(self, x: Tensor) -> None:
+        if x.shape[-1] % self.stride:
+            raise ValueError(f"conv input length {x.shape[-1]} is not a multiple of the stride {self.stride}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One shot from a fresh state."""
+        self._check(x)
+        if self.context:
+            x = F.pad(x, (self.context, 0), mode=self.pad_mode.value)
+        return self.layer(x)
+
+    def init_state(self, batch_size: int) -> ConvState:
+        weight = self.layer.weight
+        previous = torch.zeros(batch_size, self.layer.in_channels, self.context, device=weight.device,
+                               dtype=weight.dtype)
+        return ConvState(previous, torch.ones(batch_size, device=weight.device, dtype=torch.bool))
+
+    def step(self, x: Tensor, state: ConvState, active: Tensor | None = None) -> Tensor:
+        """One streaming step; slots with ``active`` False keep their state (their output is garbage)."""
+        self._check(x)
+        if not self.context:
+            return self.layer(x)
+        previous = state.previous
+        if self.pad_mode is PadMode.REPLICATE:
+            previous = torch.where(state.fresh[:, None, None], x[..., :1], previous)
+        full = torch.cat([previous, x], dim=-1)
+        commit(state.previous, full[..., -self.context:], active)
+        if active is None:
+            state.fresh.fill_(False)
+        else:
+            state.fresh.logical_and_(~active)
+        return self.layer(full)
+
+
+class CausalConvTranspose1d(nn.Module):
+    """Causal ConvTranspose1d: ``[B, C_in, T]`` → ``[B, C_out, T * stride]`` (right overlap carried)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int = 1,
+                 bias: bool = True):
+        super().__init__()
+        self.convtr = nested("convtr", nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride,
+                                                          groups=groups, bias=bias))
+        self.overlap = kernel_size - stride
+        if self.overlap < 0:
+            raise ValueError(f"transposed conv kernel {kernel_size} shorter than stride {stride}")
+
+    @property
+    def layer(self) -> nn.ConvTranspose1d:
+        return self.convtr.convtr
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One shot from a fresh state (the overlap past the end is dropped)."""
+        y = self.layer(x)
+        return y[..., : y.shape[-1] - self.overlap]
+
+    def init_state(self, batch_size: int) -> ConvTrState:
+        weight = self.layer.weight
+        return ConvTrState(torch.zeros(batch_size, self.layer.out_channels, self.overlap, device=weight.device,
+                                       dtype=weight.dtype))
+
+    def step(self, x: Tensor, state: ConvTrState, active: Tensor | None = None) -> Tensor:
+        y = self.layer(x)
+        if not self.overlap:
+            return y
+        y[..., : self.overlap] += state.partial
+        tail = y[..., -self.overlap:]
+        if self.layer.bias is not None:
+            tail = tail - self.layer.bias[:, None]
+        commit(state.partial, tail, active)
+        return y[..., : y.shape[-1] - self.overlap]

@@ -1,0 +1,134 @@
+"""Split residual vector quantizer (FORMAT.md §2.7).
+
+``rvq_first`` (semantic) and ``rvq_rest`` (acoustic) both quantize the same unquantized latent,
+each through its own 1×1 input projection; ``rvq_rest`` is residual over its levels. Decoding sums
+both output projections. Centroids are ``embedding_sum / max(cluster_usage, eps)``; they are
+derived tables, rebuilt whenever a state dict is loaded (or by :meth:`ResidualVQ.refresh`).
+
+Distances use the augmented-matmul form ``[-2x, |x|², 1] · [e, 1, |e|²]`` (then clamp ≥ 0, sqrt)
+that ``torch.cdist`` uses for large codebooks, so equal latents give bit-identical distances and
+near-ties break exactly as in the reference; the augmented table is precomputed once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dsmcli.codec.config import QuantizerConfig
+
+
+class Codebook(nn.Module):
+    """The released codebook buffers: ``embedding_sum`` ``[bins, dim]``, ``cluster_usage`` ``[bins]``,
+    ``_initialized`` ``[1]`` (kept for the file layout)."""
+
+    def __init__(self, bins: int, dim: int):
+        super().__init__()
+        self.register_buffer("_initialized", torch.ones(1))
+        self.register_buffer("cluster_usage", torch.ones(bins))
+        self.register_buffer("embedding_sum", torch.zeros(bins, dim))
+
+    def centroids(self, epsilon: float) -> Tensor:
+        return self.embedding_sum / self.cluster_usage.clamp(min=epsilon)[:, None]
+
+
+class _Level(nn.Module):
+    def __init__(self, bins: int, dim: int):
+        super().__init__()
+        self._codebook = Codebook(bins, dim)
+
+
+class _Levels(nn.Module):
+    """``vq.layers.{i}._codebook`` in the released names."""
+
+    def __init__(self, num_levels: int, bins: int, dim: int):
+        super().__init__()
+        self.layers = nn.ModuleList(_Level(bins, dim) for _ in range(num_levels))
+
+
+class ResidualVQ(nn.Module):
+    """Residual VQ over ``num_levels`` codebooks with 1×1 conv projections in and out."""
+
+    augmented_table: Tensor  # [levels, bins, dim + 2]: rows [e, 1, |e|^2]
+
+    def __init__(self, config: QuantizerConfig, num_levels: int):
+        super().__init__()
+        self.bins = config.bins
+        self.epsilon = config.epsilon
+        self.input_proj = nn.Conv1d(config.input_dimension, config.dimension, 1, bias=False)
+        self.output_proj = nn.Conv1d(config.dimension, config.output_dimension, 1, bias=False)
+        self.vq = _Levels(num_levels, config.bins, config.dimension)
+        self.dimension = config.dimension
+        self.register_buffer("augmented_table", torch.zeros(num_levels, config.bins, config.dimension + 2),
+                             persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _incompatible: module.refresh())
+        self.refresh()
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.vq.layers)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Rebuild the centroid tables from the codebook buffers (call after editing them in place)."""
+        table = torch.stack([level._codebook.centroids(self.epsilon) for level in self.vq.layers])
+        ones = torch.ones_like(table[..., :1])
+        self.augmented_table = torch.cat([table, ones, table.pow(2).sum(-1, keepdim=True)], dim=-1)
+
+    def centroids(self, level: int) -> Tensor:
+        """``[bins, dim]`` centroids of one level (a view into the augmented table)."""
+        return self.augmented_table[level, :, : self.dimension]
+
+    def _nearest(self, residual: Tensor, level: int) -> Tensor:
+        """Index of the nearest centroid for each row of ``residual`` ``[N, dim]`` (ties: lowest index)."""
+        augmented = torch.cat([residual.mul(-2.0), residual.pow(2).sum(-1, keepdim=True),
+                               torch.ones_like(residual[:, :1])], dim=-1)
+        distances = (augmented @ self.augmented_table[level].t()).clamp_min_(0.0).sqrt_()
+        return distances.argmin(dim=-1)
+
+    def encode(self, latent: Tensor, num_levels: int) -> Tensor:
+        """``[B, C, T]`` → codes ``[B, num_levels, T]`` (int64), nearest centroid level by level."""
+        batch, _, steps = latent.shape
+        residual = self.input_proj(latent).transpose(1, 2).reshape(batch * steps, -1)  # [N, dim]
+        codes = []
+        for level in range(num_levels):
+            index = self._nearest(residual, level)
+            codes.append(index)
+            if level + 1 < num_levels:
+                residual = residual - self.centroids(level)[index]
+        return torch.stack(codes, dim=-1).view(batch, steps, num_levels).transpose(1, 2)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes ``[B, K, T]`` (K ≤ levels, each in ``[0, bins)``) → ``[B, C, T]``."""
+        levels = codes.shape[1]
+        offsets = torch.arange(levels, device=codes.device)[None, :, None] * self.bins
+        flat_table = self.augmented_table[:levels].flatten(0, 1)  # [K * bins, dim + 2]
+        rows = flat_table.index_select(0, (codes + offsets).flatten())[:, : self.dimension]
+        quantized = rows.view(*codes.shape, -1).sum(dim=1)  # [B, T, dim]
+        return self.output_proj(quantized.transpose(1, 2))
+
+
+class SplitQuantizer(nn.Module):
+    """``rvq_first`` (``n_q_semantic`` levels) + ``rvq_rest`` (the other ``n_q - n_q_semantic``)."""
+
+    def __init__(self, config: QuantizerConfig):
+        super().__init__()
+        self.n_q_semantic = config.n_q_semantic
+        self.total_codebooks = config.n_q
+        self.rvq_first = ResidualVQ(config, config.n_q_semantic)
+        self.rvq_rest = ResidualVQ(config, config.n_q - config.n_q_semantic)
+
+    def encode(self, latent: Tensor, num_codebooks: int) -> Tensor:
+        """Unquantized latent ``[B, C, T]`` → codes ``[B, num_codebooks, T]`` (semantic first)."""
+        codes = self.rvq_first.encode(latent, min(num_codebooks, self.n_q_semantic))
+        if num_codebooks <= self.n_q_semantic:
+            return codes
+        rest = self.rvq_rest.encode(latent, num_codebooks - self.n_q_semantic)
+        return torch.cat([codes, rest], dim=1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes ``[B, K, T]``, any ``1 <= K <= total_codebooks`` → latent ``[B, C, T]``."""
+        latent = self.rvq_first.decode(codes[:, : self.n_q_semantic])
+        if codes.shape[1] > self.n_q_semantic:
+            latent = latent + self.rvq_rest.decode(codes[:, self.n_q_semantic:])
+        return latent

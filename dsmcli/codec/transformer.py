@@ -1,0 +1,172 @@
+"""Mimi's encoder/decoder transformer (FORMAT.md §2.5): pre-norm, RoPE, causal window, GELU FFN, layer scale.
+
+Layout ``[B, C, T]`` in and out (conv layout). Streaming keeps one ring KV cache of capacity
+``context`` per layer: a step writes all its ``T`` keys before attending and masks by absolute
+position, which reproduces the reference exactly, including that after the ring wraps the first
+query of a multi-step chunk can no longer see its oldest allowed key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dsmcli.codec.config import TransformerConfig
+from dsmcli.nn import RingKVCache, attend, causal_attend, context_mask, make_norm, rope_angles, rotate
+
+Rope = tuple[Tensor, Tensor] | None  # (cos, sin) [B|1, 1, T, D/2], or None without positional embedding
+
+
+@dataclass
+class TransformerState:
+    """caches: one ring per layer; offset: ``[B]`` absolute position of each slot's next step."""
+
+    caches: list[RingKVCache]
+    offset: Tensor
+
+    def reset(self, mask: Tensor) -> None:
+        for cache in self.caches:
+            cache.reset(mask)
+        self.offset.masked_fill_(mask, 0)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head causal self-attention; weights under the released names ``in_proj_weight`` ``[3d, d]``
+    (rows ``[q | k | v]``, each ``(head, head_dim)``) and ``out_proj.weight``; no biases."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        d = config.d_model
+        self.num_heads = config.num_heads
+        self.context = config.context
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d, d))
+        self.out_proj = nn.Linear(d, d, bias=False)
+
+    def _qkv(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
+        """``[B, T, d]`` → q, k, v ``[B, H, T, head_dim]`` (q and k rotated)."""
+        q, k, v = F.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        return q, k, v
+
+    def _merge(self, out: Tensor) -> Tensor:
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def forward(self, x: Tensor, rope: Rope) -> Tensor:
+        """One shot over ``x`` ``[B, T, d]`` at positions ``0..T-1``."""
+        q, k, v = self._qkv(x, rope)
+        return self._merge(causal_attend(q, k, v, self.context))
+
+    def step(self, x: Tensor, rope: Rope, q_pos: Tensor, cache: RingKVCache, mask: Tensor | None,
+             active: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Streaming: ``x`` ``[B, T, d]`` at positions ``q_pos`` ``[B, T]``. Returns (output, mask) so
+        later layers reuse the mask (every layer's ring holds the same positions)."""
+        q, k, v = self._qkv(x, rope)
+        keys, values, k_pos = cache.append(k, v, active)
+        if mask is None:
+            mask = context_mask(q_pos, k_pos, self.context)
+        return self._merge(attend(q, keys, values, mask)), mask
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual gain ``scale`` ``[d]``."""
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * x
+
+
+class TransformerLayer(nn.Module):
+    """``x += ls1 * attn(norm1(x))``; ``x += ls2 * linear2(gelu(linear1(norm2(x))))``."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        d = config.d_model
+        self.self_attn = SelfAttention(config)
+        self.norm1 = make_norm(config.norm, d)
+        self.norm2 = make_norm(config.norm, d)
+        self.linear1 = nn.Linear(d, config.dim_feedforward, bias=False)
+        self.linear2 = nn.Linear(config.dim_feedforward, d, bias=False)
+        scale = config.layer_scale
+        self.layer_scale_1 = nn.Identity() if scale is None else LayerScale(d, scale)
+        self.layer_scale_2 = nn.Identity() if scale is None else LayerScale(d, scale)
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        return x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
+
+    def forward(self, x: Tensor, rope: Rope) -> Tensor:
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), rope))
+        return self._feed_forward(x)
+
+    def step(self, x: Tensor, rope: Rope, q_pos: Tensor, cache: RingKVCache, mask: Tensor | None,
+             active: Tensor | None) -> tuple[Tensor, Tensor]:
+        update, mask = self.self_attn.step(self.norm1(x), rope, q_pos, cache, mask, active)
+        return self._feed_forward(x + self.layer_scale_1(update)), mask
+
+
+class _LayerList(nn.Module):
+    """Holds ``layers`` (released names ``….transformer.layers.{i}``)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_layers))
+
+
+class MimiTransformer(nn.Module):
+    """``[B, input_dimension, T]`` → ``[B, output_dimension, T]`` (projections only when dims differ)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = _LayerList(config)
+        d = config.d_model
+        self.input_proj = None if config.input_dimension == d else nn.Linear(config.input_dimension, d, bias=False)
+        output = nn.Identity() if config.output_dimension == d else nn.Linear(d, config.output_dimension, bias=False)
+        self.output_projs = nn.ModuleList([output])
+
+    def _rope(self, positions: Tensor) -> Rope:
+        if not self.config.rope:
+            return None
+        return rope_angles(positions, self.config.head_dim, self.config.max_period)
+
+    def _project_in(self, x: Tensor) -> Tensor:
+        x = x.transpose(1, 2)
+        return x if self.input_proj is None else self.input_proj(x)
+
+    def _project_out(self, x: Tensor) -> Tensor:
+        return self.output_projs[0](x).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One shot over ``x`` ``[B, C, T]`` (positions ``0..T-1``)."""
+        x = self._project_in(x)
+        rope = self._rope(torch.arange(x.shape[1], device=x.device)[None])
+        for layer in self.transformer.layers:
+            x = layer(x, rope)
+        return self._project_out(x)
+
+    def init_state(self, batch_size: int) -> TransformerState:
+        c = self.config
+        if c.context is None:
+            raise ValueError("streaming needs a finite attention context")
+        weight = self.transformer.layers[0].self_attn.in_proj_weight
+        caches = [RingKVCache.create(batch_size, c.num_heads, c.context, c.head_dim, weight.device, weight.dtype)
+                  for _ in range(c.num_layers)]
+        return TransformerState(caches, torch.zeros(batch_size, dtype=torch.long, device=weight.device))
+
+    def step(self, x: Tensor, state: TransformerState, active: Tensor | None = None) -> Tensor:
+        """Streaming step over ``x`` ``[B, C, T]``; inactive slots keep their state."""
+        x = self._project_in(x)
+        steps = x.shape[1]
+        q_pos = state.offset[:, None] + torch.arange(steps, device=x.device)
+        rope = self._rope(q_pos)
+        mask = None
+        for layer, cache in zip(self.transformer.layers, state.caches):
+            x, mask = layer.step(x, rope, q_pos, cache, mask, active)
+        state.offset.add_(steps if active is None else active.long() * steps)
+        return self._project_out(x)

@@ -1,0 +1,40 @@
+"""Flag parsing shared by the task commands (device, dtype)."""
+
+from __future__ import annotations
+
+import torch
+import typer
+
+from dsmcli.errors import UsageError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def dtype_option():
+    return typer.Option("auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def resolve_dtype(name: str, device_name: str) -> torch.dtype:
+    if name == "auto":
+        # bf16 matmuls are slower than fp32 on most CPUs; GPUs want bf16.
+        return torch.bfloat16 if resolve_device(device_name).type == "cuda" else torch.float32
+    if name.lower() not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+    return DTYPES[name.lower()]

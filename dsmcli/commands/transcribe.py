@@ -1,0 +1,68 @@
+"""`dsm transcribe`: flags → options, inputs → jobs, results → writers. No model logic here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from dsmcli.cli import app
+from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
+
+
+@app.command("transcribe")
+def transcribe_cmd(
+    inputs: List[str] = typer.Argument(None, help="Audio files, or - for audio piped on stdin (WAV or --raw)."),
+    model: str = typer.Option("stt-1b-en_fr", "--model", "-m", help="Registry name, Hub repo id or local dir."),
+    output_format: List[str] = typer.Option(
+        None, "--format", "-f", help="txt, srt, vtt, tsv, json, jsonl or all (repeatable). Default: txt."),
+    srt: bool = typer.Option(False, "--srt", help="Shortcut for --format srt."),
+    json_: bool = typer.Option(False, "--json", help="Shortcut for --format json."),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o",
+        help="Output file or directory (- = stdout). Default: stdout for one input, else the current directory."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    mic: bool = typer.Option(False, "--mic", help="Transcribe the microphone live (Ctrl-C to stop)."),
+    audio_device: Optional[str] = typer.Option(None, "--audio-device", help="Input sound device for --mic."),
+    list_devices: bool = typer.Option(False, "--list-devices", help="List sound devices and exit."),
+    raw: bool = typer.Option(False, "--raw", help="Input is headerless s16le PCM (see --rate, --channels)."),
+    rate: Optional[int] = typer.Option(None, "--rate", help="Sample rate of --raw input (default 24000)."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="Channels of --raw input (default 1)."),
+    device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
+    dtype: str = dtype_option(),
+    temperature: float = typer.Option(0.0, "--temperature", help="Text sampling temperature (0 = greedy)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for --temperature > 0."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Files transcribed in parallel."),
+    vad: bool = typer.Option(False, "--vad", help="Mark semantic end of turn (models with VAD heads)."),
+    vad_threshold: float = typer.Option(0.5, "--vad-threshold", help="End-of-turn probability threshold."),
+    gap: Optional[float] = typer.Option(None, "--gap", help="Start a new segment after a pause this long (s)."),
+    max_line_width: Optional[int] = typer.Option(None, "--max-line-width", help="Subtitle line width (chars)."),
+    max_line_count: Optional[int] = typer.Option(None, "--max-line-count", help="Lines per cue (with width)."),
+    max_words_per_line: Optional[int] = typer.Option(None, "--max-words-per-line", help="Words per cue line."),
+    highlight_words: bool = typer.Option(False, "--highlight-words", help="Underline each word in its cue."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: tty)."),
+) -> None:
+    """Speech → text with word timestamps, streaming. Many files are batched; - reads stdin as it arrives."""
+    from dsmcli.commands import transcribe_run as run
+
+    if list_devices:
+        from dsmcli.live import list_devices as list_sound_devices
+
+        for line in list_sound_devices():
+            print(line)
+        return
+    formats = run.pick_formats(output_format, srt=srt, json_=json_)
+    sources = run.pick_sources(inputs or [], mic=mic)
+    request = run.Request(
+        sources=sources, formats=formats, output=output, force=force, model=model,
+        device=resolve_device(device), dtype=resolve_dtype(dtype, device), batch_size=batch_size,
+        raw=raw, rate=rate, channels=channels, audio_device=audio_device,
+        options=run.transcribe_options(temperature, seed, vad, vad_threshold),
+        writer_options=run.writer_options(max_line_width, max_line_count, max_words_per_line, highlight_words),
+        segment_options=run.segment_options(gap, vad),
+        progress=sys.stderr.isatty() if progress is None else progress,
+    )
+    result = run.execute(request)
+    raise typer.Exit(result.exit_code)

@@ -1,0 +1,64 @@
+"""The shared streaming engine: the DSM language model and its delayed-streams step loop.
+
+Stable surface::
+
+    lm = LM.load("stt-1b-en_fr", device="cpu", dtype=torch.bfloat16)   # or a Hub repo id / local dir
+    gen = LMStream(lm, SamplingOptions.greedy(), hooks=StepHooks(...))
+    state = gen.init_state(batch_size, condition=None)                  # ConditionInputs for TTS models
+    out = gen.step(audio_codes_or_None, state, active=None)             # one 80 ms step -> StepOutput
+    out.text_tokens [B]; out.audio_tokens [B, G] | None; out.frame [B, G+1] + out.frame_valid [B];
+    out.extra_probs [B, heads, classes] | None; out.text_logits [B, text_card_out]
+    state.reset(mask)                                                   # restart chosen slots
+
+* ``audio_codes``: ``[B, n_q - G, 1]`` Mimi codes for the input streams (STT: all 32 codebooks; None = -1).
+  The engine implements FORMAT.md §3.7 literally: at a slot's step 0 every stream reads its initial token, so
+  the codes given at step 0 are never seen; the task decides which frame to feed at which step.
+* ``frame`` is the time-aligned frame ``[text, audio_1..audio_G]`` of time ``offset - 1 - max(delays)``.
+* Batch slots are independent: ``active`` ``[B]`` chooses who steps (inactive slots keep their state),
+  ``state.reset(mask)`` restarts slots, ``gen.set_condition(state, condition, mask)`` changes their conditions.
+* TTS hooks (:class:`StepHooks`): edit text logits, rewrite the sampled text token (the text-stream state
+  machine), rewrite audio tokens (audio prefixes); ``step(..., replace_audio=...)`` skips the depformer.
+* Real CFG: ``SamplingOptions(cfg_coef=2.0)`` doubles the model batch (``cfg_no_text``,
+  ``init_state(cfg_masked_until=...)``); distilled CFG is just the ``cfg`` condition value.
+* ``LMStream(num_generated=n)`` generates only the first ``n`` codebooks (TTS with fewer codebooks).
+"""
+
+from dsmcli.engine.conditioning import ConditionInputs, ConditionTensors, TensorCondition
+from dsmcli.engine.config import (
+    UNGENERATED_TOKEN_ID,
+    ZERO_TOKEN_ID,
+    ConditionerConfig,
+    ConditionerKind,
+    DepformerConfig,
+    FuserConfig,
+    LMConfig,
+    PositionalEmbedding,
+    TransformerConfig,
+)
+from dsmcli.engine.lm import LM
+from dsmcli.engine.sampling import SamplingOptions, cfg_mix, sample_token
+from dsmcli.engine.stream import LMStream, StepHooks, StepInfo, StepOutput, StreamState
+
+__all__ = [
+    "LM",
+    "UNGENERATED_TOKEN_ID",
+    "ZERO_TOKEN_ID",
+    "ConditionInputs",
+    "ConditionTensors",
+    "ConditionerConfig",
+    "ConditionerKind",
+    "DepformerConfig",
+    "FuserConfig",
+    "LMConfig",
+    "LMStream",
+    "PositionalEmbedding",
+    "SamplingOptions",
+    "StepHooks",
+    "StepInfo",
+    "StepOutput",
+    "StreamState",
+    "TensorCondition",
+    "TransformerConfig",
+    "cfg_mix",
+    "sample_token",
+]

@@ -1,0 +1,76 @@
+"""The depth transformer ("depformer"): per main step, predicts the audio codebooks one after the other
+(FORMAT.md §3.5).
+
+Codebook ``k`` reads ``input_projs[input_schedule[k]](h)`` (``h`` = backbone output ``[B, 1, D]``) plus the
+embedding of the previous token (the text token for ``k = 0``, audio token ``k - 1`` otherwise), runs the stack
+with weight set ``schedule[k]`` at position ``k``, and ``heads[k]`` gives its logits. The KV rings hold one
+step per codebook and are emptied at the start of every main step (:meth:`DepformerState.restart`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dsmcli.engine.config import DepformerConfig, LMConfig
+from dsmcli.engine.embeddings import TokenEmbedding
+from dsmcli.engine.transformer import Transformer, TransformerState
+from dsmcli.nn import make_norm
+
+
+@dataclass
+class DepformerState:
+    """Rings of ``dep_q`` cells per layer for a batch of ``B`` slots, and the per-codebook positions ``[B, 1]``."""
+
+    transformer: TransformerState
+    positions: Tensor  # [num_codebooks, B, 1]: codebook k sits at position k
+
+    def restart(self) -> None:
+        """Empty the rings (every main step starts the depformer afresh)."""
+        for cache in self.transformer.caches:
+            cache.positions.fill_(-1)
+            cache.end.zero_()
+
+
+class Depformer(nn.Module):
+    """Weights: ``input_projs.{i}`` ``[Dd, D]``, ``text_emb``/``audio_emb.{k}`` token embeddings,
+    ``transformer.layers.*``, ``out_norms.{k}`` (if ``depformer_norm``), ``heads.{k}`` ``[card, Dd]``."""
+
+    def __init__(self, lm: LMConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        cfg = lm.depformer
+        if cfg is None:
+            raise ValueError("this model has no depformer (dep_q = 0)")
+        self.config: DepformerConfig = cfg
+        dim = cfg.dim
+        self.input_projs = nn.ModuleList([nn.Linear(lm.dim, dim, bias=False, device=device, dtype=dtype)
+                                          for _ in range(cfg.num_input_projections)])
+        self.text_emb = TokenEmbedding(lm.text_vocab_in, dim, cfg.low_rank, lm.demux_second_stream, device, dtype)
+        self.audio_emb = nn.ModuleList([TokenEmbedding(lm.card + 1, dim, cfg.low_rank, device=device, dtype=dtype)
+                                        for _ in range(cfg.num_codebooks - 1)])
+        self.transformer = Transformer(cfg.transformer, device, dtype)
+        self.out_norms = nn.ModuleList([make_norm(cfg.out_norm, dim, device=device, dtype=dtype)
+                                        if cfg.out_norm is not None else nn.Identity()
+                                        for _ in range(cfg.num_codebooks)])
+        self.heads = nn.ModuleList([nn.Linear(dim, lm.card, bias=lm.bias_proj, device=device, dtype=dtype)
+                                    for _ in range(cfg.num_codebooks)])
+
+    def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> DepformerState:
+        transformer = self.transformer.init_state(batch_size, self.config.num_codebooks, device, dtype)
+        positions = torch.arange(self.config.num_codebooks, device=device).view(-1, 1, 1).expand(-1, batch_size, 1)
+        return DepformerState(transformer, positions.contiguous())
+
+    def logits(self, k: int, previous: Tensor, hidden: Tensor, state: DepformerState) -> Tensor:
+        """Logits ``[B, card]`` of codebook ``k`` given the previous token ``[B]`` (text for ``k = 0``) and the
+        backbone output ``hidden`` ``[B, 1, D]``. Call with ``k = 0, 1, ...`` after :meth:`DepformerState.restart`."""
+        cfg = self.config
+        x = self.input_projs[cfg.input_schedule[k]](hidden)
+        embedding = self.text_emb if k == 0 else self.audio_emb[k - 1]
+        x = x + embedding(previous[:, None])
+        out = self.transformer(x, state.positions[k], state.transformer, None, cfg.transformer.weight_set(k))
+        head = cast(nn.Linear, self.heads[k])
+        return F.linear(self.out_norms[k](out), head.weight, head.bias)[:, 0]

@@ -1,0 +1,123 @@
+"""The DSM language model: the network only (FORMAT.md §3). The step loop is in :mod:`dsmcli.engine.stream`.
+
+Per step the backbone reads one token per stream (``[B, n_q + 1]``: text then audio codebooks), sums their
+embeddings (audio ``emb.0 .. emb.{n_q-1}`` first, then text, then the ``sum`` condition), runs the transformer
+and ``out_norm``; the text head, the extra heads and the depformer read that output. Conditioners run in
+float32, everything else in the model dtype.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from dsmcli.engine.checkpoint import file_to_module_state
+from dsmcli.engine.conditioning import ConditionInputs, ConditionProvider, ConditionTensors
+from dsmcli.engine.config import LMConfig
+from dsmcli.engine.depformer import Depformer
+from dsmcli.engine.embeddings import TokenEmbedding
+from dsmcli.engine.transformer import Transformer, TransformerState
+from dsmcli.hub import Checkpoint, load_checkpoint
+from dsmcli.nn import make_norm
+from dsmcli.weights import assign_state, cast_floats, read_safetensors
+
+FLOAT32_PREFIXES = ("condition_provider.", "fuser.")  # file tensors kept in float32 whatever the model dtype
+
+
+class LM(nn.Module):
+    """A DSM language model built from an :class:`LMConfig` (weights as released, see
+    :mod:`dsmcli.engine.checkpoint` for the two renamed groups)."""
+
+    def __init__(self, config: LMConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.emb = nn.ModuleList([TokenEmbedding(config.card + 1, dim, device=device, dtype=dtype)
+                                  for _ in range(config.n_q)])
+        self.text_emb = TokenEmbedding(config.text_vocab_in, dim, demux=config.demux_second_stream,
+                                       device=device, dtype=dtype)
+        self.transformer = Transformer(config.transformer, device, dtype)
+        self.out_norm = make_norm(config.transformer.norm, dim, device=device, dtype=dtype)
+        self.text_linear = nn.Linear(dim, config.text_card_out, bias=config.bias_proj, device=device, dtype=dtype)
+        self.extra_heads = nn.ModuleList([nn.Linear(dim, config.extra_heads_dim, bias=False, device=device,
+                                                    dtype=dtype) for _ in range(config.extra_heads_num_heads)])
+        self.depformer = Depformer(config, device, dtype) if config.depformer is not None else None
+        self.conditioning = (ConditionProvider(config.conditioners, config.fuser, dim, device)
+                             if config.conditioners else None)
+
+    # ----------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, name_or_path: str | Path, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.bfloat16) -> LM:
+        """Load a released checkpoint (registry name, Hub repo id or local directory)."""
+        return cls.from_checkpoint(load_checkpoint(name_or_path), device, dtype)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.bfloat16) -> LM:
+        config = LMConfig.from_dict(checkpoint.lm_kwargs)
+        state = read_safetensors(checkpoint.lm_path, device)
+        return cls.from_state(config, state, dtype, source=f"{checkpoint.name}/{checkpoint.lm_name}")
+
+    @classmethod
+    def from_state(cls, config: LMConfig, state: dict[str, Tensor], dtype: torch.dtype = torch.bfloat16,
+                   source: str = "LM weights") -> LM:
+        """Build on the meta device and assign ``state`` (released names, either attention layout); floating
+        tensors are cast to ``dtype`` (conditioners to float32). Tensors already of the right dtype are shared."""
+        state = cast_floats(state, lambda key: torch.float32 if key.startswith(FLOAT32_PREFIXES) else dtype)
+        model = cls(config, device="meta", dtype=dtype)
+        assign_state(model, file_to_module_state(state, drop_depformer=config.depformer is None), source)
+        return model.eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_linear.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_linear.weight.device
+
+    # ------------------------------------------------------------------------------------- one step
+    def encode_conditions(self, inputs: ConditionInputs | None) -> ConditionTensors:
+        """Fused conditions of a batch, cast to the model dtype (None when the model has no fuser)."""
+        if self.conditioning is None or self.config.fuser is None:
+            if inputs is not None and (inputs.values or inputs.tensors):
+                raise ValueError("this model takes no conditions")
+            return ConditionTensors(None, None)
+        if inputs is None:
+            raise ValueError(f"this model needs conditions: {sorted(self.conditioning.conditioners)}")
+        fused = self.conditioning.encode(inputs)
+        return ConditionTensors(*(None if t is None else t.to(self.dtype) for t in (fused.sum, fused.cross)))
+
+    def init_state(self, batch_size: int, cross_source: Tensor | None = None) -> TransformerState:
+        """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``)."""
+        context = self.config.transformer.context
+        if context is None:  # LMConfig.from_dict refuses this; a hand-built config might not
+            raise ValueError("the backbone needs an attention context to size its KV rings")
+        return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source)
+
+    def embed(self, tokens: Tensor, condition_sum: Tensor | None = None) -> Tensor:
+        """``tokens`` ``[B, n_q + 1, T]`` (stream 0 text) -> summed input ``[B, T, D]``."""
+        x = self.emb[0](tokens[:, 1])
+        for q in range(1, self.config.n_q):
+            x = x + self.emb[q](tokens[:, q + 1])
+        x = x + self.text_emb(tokens[:, 0])
+        return x if condition_sum is None else x + condition_sum.to(x)
+
+    def backbone(self, tokens: Tensor, positions: Tensor, state: TransformerState, active: Tensor | None = None,
+                 condition_sum: Tensor | None = None) -> Tensor:
+        """``tokens`` ``[B, n_q + 1, T]`` at ``positions`` ``[B, T]`` -> normalised output ``[B, T, D]``."""
+        x = self.transformer(self.embed(tokens, condition_sum), positions, state, active)
+        return self.out_norm(x)
+
+    def text_logits(self, hidden: Tensor) -> Tensor:
+        """``[B, T, D]`` -> ``[B, T, text_card_out]``."""
+        return self.text_linear(hidden)
+
+    def extra_probs(self, hidden: Tensor) -> Tensor | None:
+        """Softmax of each extra head: ``[B, T, D]`` -> ``[B, T, heads, classes]`` (None without heads)."""
+        if not self.extra_heads:
+            return None
+        return torch.stack([torch.softmax(head(hidden), dim=-1) for head in self.extra_heads], dim=-2)

@@ -1,0 +1,290 @@
+"""The delayed-streams step loop (FORMAT.md §3.7, §4): one call of :meth:`LMStream.step` = one 80 ms step.
+
+Each batch slot has a token ring ``[n_q + 1, CT]`` (``CT = max(delays) + 2``) and its own offset ``o`` (steps
+taken). At a step, for every slot:
+
+1. the caller's audio codes (streams ``G+1 .. n_q``, ``G`` = generated codebooks) are written at ring cell
+   ``(o + delay_k) mod CT``;
+2. the model reads cell ``o mod CT`` of every stream, or the stream's initial token while ``o <= delay_k``
+   (so at ``o = 0`` every stream is initial);
+3. the text token is sampled (after CFG mixing and the ``text_logits`` hook) and may be rewritten by the
+   ``text_token`` hook; the depformer samples the ``G`` generated codebooks (or ``replace_audio`` is used), which
+   the ``audio_tokens`` hook may rewrite;
+4. ``o`` advances, the text and generated tokens are written at cell ``o mod CT``;
+5. the time-aligned frame ``[text, audio_1 .. audio_G]`` of time ``o - 1 - max_delay`` is gathered; it is valid
+   once ``o > max_delay``.
+
+Slots are independent: ``active`` ``[B]`` selects the slots that step (the others keep their whole state), and
+:meth:`StreamState.reset` restarts chosen slots. Real CFG (``cfg_coef != 1``) runs the model on ``2B`` rows
+(conditional then unconditional); the token ring and the outputs stay ``[B, ...]``. Shapes are static and no
+value is read back to the host inside a step (hooks may do so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from dsmcli.engine.conditioning import ConditionInputs, ConditionTensors
+from dsmcli.engine.config import UNGENERATED_TOKEN_ID, ZERO_TOKEN_ID
+from dsmcli.engine.depformer import DepformerState
+from dsmcli.engine.lm import LM
+from dsmcli.engine.sampling import SamplingOptions, cfg_mix, sample_token
+from dsmcli.engine.transformer import TransformerState
+
+NOT_MASKED = -1  # cfg_masked_until value of a slot whose unconditional inputs are never masked
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What hooks know about the step: ``offsets`` ``[B]`` (step index of each slot before this step) and
+    ``active`` ``[B]`` (slots that advance; outputs of the others are discarded)."""
+
+    offsets: Tensor
+    active: Tensor
+
+
+Hook = Callable[[Tensor, StepInfo], Tensor]
+
+
+@dataclass(frozen=True)
+class StepHooks:
+    """Callbacks run inside a step. Each returns the tensor to use (it may edit its argument and return it).
+
+    text_logits: ``[B, text_card_out]`` float32, before sampling. text_token: ``[B]`` sampled token -> token
+    written to the stream and fed to the depformer. audio_tokens: ``[B, G]`` -> tokens written to the stream.
+    """
+
+    text_logits: Hook | None = None
+    text_token: Hook | None = None
+    audio_tokens: Hook | None = None
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Result of one step for ``B`` slots (entries of inactive slots are meaningless)."""
+
+    text_tokens: Tensor  # [B] long: token written to the text stream at this step
+    text_logits: Tensor  # [B, text_card_out] float32: the logits it was sampled from
+    audio_tokens: Tensor | None  # [B, G] long: generated codebooks (None when G = 0)
+    frame: Tensor  # [B, G + 1] long: time-aligned [text, audio...]; -2 where not valid
+    frame_valid: Tensor  # [B] bool
+    extra_probs: Tensor | None  # [B, heads, classes] softmax of the extra heads (None without heads)
+
+
+@dataclass
+class StreamState:
+    """Streaming state of ``B`` slots; the model-side parts have ``B' = 2B`` rows under real CFG.
+
+    ``cfg_masked_until`` ``[B]``: under real CFG, the unconditional row sees -1 on stream ``k`` while
+    ``offset <= delay_k + cfg_masked_until`` (audio-prefix masking); ``NOT_MASKED`` disables it. Edit it in place.
+    """
+
+    tokens: Tensor  # [B, n_q + 1, CT] long ring, -2 = not generated
+    offsets: Tensor  # [B] long
+    backbone: TransformerState
+    depformer: DepformerState | None
+    condition_sum: Tensor | None  # [B', 1, D]
+    cfg_masked_until: Tensor  # [B] long
+    audio: Tensor  # [B, G] long scratch for the depformer's tokens
+    cfg: bool
+    all_active: Tensor = field(repr=False)  # [B] bool, all True
+
+    @property
+    def batch_size(self) -> int:
+        return self.offsets.shape[0]
+
+    def model_rows(self, per_slot: Tensor) -> Tensor:
+        """A per-slot tensor ``[B, ...]`` repeated for the model rows (``[2B, ...]`` under CFG)."""
+        return torch.cat([per_slot, per_slot]) if self.cfg else per_slot
+
+    def reset(self, mask: Tensor) -> None:
+        """Restart the slots selected by ``mask`` ``[B]`` (offset 0, empty rings); conditions are kept."""
+        self.offsets = torch.where(mask, torch.zeros_like(self.offsets), self.offsets)
+        self.tokens.masked_fill_(mask[:, None, None], UNGENERATED_TOKEN_ID)
+        self.backbone.reset(self.model_rows(mask))
+
+
+def _masked_scatter(ring: Tensor, index: Tensor, values: Tensor, mask: Tensor) -> None:
+    """``ring.scatter_(-1, index, values)`` where ``mask`` is True, leaving the other cells untouched."""
+    ring.scatter_(-1, index, torch.where(mask, values, ring.gather(-1, index)))
+
+
+class LMStream:
+    """Step engine over an :class:`LM`. ``num_generated`` (default ``dep_q``) codebooks come from the depformer;
+    the remaining audio streams are inputs (the TTS with fewer codebooks feeds them -1). ``cfg_no_text``: under
+    real CFG the unconditional rows see no text and text logits are not guided."""
+
+    def __init__(self, lm: LM, options: SamplingOptions | None = None, *, hooks: StepHooks | None = None,
+                 cfg_no_text: bool = False, num_generated: int | None = None,
+                 generator: torch.Generator | None = None):
+        cfg = lm.config
+        self.lm, self.cfg_no_text, self.generator = lm, cfg_no_text, generator
+        self.options = SamplingOptions() if options is None else options
+        self.hooks = StepHooks() if hooks is None else hooks
+        self.num_generated = cfg.dep_q if num_generated is None else num_generated
+        if not 0 <= self.num_generated <= cfg.dep_q:
+            raise ValueError(f"num_generated must be within 0..{cfg.dep_q}, got {num_generated}")
+        device = lm.device
+        self.delays = torch.tensor(cfg.delays, dtype=torch.long, device=device)  # [K]
+        self.ring_size = cfg.max_delay + 2
+        initial = [cfg.text_initial_id] + [cfg.audio_initial_id] * cfg.n_q
+        self.initial = torch.tensor(initial, dtype=torch.long, device=device)[:, None]  # [K, 1]
+
+    @property
+    def num_inputs(self) -> int:
+        """Audio streams supplied by the caller at each step."""
+        return self.lm.config.n_q - self.num_generated
+
+    # ------------------------------------------------------------------------------------ state
+    def init_state(self, batch_size: int, condition: ConditionInputs | None = None,
+                   cfg_masked_until: Sequence[int] | None = None) -> StreamState:
+        """A fresh stream of ``batch_size`` slots. ``condition`` describes each slot's conditions (the unconditional
+        half of real CFG is derived from it); ``cfg_masked_until`` see :class:`StreamState`."""
+        lm, device, use_cfg = self.lm, self.lm.device, self.options.uses_cfg
+        rows = 2 * batch_size if use_cfg else batch_size
+        fused = self._encode(condition, batch_size)
+        masked = [NOT_MASKED] * batch_size if cfg_masked_until is None else list(cfg_masked_until)
+        if len(masked) != batch_size:
+            raise ValueError(f"cfg_masked_until has {len(masked)} entries for {batch_size} slots")
+        depformer = None if lm.depformer is None else lm.depformer.init_state(rows, device, lm.dtype)
+        return StreamState(
+            tokens=torch.full((batch_size, lm.config.num_streams, self.ring_size), UNGENERATED_TOKEN_ID,
+                              dtype=torch.long, device=device),
+            offsets=torch.zeros(batch_size, dtype=torch.long, device=device),
+            backbone=lm.init_state(rows, fused.cross), depformer=depformer, condition_sum=fused.sum,
+            cfg_masked_until=torch.tensor(masked, dtype=torch.long, device=device),
+            audio=torch.zeros(batch_size, self.num_generated, dtype=torch.long, device=device),
+            cfg=use_cfg, all_active=torch.ones(batch_size, dtype=torch.bool, device=device),
+        )
+
+    def _encode(self, condition: ConditionInputs | None, batch_size: int) -> ConditionTensors:
+        if condition is not None and condition.batch_size != batch_size:
+            raise ValueError(f"condition has {condition.batch_size} slots, the stream {batch_size}")
+        if condition is not None and self.options.uses_cfg:
+            condition = ConditionInputs.concat([condition, condition.null()])
+        return self.lm.encode_conditions(condition)
+
+    def set_condition(self, state: StreamState, condition: ConditionInputs, mask: Tensor) -> None:
+        """Give the slots selected by ``mask`` ``[B]`` the conditions of the same slots of ``condition`` (e.g. a new
+        voice for a slot being reset). Cross-attention sources must keep their length."""
+        fused = self._encode(condition, state.batch_size)
+        rows = state.model_rows(mask)
+        if fused.sum is not None and state.condition_sum is not None:
+            state.condition_sum = torch.where(rows[:, None, None], fused.sum, state.condition_sum)
+        new_cross = self.lm.transformer.cross_source(fused.cross)
+        if new_cross is not None and state.backbone.cross is not None:
+            for i, ((k_new, v_new), (k_old, v_old)) in enumerate(zip(new_cross, state.backbone.cross)):
+                if k_new.shape != k_old.shape:
+                    raise ValueError(f"cross-attention source shape {tuple(k_new.shape)} != {tuple(k_old.shape)}")
+                keep = rows[:, None, None, None]
+                state.backbone.cross[i] = (torch.where(keep, k_new, k_old), torch.where(keep, v_new, v_old))
+
+    # ------------------------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, audio_codes: Tensor | None, state: StreamState, active: Tensor | None = None,
+             replace_audio: Tensor | None = None) -> StepOutput:
+        """One step. ``audio_codes`` ``[B, n, 1]`` or ``[B, n]`` with ``n >= num_inputs`` (extra rows ignored; None =
+        all -1); ``active`` ``[B]`` bool (None = all); ``replace_audio`` ``[B, G(, 1)]`` skips the depformer."""
+        active = state.all_active if active is None else active.to(torch.bool)
+        info = StepInfo(state.offsets, active)
+        self._write_inputs(state, audio_codes, active)
+        inputs = self._model_inputs(state, active)
+        positions = state.model_rows(state.offsets)[:, None]
+        hidden = self.lm.backbone(inputs, positions, state.backbone, state.model_rows(active), state.condition_sum)
+        text_logits, text = self._sample_text(hidden, info)
+        audio = self._sample_audio(text, hidden, state, info, replace_audio)
+        self._advance(state, text, audio, active)
+        frame, valid = self._frame(state, active)
+        extra = self.lm.extra_probs(hidden[: state.batch_size])
+        return StepOutput(text, text_logits, audio, frame, valid, None if extra is None else extra[:, 0])
+
+    def _write_inputs(self, state: StreamState, audio_codes: Tensor | None, active: Tensor) -> None:
+        n_in = self.num_inputs
+        if n_in == 0:
+            return
+        batch, first = state.batch_size, self.num_generated + 1
+        if audio_codes is None:
+            codes = torch.full((batch, n_in, 1), ZERO_TOKEN_ID, dtype=torch.long, device=state.tokens.device)
+        else:
+            codes = audio_codes if audio_codes.dim() == 3 else audio_codes[:, :, None]
+            if codes.shape[0] != batch or codes.shape[1] < n_in:
+                raise ValueError(f"expected audio codes [{batch}, >={n_in}, 1], got {tuple(audio_codes.shape)}")
+            codes = codes[:, :n_in].to(torch.long)
+        cells = (state.offsets[:, None, None] + self.delays[first:, None]) % self.ring_size
+        _masked_scatter(state.tokens[:, first:], cells, codes, active[:, None, None])
+
+    def _model_inputs(self, state: StreamState, active: Tensor) -> Tensor:
+        """Tokens ``[B', K, 1]`` the model reads at this step (initial tokens where ``o <= delay``)."""
+        offsets = state.offsets[:, None, None]
+        is_init = (offsets <= self.delays[:, None]) | ~active[:, None, None]  # [B, K, 1]
+        cells = (offsets % self.ring_size).expand(-1, self.lm.config.num_streams, 1)
+        inputs = torch.where(is_init, self.initial, state.tokens.gather(2, cells))
+        if not state.cfg:
+            return inputs
+        zero = torch.full((), ZERO_TOKEN_ID, dtype=torch.long, device=inputs.device)
+        limit = self.delays[:, None] + state.cfg_masked_until[:, None, None]
+        unconditional = torch.where((offsets <= limit) & ~is_init, zero, inputs)
+        if self.cfg_no_text:
+            unconditional[:, :1] = torch.where(is_init[:, :1], unconditional[:, :1], zero)
+        return torch.cat([inputs, unconditional])
+
+    def _sample_text(self, hidden: Tensor, info: StepInfo) -> tuple[Tensor, Tensor]:
+        logits = self.lm.text_logits(hidden)[:, 0]
+        if self.options.uses_cfg:
+            conditional, unconditional = logits.chunk(2)
+            logits = conditional if self.cfg_no_text else cfg_mix(conditional, unconditional, self.options.cfg_coef)
+        logits = logits.float()
+        if self.hooks.text_logits is not None:
+            logits = self.hooks.text_logits(logits, info)
+        text = sample_token(logits, self.options.text_temp, self.options.text_top_k, self.generator)
+        if self.hooks.text_token is not None:
+            text = self.hooks.text_token(text, info)
+        return logits, text
+
+    def _sample_audio(self, text: Tensor, hidden: Tensor, state: StreamState, info: StepInfo,
+                      replace_audio: Tensor | None) -> Tensor | None:
+        if self.num_generated == 0:
+            return None
+        if replace_audio is not None:
+            audio = replace_audio.reshape(state.batch_size, self.num_generated).to(torch.long)
+        else:
+            audio = self._depformer(text, hidden, state)
+        if self.hooks.audio_tokens is not None:
+            audio = self.hooks.audio_tokens(audio, info)
+        return audio
+
+    def _depformer(self, text: Tensor, hidden: Tensor, state: StreamState) -> Tensor:
+        """Sample the ``G`` generated codebooks ``[B, G]``, each conditioned on the previous one."""
+        depformer, dstate, opts = self.lm.depformer, state.depformer, self.options
+        assert depformer is not None and dstate is not None
+        dstate.restart()
+        previous = text
+        for k in range(self.num_generated):
+            logits = depformer.logits(k, state.model_rows(previous), hidden, dstate)
+            if opts.uses_cfg:
+                conditional, unconditional = logits.chunk(2)
+                logits = cfg_mix(conditional, unconditional, opts.cfg_coef)
+            state.audio[:, k] = sample_token(logits.float(), opts.temp, opts.top_k, self.generator)
+            previous = state.audio[:, k]
+        return state.audio.clone()
+
+    def _advance(self, state: StreamState, text: Tensor, audio: Tensor | None, active: Tensor) -> None:
+        state.offsets = state.offsets + active.long()
+        cells = (state.offsets % self.ring_size)[:, None, None]
+        mask = active[:, None, None]
+        _masked_scatter(state.tokens[:, :1], cells, text[:, None, None], mask)
+        if audio is not None:
+            generated = state.tokens[:, 1 : self.num_generated + 1]
+            _masked_scatter(generated, cells.expand(-1, self.num_generated, 1), audio[:, :, None], mask)
+
+    def _frame(self, state: StreamState, active: Tensor) -> tuple[Tensor, Tensor]:
+        max_delay = self.ring_size - 2
+        delays = self.delays[: self.num_generated + 1, None]
+        cells = (state.offsets[:, None, None] - max_delay + delays) % self.ring_size
+        frame = state.tokens.gather(2, cells)[:, :, 0]
+        valid = (state.offsets > max_delay) & active
+        return torch.where(valid[:, None], frame, UNGENERATED_TOKEN_ID), valid

@@ -1,0 +1,200 @@
+"""Pre-norm transformer stacks of the LM: the backbone and the depformer (FORMAT.md §3.3, §3.5, §3.6).
+
+A layer is ``x += SelfAttn(norm1(x))``; ``x += CrossAttn(norm_cross(x), src)`` if enabled; ``x += FFN(norm2(x))``
+(each update optionally scaled by a layer scale). Attention projections are stored stacked per weight set:
+``in_proj`` ``[W, 3*dim, dim]`` (rows ``q | k | v``, each laid out ``(head, head_dim)``) and ``out_proj``
+``[W, dim, dim]``; ``W`` > 1 only for a depformer with per-step weights, where step ``k`` uses set
+``schedule[k]``. The streaming state (one :class:`~dsmcli.nn.RingKVCache` per layer, plus the cross-attention
+keys/values computed once per stream) lives in :class:`TransformerState`, held by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dsmcli.engine.config import TransformerConfig
+from dsmcli.nn import RingKVCache, apply_rope, attend, context_mask, make_norm
+from dsmcli.nn.gating import GatedFFN
+from dsmcli.nn.norms import LAYER_NORM_EPS
+from dsmcli.nn.sinusoid import sin_embedding
+
+
+def _split_heads(x: Tensor, parts: int, num_heads: int) -> Tensor:
+    """``[B, T, parts*H*D]`` -> ``[parts, B, H, T, D]``."""
+    b, t, _ = x.shape
+    return x.view(b, t, parts, num_heads, -1).permute(2, 0, 3, 1, 4)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """``[B, H, T, D]`` -> ``[B, T, H*D]``."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+class SelfAttention(nn.Module):
+    """Causal self-attention over a ring KV cache; positions are absolute and per batch slot."""
+
+    def __init__(self, config: TransformerConfig, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        dim, sets = config.dim, config.num_weight_sets
+        self.num_heads = config.num_heads
+        self.context = config.context
+        self.rope_max_period = config.max_period if config.positional_embedding.uses_rope else None
+        self.in_proj = nn.Parameter(torch.empty(sets, 3 * dim, dim, device=device, dtype=dtype))
+        self.out_proj = nn.Parameter(torch.empty(sets, dim, dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor, positions: Tensor, cache: RingKVCache, active: Tensor | None,
+                weight_set: int = 0) -> Tensor:
+        """``x`` ``[B, T, dim]`` at ``positions`` ``[B, T]``; appends to ``cache`` (active slots only)."""
+        q, k, v = _split_heads(F.linear(x, self.in_proj[weight_set]), 3, self.num_heads)
+        if self.rope_max_period is not None:
+            q, k = apply_rope(q, k, positions, positions, self.rope_max_period)
+        keys, values, key_positions = cache.append(k, v, active)
+        out = attend(q, keys, values, context_mask(positions, key_positions, self.context))
+        return F.linear(_merge_heads(out), self.out_proj[weight_set])
+
+
+class CrossAttention(nn.Module):
+    """Attention from the stream to a fixed source (no RoPE, no mask). ``in_proj`` ``[1, 3*dim, dim]``: the first
+    ``dim`` rows project queries, the rest keys and values of the source."""
+
+    def __init__(self, dim: int, num_heads: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.dim, self.num_heads = dim, num_heads
+        self.in_proj = nn.Parameter(torch.empty(1, 3 * dim, dim, device=device, dtype=dtype))
+        self.out_proj = nn.Parameter(torch.empty(1, dim, dim, device=device, dtype=dtype))
+
+    def project_source(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``[B, H, S, head_dim]`` of ``source`` ``[B, S, dim]`` (computed once per stream)."""
+        k, v = _split_heads(F.linear(source, self.in_proj[0, self.dim:]), 2, self.num_heads)
+        return k, v
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        q = _split_heads(F.linear(x, self.in_proj[0, :self.dim]), 1, self.num_heads)[0]
+        out = F.scaled_dot_product_attention(q, keys, values)
+        return F.linear(_merge_heads(out), self.out_proj[0])
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale ``scale`` ``[dim]`` of a residual update."""
+
+    def __init__(self, dim: int, init: float, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), init, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * x
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, config: TransformerConfig, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        dim = config.dim
+        self.norm1 = make_norm(config.norm, dim, device=device, dtype=dtype)
+        self.self_attn = SelfAttention(config, device=device, dtype=dtype)
+        self.norm2 = make_norm(config.norm, dim, device=device, dtype=dtype)
+        self.per_step_ffn = config.schedule is not None
+        self.plain_ffn = config.gating is None
+        self.gating: nn.Module
+        if config.gating is None:
+            self.linear1 = nn.Linear(dim, config.dim_feedforward[0], bias=False, device=device, dtype=dtype)
+            self.linear2 = nn.Linear(config.dim_feedforward[0], dim, bias=False, device=device, dtype=dtype)
+        elif self.per_step_ffn:
+            self.gating = nn.ModuleList([GatedFFN(dim, ff, config.gating, device=device, dtype=dtype)
+                                         for ff in config.dim_feedforward])
+        else:
+            self.gating = GatedFFN(dim, config.dim_feedforward[0], config.gating, device=device, dtype=dtype)
+        self.cross_attention: CrossAttention | None = None
+        if config.cross_attention:
+            self.cross_attention = CrossAttention(dim, config.num_heads, device=device, dtype=dtype)
+            self.norm_cross = nn.LayerNorm(dim, eps=LAYER_NORM_EPS, device=device, dtype=dtype)
+        scale = config.layer_scale
+        self.layer_scale_1 = nn.Identity() if scale is None else LayerScale(dim, scale, device, dtype)
+        self.layer_scale_2 = nn.Identity() if scale is None else LayerScale(dim, scale, device, dtype)
+        if config.cross_attention:
+            self.layer_scale_cross = nn.Identity() if scale is None else LayerScale(dim, scale, device, dtype)
+
+    def _ffn(self, x: Tensor, weight_set: int) -> Tensor:
+        if self.plain_ffn:
+            return self.linear2(F.gelu(self.linear1(x)))
+        if self.per_step_ffn:
+            return cast(nn.ModuleList, self.gating)[weight_set](x)
+        return self.gating(x)
+
+    def forward(self, x: Tensor, positions: Tensor, cache: RingKVCache, active: Tensor | None,
+                cross: tuple[Tensor, Tensor] | None, weight_set: int) -> Tensor:
+        update = self.self_attn(self.norm1(x), positions, cache, active, weight_set)
+        x = x.to(update) + self.layer_scale_1(update)
+        if self.cross_attention is not None:
+            if cross is None:
+                raise ValueError("this model has cross-attention: the stream needs a cross-attention source")
+            x = x + self.layer_scale_cross(self.cross_attention(self.norm_cross(x), *cross))
+        update = self._ffn(self.norm2(x), weight_set)
+        return x.to(update) + self.layer_scale_2(update)
+
+
+@dataclass
+class TransformerState:
+    """Streaming state of a stack for a batch of ``B`` slots.
+
+    caches: one ring per layer (``keys``/``values`` ``[B, H, C, head_dim]``); cross: per layer the
+    cross-attention ``(keys, values)`` ``[B, H, S, head_dim]`` of the condition, or None.
+    """
+
+    caches: list[RingKVCache]
+    cross: list[tuple[Tensor, Tensor]] | None = None
+
+    def reset(self, mask: Tensor) -> None:
+        """Forget the history of the slots selected by ``mask`` ``[B]`` (cross keys/values are kept)."""
+        for cache in self.caches:
+            cache.reset(mask)
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`TransformerLayer` run step by step over a :class:`TransformerState`."""
+
+    def __init__(self, config: TransformerConfig, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList([TransformerLayer(config, device, dtype) for _ in range(config.num_layers)])
+
+    def init_state(self, batch_size: int, capacity: int, device: torch.device | str,
+                   dtype: torch.dtype, cross_source: Tensor | None = None) -> TransformerState:
+        """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention."""
+        cfg = self.config
+        caches = [RingKVCache.create(batch_size, cfg.num_heads, capacity, cfg.head_dim, device, dtype)
+                  for _ in self.layers]
+        return TransformerState(caches, self.cross_source(cross_source))
+
+    def cross_source(self, source: Tensor | None) -> list[tuple[Tensor, Tensor]] | None:
+        """Per-layer cross-attention keys/values of ``source`` ``[B, S, dim]`` (None without cross-attention)."""
+        if not self.config.cross_attention:
+            return None
+        if source is None:
+            raise ValueError("this model has cross-attention: the stream needs a cross-attention source")
+        layers = [cast(TransformerLayer, layer) for layer in self.layers]
+        return [cast(CrossAttention, layer.cross_attention).project_source(source) for layer in layers]
+
+    def forward(self, x: Tensor, positions: Tensor, state: TransformerState, active: Tensor | None = None,
+                weight_set: int = 0) -> Tensor:
+        """``x`` ``[B, T, dim]`` at absolute ``positions`` ``[B, T]`` -> ``[B, T, dim]``.
+
+        Slots where ``active`` ``[B]`` is False compute but leave their state untouched.
+        """
+        cfg = self.config
+        if cfg.positional_embedding.uses_sin:
+            x = x + cfg.positional_scale * sin_embedding(positions, x.shape[-1], cfg.max_period, dtype=x.dtype)
+        for i, layer in enumerate(self.layers):
+            cross = None if state.cross is None else state.cross[i]
+            x = layer(x, positions, state.caches[i], active, cross, weight_set)
+        return x

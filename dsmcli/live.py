@@ -1,0 +1,216 @@
+"""Microphone source and speaker sink (``sounddevice`` / PortAudio, an optional extra imported lazily).
+
+Both take a ``stream_factory`` so tests (and other back ends) can replace the PortAudio stream: it is called as
+``stream_factory(samplerate=…, blocksize=…, device=…, channels=1, dtype="float32"[, callback=…])`` and must
+return an object with ``start()``, ``stop()``, ``abort()``, ``close()`` and, for the sink, ``write(array)``,
+like ``sounddevice.InputStream`` / ``OutputStream``.
+
+    with MicSource() as mic:                 # float32 mono chunks of FRAME_SIZE samples at SAMPLE_RATE
+        for chunk in mic: ...                # Ctrl-C ends the loop; mic.interrupted tells the caller
+    with SpeakerSink() as out:
+        out.write(chunk)                     # blocks while the device buffer is full (real-time pacing)
+                                             # leaving the block plays what is queued (drain)
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType, TracebackType
+from typing import Any
+
+import numpy as np
+
+from dsmcli.constants import FRAME_SIZE, SAMPLE_RATE
+from dsmcli.errors import DeviceError
+
+PORTAUDIO_HINT = "PortAudio is not installed: apt-get install libportaudio2"
+SOUNDDEVICE_HINT = "sounddevice is not installed: pip install sounddevice"
+MONO = 1
+SAMPLE_DTYPE = "float32"
+POLL_SECONDS = 0.1  # how often a waiting MicSource iterator checks for stop()
+
+StreamFactory = Callable[..., Any]
+Device = int | str | None
+
+
+def import_sounddevice() -> ModuleType:
+    """The ``sounddevice`` module, or DeviceError naming the missing piece."""
+    try:
+        import sounddevice
+    except ImportError:
+        raise DeviceError(SOUNDDEVICE_HINT) from None
+    except OSError:  # sounddevice imports but cannot load the PortAudio shared library
+        raise DeviceError(PORTAUDIO_HINT) from None
+    return sounddevice
+
+
+def is_available() -> bool:
+    """True when sounddevice and PortAudio can be loaded (says nothing about devices being present)."""
+    try:
+        import_sounddevice()
+    except DeviceError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class AudioDevice:
+    index: int
+    name: str
+    max_input_channels: int
+    max_output_channels: int
+    default_samplerate: float
+    is_default_input: bool = False
+    is_default_output: bool = False
+
+
+def list_devices(sounddevice: ModuleType | None = None) -> list[AudioDevice]:
+    """The audio devices PortAudio sees (``sounddevice`` may be injected for tests)."""
+    sd = sounddevice if sounddevice is not None else import_sounddevice()
+    default_in, default_out = _default_devices(sd)
+    return [
+        AudioDevice(index=index, name=str(info["name"]),
+                    max_input_channels=int(info["max_input_channels"]),
+                    max_output_channels=int(info["max_output_channels"]),
+                    default_samplerate=float(info["default_samplerate"]),
+                    is_default_input=index == default_in, is_default_output=index == default_out)
+        for index, info in enumerate(sd.query_devices())
+    ]
+
+
+def _default_devices(sd: ModuleType) -> tuple[int, int]:
+    default = getattr(sd.default, "device", (-1, -1))
+    try:
+        return int(default[0]), int(default[1])
+    except (TypeError, ValueError, IndexError):
+        return -1, -1
+
+
+def _open(factory: StreamFactory | None, kind: str, what: str, **kwargs: Any) -> Any:
+    """Create and start a stream, turning PortAudio failures (bad device, bad rate) into DeviceError."""
+    if factory is None:
+        factory = getattr(import_sounddevice(), kind)
+    device = kwargs.get("device")
+    where = f"the {what}" + (" (is there a default audio device?)" if device is None else f" {device!r}")
+    try:
+        stream = factory(channels=MONO, dtype=SAMPLE_DTYPE, **kwargs)
+    except Exception as exc:  # PortAudioError / ValueError from the device layer: one line for the user
+        raise DeviceError(f"cannot open {where}: {exc}") from None
+    try:
+        stream.start()
+    except Exception as exc:
+        stream.close()
+        raise DeviceError(f"cannot start {where}: {exc}") from None
+    return stream
+
+
+class MicSource:
+    """Microphone chunks ``[block]`` float32 mono at ``rate``, as a context manager and iterator.
+
+    PortAudio's callback thread queues copies of each block; iteration yields them in order until
+    :meth:`stop` is called, the stream is closed, or Ctrl-C (then ``interrupted`` is True and the loop simply
+    ends, so the caller can flush its outputs before exiting with code 130). ``overflows`` counts blocks PortAudio
+    flagged (input dropped because we were too slow).
+    """
+
+    def __init__(self, device: Device = None, rate: int = SAMPLE_RATE, block: int = FRAME_SIZE,
+                 stream_factory: StreamFactory | None = None) -> None:
+        self.device = device
+        self.rate = rate
+        self.block = block
+        self.interrupted = False
+        self.overflows = 0
+        self._factory = stream_factory
+        self._queue: queue.Queue[np.ndarray] = queue.Queue()
+        self._stopped = threading.Event()
+        self._stream: Any = None
+
+    def __enter__(self) -> MicSource:
+        self._stopped.clear()
+        self._stream = _open(self._factory, "InputStream", "microphone", samplerate=self.rate,
+                             blocksize=self.block, device=self.device, callback=self._callback)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _callback(self, indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
+        """PortAudio thread: ``indata [frames, channels]`` is reused after return, so copy channel 0."""
+        if status:
+            self.overflows += 1
+        self._queue.put(np.array(indata[:frames, 0], dtype=np.float32))
+
+    def stop(self) -> None:
+        """End the iteration (thread-safe); chunks already queued are still yielded first."""
+        self._stopped.set()
+
+    def close(self) -> None:
+        self._stopped.set()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.stop()
+            stream.close()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._stream is None:
+            raise RuntimeError("use MicSource inside a `with` block")
+        try:
+            while True:
+                try:
+                    yield self._queue.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    if self._stopped.is_set() or not getattr(self._stream, "active", True):
+                        return  # stopped, closed, or PortAudio ended the stream (device gone)
+        except KeyboardInterrupt:
+            self.interrupted = True
+
+
+class SpeakerSink:
+    """Plays float32 mono chunks at ``rate``; ``write`` blocks to keep real time, leaving the block drains."""
+
+    def __init__(self, device: Device = None, rate: int = SAMPLE_RATE, block: int = FRAME_SIZE,
+                 stream_factory: StreamFactory | None = None) -> None:
+        self.device = device
+        self.rate = rate
+        self.block = block
+        self.underflows = 0
+        self.samples_written = 0
+        self._factory = stream_factory
+        self._stream: Any = None
+
+    def __enter__(self) -> SpeakerSink:
+        self._stream = _open(self._factory, "OutputStream", "audio output", samplerate=self.rate,
+                             blocksize=self.block, device=self.device)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close(drain=exc_type is None)
+
+    def write(self, chunk: Any) -> None:
+        """Queue ``chunk`` (``[n]`` samples in [-1, 1]; numpy or CPU tensor); blocks while the buffer is full."""
+        if self._stream is None:
+            raise RuntimeError("use SpeakerSink inside a `with` block")
+        data = np.clip(np.asarray(chunk, dtype=np.float32).reshape(-1, MONO), -1.0, 1.0)
+        if self._stream.write(data):
+            self.underflows += 1
+        self.samples_written += data.shape[0]
+
+    @property
+    def seconds_written(self) -> float:
+        return self.samples_written / self.rate
+
+    def close(self, drain: bool = True) -> None:
+        """Stop the stream: ``drain`` plays what is queued first, otherwise it is dropped (Ctrl-C, errors)."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        if drain:
+            stream.stop()
+        else:
+            stream.abort()
+        stream.close()

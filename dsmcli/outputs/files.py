@@ -1,0 +1,113 @@
+"""Where writers write: output file, output directory (``<dir>/<stem>.<ext>``) or stdout."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+from typing import BinaryIO, TextIO, cast
+
+from dsmcli.errors import OutputError, UsageError
+from dsmcli.outputs.base import TranscriptWriter, WriterOptions
+from dsmcli.outputs.registry import WRITERS, resolve_formats
+
+STDOUT = "-"
+
+
+def output_paths(formats: list[str], output: Path | str | None, stem: str) -> dict[str, Path | None]:
+    """Format → path (``None`` = stdout) for ``output``.
+
+    ``None``: the current directory. ``-``: stdout (one format only). An existing directory,
+    or a path without an extension: ``<dir>/<stem>.<ext>`` for each format. Otherwise a file
+    path, which takes exactly one format.
+    """
+    names = resolve_formats(formats)
+    if output is not None and str(output) == STDOUT:
+        if len(names) != 1:
+            raise UsageError("only one output format can be written to stdout")
+        return {names[0]: None}
+    target = Path(".") if output is None else Path(output)
+    if target.is_dir() or not target.suffix:
+        return {name: target / f"{stem}.{name}" for name in names}
+    if len(names) != 1:
+        raise UsageError(f"{target} is a file name; several formats need an output directory")
+    return {names[0]: target}
+
+
+def _check_writable(paths: list[Path], force: bool) -> None:
+    """Refuse existing outputs (unless ``force``) before creating any directory."""
+    for path in paths:
+        if path.is_dir():
+            raise OutputError(f"{path} is a directory")
+        if path.exists() and not force:
+            raise OutputError(f"{path} exists (use --force to overwrite)")
+    for parent in dict.fromkeys(path.parent for path in paths):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot create directory {parent}: {error.strerror or error}") from error
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to directory {parent}: permission denied")
+
+
+class _StdoutText(io.TextIOBase):
+    """stdout as UTF-8 text whatever the locale; closing it leaves the real stdout open."""
+
+    name = "<stdout>"
+
+    def __init__(self, buffer: BinaryIO) -> None:
+        super().__init__()
+        self._buffer = buffer
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        sys.stdout.flush()  # keep order with anything printed through sys.stdout
+        self._buffer.write(text.encode("utf-8"))
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed:
+            self._buffer.flush()
+
+
+def _stdout_text() -> TextIO:
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        return sys.stdout
+    return cast(TextIO, _StdoutText(buffer))
+
+
+def open_writers(
+    formats: list[str],
+    output: Path | str | None,
+    stem: str,
+    force: bool = False,
+    options: WriterOptions = WriterOptions(),
+) -> list[TranscriptWriter]:
+    """Open one writer per format (see ``output_paths``); nothing is created if any check fails.
+
+    Raises ``OutputError`` (an output exists without ``force``, a directory is unwritable)
+    or ``UsageError`` (unknown format, several formats to one file or to stdout).
+    """
+    paths = output_paths(formats, output, stem)
+    _check_writable([path for path in paths.values() if path is not None], force)
+    writers: list[TranscriptWriter] = []
+    try:
+        for name, path in paths.items():
+            writer_class = WRITERS[name]
+            if path is None:
+                writers.append(writer_class(_stdout_text(), options, name="<stdout>"))
+                continue
+            try:
+                stream = open(path, "w", encoding="utf-8")
+            except OSError as error:
+                raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
+            writers.append(writer_class(stream, options, name=str(path)))
+    except BaseException:
+        for writer in writers:
+            writer.stream.close()
+        raise
+    return writers

@@ -1,0 +1,116 @@
+"""JSON (whisper's result schema, written at close) and JSONL (Kyutai's event names, live).
+
+JSON keys are whisper's. Fields DSM has no counterpart for carry neutral values:
+``seek`` 0, ``tokens`` [], ``avg_logprob`` 0.0, ``no_speech_prob`` 0.0; ``temperature`` is
+the run's; ``compression_ratio`` is computed as whisper does. A word's ``probability`` is
+``null`` when the model's token probabilities were not given. Times are rounded to 2
+decimals, as whisper rounds word times. Top-level ``model``, ``duration`` and the schema
+``version`` are added.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+from dsmcli.outputs.base import TranscriptWriter
+from dsmcli.results import EndOfTurn, Segment, Transcript, Word
+
+JSON_SCHEMA_VERSION = "1.0"
+JSON_TIME_DECIMALS = 2  # whisper rounds word times to 10 ms
+JSONL_TIME_DECIMALS = 3  # the event stream keeps millisecond precision
+
+
+def compression_ratio(text: str) -> float:
+    """whisper's gzip compression ratio of the UTF-8 text (high means repetitive)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _word_dict(word: Word) -> dict[str, Any]:
+    return {
+        "word": word.text,
+        "start": round(word.start, JSON_TIME_DECIMALS),
+        "end": round(word.end, JSON_TIME_DECIMALS),
+        "probability": word.probability,
+    }
+
+
+def segment_to_dict(segment: Segment, temperature: float = 0.0) -> dict[str, Any]:
+    """One segment in whisper's schema."""
+    return {
+        "id": segment.id,
+        "seek": 0,
+        "start": round(segment.start, JSON_TIME_DECIMALS),
+        "end": round(segment.end, JSON_TIME_DECIMALS),
+        "text": segment.text,
+        "tokens": [],
+        "temperature": temperature,
+        "avg_logprob": 0.0,
+        "compression_ratio": compression_ratio(segment.text),
+        "no_speech_prob": 0.0,
+        "words": [_word_dict(word) for word in segment.words],
+    }
+
+
+def transcript_to_dict(transcript: Transcript, temperature: float = 0.0) -> dict[str, Any]:
+    """The whole transcript in whisper's result schema, plus ``model``/``duration``/``version``."""
+    return {
+        "text": transcript.text,
+        "segments": [segment_to_dict(segment, temperature) for segment in transcript.segments],
+        "language": transcript.language,
+        "model": transcript.model,
+        "duration": transcript.duration,
+        "version": JSON_SCHEMA_VERSION,
+    }
+
+
+class JsonWriter(TranscriptWriter):
+    """Collects segments and writes the JSON document at ``close`` (also on Ctrl-C)."""
+
+    extension = "json"
+
+    def _start(self) -> None:
+        self._segments: list[Segment] = []
+
+    def write_segment(self, segment: Segment) -> None:
+        self._segments.append(segment)
+
+    def _finish(self, duration: float | None, interrupted: bool) -> None:
+        transcript = Transcript.from_segments(
+            self._segments, language=self.options.language, model=self.options.model, duration=duration
+        )
+        self._emit(json.dumps(transcript_to_dict(transcript, self.options.temperature)))
+
+
+def _seconds(value: float) -> float:
+    return round(value, JSONL_TIME_DECIMALS)
+
+
+class JsonlWriter(TranscriptWriter):
+    """One JSON event per line, flushed at once, with Kyutai's streaming message names.
+
+    ``Word`` (text without its leading space, ``start_time``), ``EndWord`` (``stop_time``),
+    ``EndOfTurn`` (``time``, ``probability``) and a last ``Done`` (``duration``, ``words``,
+    ``interrupted``).
+    """
+
+    extension = "jsonl"
+
+    def _start(self) -> None:
+        self._words = 0
+
+    def _event(self, payload: dict[str, Any]) -> None:
+        self._emit(json.dumps(payload, ensure_ascii=False) + "\n")
+
+    def write_word(self, word: Word) -> None:
+        self._words += 1
+        self._event({"type": "Word", "text": word.text.strip(), "start_time": _seconds(word.start)})
+        self._event({"type": "EndWord", "stop_time": _seconds(word.end)})
+
+    def write_end_of_turn(self, event: EndOfTurn) -> None:
+        self._event({"type": "EndOfTurn", "time": _seconds(event.time), "probability": event.probability})
+
+    def _finish(self, duration: float | None, interrupted: bool) -> None:
+        self._event({"type": "Done", "duration": duration, "words": self._words, "interrupted": interrupted})

@@ -1,0 +1,189 @@
+"""Where one input's speech goes: an audio file / stdout / the speakers, and word-timestamp files (srt, json, ...).
+
+:func:`plan_outputs` decides every path up front (before the model loads), refusing to overwrite without
+``--force``; :class:`OutputSink` opens them lazily (nothing is created for an input that fails before producing
+audio) and writes incrementally: the WAV header stays valid as it grows, subtitles are appended as words become
+final, and everything is finalized on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsmcli.audio.sinks import RAW_EXTENSIONS, SOUNDFILE_FORMATS, STDOUT, AudioSink, open_sink, player_command
+from dsmcli.constants import SAMPLE_RATE
+from dsmcli.errors import DsmError, OutputError, UsageError
+from dsmcli.outputs import TranscriptOutput, WriterOptions, open_writers, resolve_formats
+from dsmcli.results import Word
+from dsmcli.segments import SegmentOptions
+from dsmcli.speak import SpeechResult, SpeechSink
+
+WAV_EXT = ".wav"
+AUDIO_EXTENSIONS = (WAV_EXT, *RAW_EXTENSIONS, *SOUNDFILE_FORMATS)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """One input's outputs. ``audio``: a file, ``-`` (stdout) or None (speakers only); ``subtitles``: format → file."""
+
+    name: str
+    stem: str
+    audio: str | None
+    raw: bool
+    play: bool
+    subtitles: tuple[tuple[str, Path], ...] = ()
+
+
+def _audio_targets(stems: list[str], output: str | None, raw: bool, play: bool) -> tuple[list[str | None], Path]:
+    """Audio target per input and the folder for word files that have no audio file to sit beside."""
+    count = len(stems)
+    if output == STDOUT or (output is None and play):
+        if count > 1:
+            raise UsageError("several inputs cannot share stdout or the speakers: give an output directory")
+        return [output], Path(".")
+    target = Path(output) if output is not None else Path(".")
+    if output is None or target.is_dir() or not target.suffix:
+        ext = RAW_EXTENSIONS[0] if raw else WAV_EXT
+        return [str(target / f"{stem}{ext}") for stem in stems], target
+    if count > 1:
+        raise UsageError(f"{output} is a file name; several inputs need an output directory")
+    if not raw and target.suffix.lower() not in AUDIO_EXTENSIONS:
+        raise UsageError(f"{output}: unknown audio extension (use {', '.join(AUDIO_EXTENSIONS)})")
+    return [output], target.parent
+
+
+def _check_paths(paths: list[Path], force: bool) -> None:
+    seen: set[Path] = set()
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            raise UsageError(f"two outputs would be written to {path}: give the inputs different names")
+        seen.add(key)
+        if path.is_dir():
+            raise OutputError(f"{path} is a directory")
+        if path.exists() and not force:
+            raise OutputError(f"{path} exists (use --force to overwrite)")
+    for parent in dict.fromkeys(path.parent for path in paths):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot create directory {parent}: {error.strerror or error}") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to directory {parent}: permission denied")
+
+
+def plan_outputs(inputs: list[tuple[str, str]], output: str | None, *, raw: bool, play: bool,
+                 formats: list[str], force: bool) -> list[OutputPlan]:
+    """``inputs``: (name, stem) pairs. Output rules: ``-`` = stdout (one input); ``None`` = ``<stem>.wav`` in the
+    current directory (or only the speakers with ``play``); a directory (existing, or a path without extension)
+    = ``<dir>/<stem>.wav``; otherwise an audio file (one input) whose extension picks the format. Word files go
+    beside the audio file (``out.srt`` for ``out.wav``), else into the current directory."""
+    names = resolve_formats(formats) if formats else []
+    targets, folder = _audio_targets([stem for _, stem in inputs], output, raw, play)
+    plans = []
+    for (name, stem), audio in zip(inputs, targets):
+        beside = audio is not None and audio != STDOUT
+        subtitles = tuple((fmt, Path(audio).with_suffix(f".{fmt}") if beside else folder / f"{stem}.{fmt}")
+                          for fmt in names)
+        plans.append(OutputPlan(name, stem, audio, raw, play, subtitles))
+    files = [Path(p.audio) for p in plans if p.audio not in (None, STDOUT)]
+    _check_paths(files + [path for p in plans for _, path in p.subtitles], force)
+    return plans
+
+
+class OutputSink(SpeechSink):
+    """Writes one input's speech as planned. ``errors`` collects failures (the caller decides the exit code)."""
+
+    def __init__(self, plan: OutputPlan, *, force: bool, writer_options: WriterOptions, errors: list[DsmError],
+                 audio_device: Any = None, speaker_factory: Any = None) -> None:
+        self.plan, self.force, self.writer_options, self.errors = plan, force, writer_options, errors
+        self.audio_device, self.speaker_factory = audio_device, speaker_factory
+        self.result: SpeechResult | None = None
+        self._audio: list[Any] | None = None  # AudioSink / SpeakerSink, opened on first use
+        self._words: TranscriptOutput | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------------------------- opening
+    def _open_audio(self) -> list[Any]:
+        if self._audio is None:
+            self._audio = []
+            if self.plan.audio is not None:
+                self._audio.append(open_sink(self.plan.audio, SAMPLE_RATE, raw=self.plan.raw, force=self.force))
+                if self.plan.audio == STDOUT and self.plan.raw:
+                    print(f"dsm: raw s16le {SAMPLE_RATE} Hz mono on stdout; play it with: "
+                          f"{player_command(SAMPLE_RATE)}", file=sys.stderr, flush=True)
+            if self.plan.play:
+                from dsmcli.live import SpeakerSink
+
+                speaker = SpeakerSink(device=self.audio_device, stream_factory=self.speaker_factory)
+                self._audio.append(speaker.__enter__())
+        return self._audio
+
+    def _open_words(self) -> TranscriptOutput | None:
+        if self._words is None and self.plan.subtitles:
+            writers = []
+            try:
+                for fmt, path in self.plan.subtitles:
+                    writers += open_writers([fmt], path, self.plan.stem, force=self.force,
+                                            options=self.writer_options)
+            except BaseException:
+                for writer in writers:
+                    writer.close(interrupted=True)
+                raise
+            self._words = TranscriptOutput(writers, SegmentOptions())
+        return self._words
+
+    # ------------------------------------------------------------------------------------ events
+    def audio(self, pcm: np.ndarray) -> None:
+        for sink in self._open_audio():
+            sink.write(pcm)
+
+    def word(self, word: Word) -> None:
+        words = self._open_words()
+        if words is not None:
+            words.push(word)
+
+    def finish(self, result: SpeechResult) -> None:
+        self.result = result
+        self._open_audio()
+        self._open_words()
+        if result.truncated:
+            print(f"dsm: warning: {self.plan.name}: stopped after {result.steps} steps before the end of the text",
+                  file=sys.stderr, flush=True)
+        self._close(result.seconds, interrupted=False)
+
+    def fail(self, error: DsmError) -> None:
+        self.errors.append(error)
+        print(f"dsm: error: {error}", file=sys.stderr, flush=True)
+        self._close(None, interrupted=True)
+
+    def abort(self) -> None:
+        self._close(None, interrupted=True)
+
+    def _close(self, seconds: float | None, interrupted: bool) -> None:
+        """Finalize every opened output (each even if another fails), then re-raise the first failure."""
+        if self._closed:
+            return
+        self._closed = True
+        error: BaseException | None = None
+        for sink in self._audio or []:
+            try:
+                if isinstance(sink, AudioSink):
+                    sink.close()
+                else:
+                    sink.close(drain=not interrupted)
+            except BaseException as caught:
+                error = error or caught
+        if self._words is not None:
+            try:
+                self._words.close(seconds, interrupted=interrupted)
+            except BaseException as caught:
+                error = error or caught
+        if error is not None and not interrupted:
+            raise error

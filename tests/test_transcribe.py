@@ -1,0 +1,132 @@
+"""`dsm transcribe` end to end on the tiny STT fixture, against the reference's tokens."""
+
+from __future__ import annotations
+
+import json
+import re
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import soundfile
+
+from dsmcli.results import EndOfTurn, Word
+from dsmcli.stt import SttModel
+from dsmcli.transcribe import SttJob, Transcriber, TranscribeOptions
+from dsmcli.words import tokens_to_words
+from stt_reference import reference_tokens
+
+SECONDS = 20.0
+NEAR_TIE = 1e-4
+
+
+class Collect:
+    def __init__(self):
+        self.events, self.duration, self.error = [], None, None
+
+    def event(self, event):
+        self.events.append(event)
+
+    def finish(self, duration):
+        self.duration = duration
+
+    def fail(self, error):
+        self.error = error
+
+
+def ours(model: SttModel, audios: list[np.ndarray], batch_size: int = 1, **options):
+    sinks = [Collect() for _ in audios]
+    tokens: dict[int, list[int]] = {i: [] for i in range(len(audios))}
+    jobs = [SttJob(str(i), (lambda a=a: [a[k:k + 7000] for k in range(0, len(a), 7000)]), s)
+            for i, (a, s) in enumerate(zip(audios, sinks))]
+    Transcriber(model, TranscribeOptions(**options), batch_size=batch_size).run(
+        jobs, on_token=lambda job, step, token: tokens[int(job.name)].append(token))
+    return sinks, tokens
+
+
+@pytest.fixture(scope="module")
+def stt(tiny_stt):
+    return SttModel.load(tiny_stt)
+
+
+@pytest.fixture(scope="module")
+def speech(bria_24k):
+    return bria_24k(SECONDS)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_stt, speech):
+    return reference_tokens(tiny_stt, speech)
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def test_tokens_and_words_equal_the_reference(stt, speech, reference):
+    ref_tokens, margins, _ = reference
+    sinks, tokens = ours(stt, [speech])
+    got = tokens[0]
+    assert len(got) == len(ref_tokens) == 1 + int(np.ceil(len(speech) / 1920)) + stt.timing.suffix_frames
+    diff = first_difference(got, ref_tokens)
+    if diff is not None:
+        assert margins[diff] < NEAR_TIE, f"tokens part at step {diff} with reference top-2 margin {margins[diff]}"
+        pytest.skip(f"free-running decoding parted at a true near-tie: step {diff}, margin {margins[diff]:.2e}")
+    kinds = set(got)
+    assert 0 in kinds and 3 in kinds and any(t > 3 for t in kinds), "fixture must exercise word boundaries"
+    expected = tokens_to_words(ref_tokens, stt.tokenizer, end_of_padding_id=0, pad_id=3, eos_id=stt.eos_id,
+                               time_offset_seconds=Fraction(1, 2))
+    words = [e for e in sinks[0].events if isinstance(e, Word)]
+    assert [(w.text, w.start, w.end) for w in words] == [(w.text, w.start, w.end) for w in expected]
+    assert len(words) >= 5
+    assert sinks[0].duration == pytest.approx(len(speech) / 24000)
+
+
+def test_batch_slots_equal_single_runs(stt, bria_24k, loona_24k):
+    audios = [bria_24k(6.0), loona_24k(9.0), bria_24k(4.0, offset=10.0)]
+    single = [ours(stt, [a])[1][0] for a in audios]
+    # two slots for three inputs: the third reuses a freed slot (its state reset), started late
+    _, batched = ours(stt, audios, batch_size=2)
+    assert [batched[i] for i in range(3)] == single
+
+
+def test_vad_end_of_turn_events(stt, speech):
+    sinks, _ = ours(stt, [speech], vad=True, vad_threshold=0.2)
+    events = sinks[0].events
+    turns = [e for e in events if isinstance(e, EndOfTurn)]
+    assert turns, "the fixture's VAD head should cross a 0.2 threshold on 20 s of speech"
+    assert all(0.2 < t.probability <= 1 for t in turns)
+    times = [e.time for e in turns]
+    assert times == sorted(times)
+
+
+def test_cli_json_and_subtitles_match_the_reference(run_dsm, tiny_stt, speech, reference, tmp_path, stt):
+    wav = tmp_path / "talk.wav"
+    soundfile.write(wav, speech, 24000, subtype="FLOAT")
+    out = run_dsm("transcribe", wav, "-m", tiny_stt, "-f", "json", "-f", "srt", "-f", "vtt", "-f", "tsv",
+                  "-f", "txt", "-f", "jsonl", "-o", tmp_path / "out")
+    assert out.returncode == 0, out.stderr.decode()
+    ref_tokens = reference[0]
+    expected = tokens_to_words(ref_tokens, stt.tokenizer, end_of_padding_id=0, pad_id=3, eos_id=stt.eos_id,
+                               time_offset_seconds=Fraction(1, 2))
+    data = json.loads((tmp_path / "out" / "talk.json").read_text())
+    words = [w for seg in data["segments"] for w in seg["words"]]
+    assert [w["word"] for w in words] == [w.text for w in expected]
+    assert [w["start"] for w in words] == [round(w.start, 2) for w in expected]
+    assert data["text"] == "".join(w.text for w in expected)
+    srt = (tmp_path / "out" / "talk.srt").read_text()
+    stamps = re.findall(r"^(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)$", srt, re.M)
+    assert len(stamps) == len(data["segments"])
+    first = expected[0].start
+    assert stamps[0][0] == f"00:00:{int(first):02d},{round((first % 1) * 1000):03d}"
+    vtt = (tmp_path / "out" / "talk.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n") and re.search(r"^\d\d:\d\d\.\d\d\d --> \d\d:\d\d\.\d\d\d$", vtt, re.M)
+    tsv = (tmp_path / "out" / "talk.tsv").read_text().splitlines()
+    assert tsv[0] == "start\tend\ttext" and all(re.match(r"^\d+\t\d+\t", row) for row in tsv[1:])
+    events = [json.loads(line) for line in (tmp_path / "out" / "talk.jsonl").read_text().splitlines()]
+    assert [e["text"] for e in events if e["type"] == "Word"] == [w.text for w in expected]
+    txt = (tmp_path / "out" / "talk.txt").read_text()
+    assert txt.split() == "".join(w.text for w in expected).split()
