@@ -101,7 +101,7 @@ class TtsModel:
         checkpoint = load_checkpoint(name_or_path)
         voices = checked_voice_setup(checkpoint, voice_repo)
         lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype)
-        codebooks = _codebooks(lm.config, n_q, voices)
+        codebooks = codebooks_to_generate(lm.config, n_q, voices)
         mimi = Mimi.load(name_or_path, device=device, num_codebooks=codebooks)
         if "audio_delay" not in checkpoint.tts_config:
             raise ModelLoadError(f"{checkpoint.name}: config.json has no tts_config.audio_delay")
@@ -191,7 +191,7 @@ def checked_voice_setup(checkpoint: Checkpoint, voice_repo: str | Path | None) -
     return VoiceSetup.from_checkpoint(checkpoint, voice_repo)
 
 
-def _codebooks(config: LMConfig, n_q: int | None, voices: VoiceSetup) -> int:
+def codebooks_to_generate(config: LMConfig, n_q: int | None, voices: VoiceSetup) -> int:
     """Codebooks to generate: all by default; fewer only for embedding models (a prefix has all of them)."""
     if config.dep_q == 0:
         raise ModelLoadError("a text-to-speech model must generate audio (dep_q > 0)")

@@ -40,25 +40,29 @@ class OutputPlan:
     subtitles: tuple[tuple[str, Path], ...] = ()
 
 
-def _audio_targets(stems: list[str], output: str | None, raw: bool, play: bool) -> tuple[list[str | None], Path]:
-    """Audio target per input and the folder for word files that have no audio file to sit beside."""
+def _audio_targets(stems: list[str], output: str | None, raw: bool, play: bool
+                   ) -> tuple[list[str | None], Path, Path | None]:
+    """Audio target per input, the folder for word files with no audio file to sit beside, and the output directory
+    to create (None: nothing to create)."""
     count = len(stems)
     if output == STDOUT or (output is None and play):
         if count > 1:
             raise UsageError("several inputs cannot share stdout or the speakers: give an output directory")
-        return [output], Path(".")
+        return [output], Path("."), None
     target = Path(output) if output is not None else Path(".")
     if output is None or target.is_dir() or not target.suffix:
         ext = RAW_EXTENSIONS[0] if raw else WAV_EXT
-        return [str(target / f"{stem}{ext}") for stem in stems], target
+        return [str(target / f"{stem}{ext}") for stem in stems], target, target
     if count > 1:
         raise UsageError(f"{output} is a file name; several inputs need an output directory")
     if not raw and target.suffix.lower() not in AUDIO_EXTENSIONS:
         raise UsageError(f"{output}: unknown audio extension (use {', '.join(AUDIO_EXTENSIONS)})")
-    return [output], target.parent
+    return [output], target.parent, None
 
 
-def _check_paths(paths: list[Path], force: bool) -> None:
+def _check_paths(paths: list[Path], force: bool, create: Path | None) -> None:
+    """Refuse duplicates and existing files (without ``force``); only ``create`` (an output directory) may be made,
+    other parent directories must exist and be writable."""
     seen: set[Path] = set()
     for path in paths:
         key = path.resolve()
@@ -69,11 +73,14 @@ def _check_paths(paths: list[Path], force: bool) -> None:
             raise OutputError(f"{path} is a directory")
         if path.exists() and not force:
             raise OutputError(f"{path} exists (use --force to overwrite)")
-    for parent in dict.fromkeys(path.parent for path in paths):
+    if create is not None:
         try:
-            parent.mkdir(parents=True, exist_ok=True)
+            create.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise OutputError(f"cannot create directory {parent}: {error.strerror or error}") from None
+            raise OutputError(f"cannot create directory {create}: {error.strerror or error}") from None
+    for parent in dict.fromkeys(path.parent for path in paths):
+        if not parent.is_dir():
+            raise OutputError(f"cannot write {paths[0] if len(paths) == 1 else parent}: no such directory {parent}")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise OutputError(f"cannot write to directory {parent}: permission denied")
 
@@ -85,7 +92,7 @@ def plan_outputs(inputs: list[tuple[str, str]], output: str | None, *, raw: bool
     = ``<dir>/<stem>.wav``; otherwise an audio file (one input) whose extension picks the format. Word files go
     beside the audio file (``out.srt`` for ``out.wav``), else into the current directory."""
     names = resolve_formats(formats) if formats else []
-    targets, folder = _audio_targets([stem for _, stem in inputs], output, raw, play)
+    targets, folder, create = _audio_targets([stem for _, stem in inputs], output, raw, play)
     plans = []
     for (name, stem), audio in zip(inputs, targets):
         beside = audio is not None and audio != STDOUT
@@ -93,7 +100,7 @@ def plan_outputs(inputs: list[tuple[str, str]], output: str | None, *, raw: bool
                           for fmt in names)
         plans.append(OutputPlan(name, stem, audio, raw, play, subtitles))
     files = [Path(p.audio) for p in plans if p.audio not in (None, STDOUT)]
-    _check_paths(files + [path for p in plans for _, path in p.subtitles], force)
+    _check_paths(files + [path for p in plans for _, path in p.subtitles], force, create)
     return plans
 
 

@@ -21,7 +21,14 @@ from dsmcli.hub import load_checkpoint
 from dsmcli.outputs import WriterOptions
 from dsmcli.speak import SpeakJob, Synthesizer
 from dsmcli.engine import LMConfig
-from dsmcli.speak_model import DEFAULT_VOICE, SpeakOptions, TtsModel, cfg_lut_value, checked_voice_setup
+from dsmcli.speak_model import (
+    DEFAULT_VOICE,
+    SpeakOptions,
+    TtsModel,
+    cfg_lut_value,
+    checked_voice_setup,
+    codebooks_to_generate,
+)
 from dsmcli.speak_output import OutputPlan, OutputSink, plan_outputs
 from dsmcli.speak_text import STDIN, STDIN_NAME, FixedEntries, StdinReader, StreamingEntries, read_text
 from dsmcli.speak_voice import SlotVoice, resolve_voices, slot_voice
@@ -193,7 +200,9 @@ def execute(request: SpeakRequest) -> RunResult:
                          play=request.play, formats=list(request.formats), force=request.force)
     checkpoint = load_checkpoint(request.model)
     setup = checked_voice_setup(checkpoint, request.voice_repo)
-    cfg_lut_value(LMConfig.from_dict(checkpoint.lm_kwargs), request.options.cfg, checkpoint.name)  # fail early
+    config = LMConfig.from_dict(checkpoint.lm_kwargs)
+    cfg_lut_value(config, request.options.cfg, checkpoint.name)  # fail before loading the weights
+    codebooks_to_generate(config, request.n_q, setup)
     if request.dialog and not setup.multi_speaker:
         raise UsageError(f"{checkpoint.name} takes a single voice prefix, not dialog voices: "
                          f"use a model with voice embeddings (tts-1.6b-en_fr)")
@@ -228,6 +237,4 @@ def available_voices(model: str | None, voice_repo: str | None) -> tuple[list[Vo
     checkpoint = load_checkpoint(model or default_model("tts"))
     setup = checked_voice_setup(checkpoint, voice_repo)
     found = list_voices([setup.voices], model_tag=voice_model_tag(setup))
-    if setup.kind is VoiceKind.AUDIO_PREFIX:
-        found = [v for v in found if v.kind is VoiceKind.AUDIO_PREFIX]
-    return found, setup.voices.name
+    return [v for v in found if v.kind is setup.kind], setup.voices.name

@@ -9,6 +9,7 @@ waits only when no slot can step.
 from __future__ import annotations
 
 import codecs
+import os
 import queue
 import sys
 import threading
@@ -105,12 +106,22 @@ class FixedEntries:
         return None
 
 
+def _raw_reader(stream: BinaryIO):
+    """``os.read`` on the file descriptor when there is one: a daemon thread blocked in a buffered ``read1`` holds
+    the buffer's lock, and Python aborts at exit (Ctrl-C) when another thread needs it."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return getattr(stream, "read1", stream.read)
+    return lambda size: os.read(fd, size)
+
+
 class StdinReader:
     """Reads a binary stream in a daemon thread; ``get`` returns the bytes queued so far (None = end)."""
 
     def __init__(self, stream: BinaryIO, read_bytes: int = READ_BYTES) -> None:
         self._stream = stream
-        self._read = getattr(stream, "read1", stream.read)
+        self._read = _raw_reader(stream)
         self._size = read_bytes
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="dsm-text-reader", daemon=True)

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from dsmcli.codec.config import MimiConfig, PadMode, QuantizerConfig, TransformerConfig
+from dsmcli.codec.config import MimiConfig, PadMode, QuantizerConfig
 from dsmcli.codec.conv import CausalConv1d, CausalConvTranspose1d
 from dsmcli.codec.loading import released_names
 from dsmcli.codec.quantizer import SplitQuantizer

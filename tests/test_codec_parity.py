@@ -77,9 +77,10 @@ def _ref_stream(ref, wav, frame_size: int) -> Outputs:
 
 
 def _ours_offline(ours: Mimi, wav, ref_codes) -> Outputs:
+    """One shot; codes quantize the latent (what ``encode`` does, checked on the tiny Mimi below)."""
     start = time.perf_counter()
     latent = ours.encode_to_latent(wav)
-    codes = ours.encode(wav)
+    codes = ours.quantizer.encode(latent, ours.num_codebooks)
     audio = ours.decode(ref_codes)
     return Outputs(latent, codes, audio, time.perf_counter() - start)
 
@@ -102,8 +103,8 @@ def _make_pair(name: str, ref, ours: Mimi, speech: torch.Tensor) -> Pair:
 
 @pytest.fixture(scope="module")
 def tiny_pair(fixture_dir, tiny_stt, bria_24k) -> Pair:
-    from make_fixtures import load_ref_mimi
     from fixturelib.repos import MIMI_CONFIG_NAME, STT_MIMI_NAME
+    from make_fixtures import load_ref_mimi
 
     repo = fixture_dir / "tiny-stt"
     config = json.loads((repo / MIMI_CONFIG_NAME).read_text())
@@ -130,7 +131,7 @@ def _reference_distances(ref, latent: torch.Tensor, codes: torch.Tensor):
     """Teacher-forced reference view of every code position: for each level and step, the gap between the
     nearest and second-nearest centroid distance and the norm of the residual being quantized. ``[K, T]`` each."""
     gaps, norms = [], []
-    for rvq, levels in ((ref.quantizer.rvq_first, range(0, 1)), (ref.quantizer.rvq_rest, range(1, codes.shape[1]))):
+    for rvq, levels in ((ref.quantizer.rvq_first, range(1)), (ref.quantizer.rvq_rest, range(1, codes.shape[1]))):
         residual = rvq.input_proj(latent)[0].t()  # [T, D]
         for level, vq in zip(levels, rvq.vq.layers):
             centroids = vq._codebook.embedding
@@ -213,11 +214,14 @@ def test_streaming_equals_one_shot_within_context_and_departs_after(pair: Pair):
     assert (ours_departure - ref_departure).abs().max() <= LATENT_TOL
 
 
-def test_encode_step_codes_equal_quantized_streamed_latents(tiny_pair: Pair):
-    state = tiny_pair.ours.init_state(1)
-    frames = tiny_pair.wav.split(tiny_pair.ours.frame_size, dim=-1)
-    codes = torch.cat([tiny_pair.ours.encode_step(f, state) for f in frames], dim=-1)
+def test_encode_and_encode_step_quantize_the_latents(tiny_pair: Pair):
+    ours = tiny_pair.ours
+    assert torch.equal(ours.encode(tiny_pair.wav), tiny_pair.ours_offline.codes)
+    state = ours.init_state(1)
+    codes = torch.cat([ours.encode_step(f, state) for f in tiny_pair.wav.split(ours.frame_size, dim=-1)], dim=-1)
     assert torch.equal(codes, tiny_pair.ours_stream.codes)
+    quantized = ours.encode_to_latent(tiny_pair.wav, quantize=True)
+    assert (quantized - ours.decode_latent(tiny_pair.ours_offline.codes)).abs().max() == 0
 
 
 def test_decode_any_number_of_codebooks(tiny_pair: Pair):
@@ -226,3 +230,14 @@ def test_decode_any_number_of_codebooks(tiny_pair: Pair):
         with torch.no_grad():
             expected = tiny_pair.ref.decode(codes[:, :k])
         assert (tiny_pair.ours.decode(codes[:, :k]) - expected).abs().max() <= AUDIO_TOL
+
+
+def test_multi_frame_calls_match_reference_past_the_ring(tiny_pair: Pair):
+    """n frames per call (2n transformer steps written before attending) follows the reference's streaming."""
+    chunks = tiny_pair.wav.split(3 * tiny_pair.ours.frame_size, dim=-1)
+    with torch.no_grad(), tiny_pair.ref.streaming(1):
+        expected = torch.cat([tiny_pair.ref.encode_to_latent(c, quantize=False) for c in chunks], dim=-1)
+    state = tiny_pair.ours.init_state(1)
+    latent = torch.cat([tiny_pair.ours.encode_latent_step(c, state) for c in chunks], dim=-1)
+    assert (latent - expected).abs().max() <= LATENT_TOL
+    assert (expected - tiny_pair.ref_stream.latent).abs().max() > LATENT_TOL  # differs from frame by frame

@@ -151,7 +151,8 @@ class OurTTSRun:
     same hooks, same audio-prefix handling), for a batch of scripts. Frames come out as ``[B, 1 + G]`` per step."""
 
     def __init__(self, tts: Any, lm: LM, entries: list[list[Any]], condition: ConditionInputs | None,
-                 prefixes: list[Tensor] | None = None, options: SamplingOptions | None = None):
+                 prefixes: list[Tensor] | None = None, options: SamplingOptions | None = None,
+                 num_generated: int | None = None):
         self.tts, self.lm = tts, lm
         self.states = [tts.machine.new_state(e) for e in entries]
         self.text_prefixes = None if prefixes is None else [deque(p[0].tolist()) for p in prefixes]
@@ -159,7 +160,7 @@ class OurTTSRun:
         masked = None if prefixes is None else [p.shape[-1] + tts.delay_steps for p in prefixes]
         options = SamplingOptions.greedy() if options is None else options
         hooks = StepHooks(text_token=self._on_text, audio_tokens=self._on_audio)
-        self.gen = LMStream(lm, options, hooks=hooks, cfg_no_text=True)
+        self.gen = LMStream(lm, options, hooks=hooks, cfg_no_text=True, num_generated=num_generated)
         self.state = self.gen.init_state(len(entries), condition, cfg_masked_until=masked)
 
     def _delayed_prefix(self, prefix: Tensor) -> deque:

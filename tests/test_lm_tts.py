@@ -18,11 +18,11 @@ STEPS = 130
 VOICES = ["voices/alice.wav", "voices/bob.wav"]
 
 
-def _tts(repo: str, **kwargs):
+def _tts(repo: str, n_q: int = 8, **kwargs):
     from moshi.models.tts import TTSModel
 
     info = reference_checkpoint(repo)
-    return TTSModel.from_checkpoint_info(info, device="cpu", dtype=torch.float32, temp=0.0, n_q=8, **kwargs)
+    return TTSModel.from_checkpoint_info(info, device="cpu", dtype=torch.float32, temp=0.0, n_q=n_q, **kwargs)
 
 
 def _assert_frames_equal(ours: torch.Tensor, ref: torch.Tensor, what: str) -> None:
@@ -85,3 +85,16 @@ def test_tts_sampling_draws_like_the_reference(tiny_tts, tiny_voices):
                     options=options)
     torch.manual_seed(1234)
     _assert_frames_equal(run.run(60), ref, "tiny-tts sampled")
+
+
+def test_tts_fewer_codebooks_than_the_depformer(tiny_tts, tiny_voices):
+    """``num_generated`` < dep_q (the reference sets ``lm.dep_q = n_q``): the other audio streams are -1 inputs."""
+    tts = _tts(tiny_tts, n_q=5, voice_repo=tiny_voices)
+    voices = [tts.get_voice_path(VOICES[1])]
+    attributes = tts.make_condition_attributes(voices, cfg_coef=1.5)
+    ref = ref_tts_frames(tts, [tts.prepare_script([SCRIPT], padding_between=1)], [attributes], steps=50)
+    assert ref.shape[-1] == 1 + 5
+    ours = LM.load(tiny_tts, dtype=torch.float32)
+    run = OurTTSRun(tts, ours, [tts.prepare_script([SCRIPT], padding_between=1)], voice_inputs(voices, 5, "1.5"),
+                    num_generated=5)
+    _assert_frames_equal(run.run(50), ref, "tiny-tts n_q=5")

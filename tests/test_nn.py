@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from dsmcli.nn import RMSNorm, RingKVCache, apply_rope, attend, context_mask, make_norm
-
-os.environ.setdefault("NO_TORCH_COMPILE", "1")
+from dsmcli.nn import RingKVCache, RMSNorm, apply_rope, attend, context_mask, make_norm
 
 
 def _positions(offsets: torch.Tensor, steps: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dsmcli.errors import InputError
 from dsmcli.speak_model import SpeakOptions, TtsModel
 from dsmcli.speak_text import FixedEntries
 from test_speak_harness import (
+    AUDIO_ATOL,
     DIALOG,
     GREEDY,
     MONOLOGUE,
@@ -31,11 +32,13 @@ def tiny_model(tiny_tts, tiny_voices):
     return TtsModel.load(tiny_tts, voice_repo=tiny_voices, dtype=torch.float32)
 
 
-def _same(a: RecordingSink, b: RecordingSink) -> None:
+def _same(a: RecordingSink, b: RecordingSink, audio_atol: float = 0.0) -> None:
+    """Same tokens, consumption steps and words; audio equal (bit-exact unless ``audio_atol``: Mimi decoding a
+    batch of 2 rounds differently from a batch of 1)."""
     assert a.result is not None and b.result is not None
     assert torch.equal(a.frame_tensor, b.frame_tensor)
     assert a.result.consumption_steps == b.result.consumption_steps
-    assert np.array_equal(a.pcm, b.pcm)
+    assert a.pcm.shape == b.pcm.shape and float(np.abs(a.pcm - b.pcm).max(initial=0.0)) <= audio_atol
     assert a.words == b.words
 
 
@@ -45,7 +48,7 @@ def test_batch_slots_are_independent_and_reused(tiny_model):
     alice = our_voice(tiny_model, ["voices/alice.wav"])
     bob = our_voice(tiny_model, ["voices/bob.wav"])
     both = our_voice(tiny_model, ["voices/bob.wav", "voices/alice.wav"])
-    work = [(bob, [DIALOG[2]]), (alice, [MONOLOGUE]), (both, [DIALOG[1], DIALOG[2]])]
+    work = [(bob, [DIALOG[2]]), (alice, [DIALOG[0]]), (both, [DIALOG[1], DIALOG[2]])]
     singles = [synthesize(tiny_model, voice, turns) for voice, turns in work]
     sinks = [RecordingSink() for _ in work]
     jobs = [job(f"job{i}", voice, fixed(tiny_model, turns), sink) for i, ((voice, turns), sink) in
@@ -53,7 +56,7 @@ def test_batch_slots_are_independent_and_reused(tiny_model):
     run_jobs(tiny_model, jobs, batch_size=2)
     assert singles[0].result.steps < singles[1].result.steps  # job 2 starts in job 0's slot while job 1 runs
     for batched, single in zip(sinks, singles):
-        _same(batched, single)
+        _same(batched, single, audio_atol=AUDIO_ATOL)
 
 
 class WordByWord:
@@ -117,15 +120,10 @@ def test_seeded_sampling_is_reproducible(tiny_model):
 
 def test_fewer_codebooks_match_the_reference(tiny_model, tiny_tts, tiny_voices):
     """``--n-q 4``: the depformer generates 4 codebooks, the others are fed -1 (reference ``lm.dep_q = n_q``)."""
+    pytest.importorskip("moshi.models.tts")
     from test_speak_harness import ref_generate, ref_tts
 
-    pytest.importorskip("moshi.models.tts")
-    tts = ref_tts(tiny_tts, voice_repo=tiny_voices, n_q=4) if False else None
-    from moshi.models.loaders import CheckpointInfo
-    from moshi.models.tts import TTSModel
-
-    tts = TTSModel.from_checkpoint_info(CheckpointInfo.from_hf_repo(tiny_tts), device="cpu", dtype=torch.float32,
-                                        temp=0.0, n_q=4, voice_repo=tiny_voices)
+    tts = ref_tts(tiny_tts, voice_repo=tiny_voices, n_q=4)
     attributes = tts.make_condition_attributes([tts.get_voice_path("voices/bob.wav")], cfg_coef=2.0)
     ref = ref_generate(tts, tts.prepare_script([DIALOG[2]], padding_between=1), [attributes])
     model = TtsModel.load(tiny_tts, voice_repo=tiny_voices, dtype=torch.float32, n_q=4)

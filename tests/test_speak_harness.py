@@ -100,12 +100,12 @@ def synthesize(model: TtsModel, voice: SlotVoice, turns: list[str] | tuple[str, 
 # ------------------------------------------------------------------------------------------- reference
 
 
-def ref_tts(repo: str, **kwargs: Any) -> Any:
+def ref_tts(repo: str, n_q: int = 8, **kwargs: Any) -> Any:
     from moshi.models.loaders import CheckpointInfo
     from moshi.models.tts import TTSModel
 
     info = CheckpointInfo.from_hf_repo(repo)
-    return TTSModel.from_checkpoint_info(info, device="cpu", dtype=torch.float32, temp=0.0, n_q=8, **kwargs)
+    return TTSModel.from_checkpoint_info(info, device="cpu", dtype=torch.float32, temp=0.0, n_q=n_q, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,12 @@
 """Mimi neural audio codec: 24 kHz audio ↔ 12.5 Hz discrete codes, one-shot and streaming."""
 
-from dsmcli.codec.config import MimiConfig, PadMode, QuantizerConfig, SEANetConfig, TransformerConfig
+from dsmcli.codec.config import (
+    MimiConfig,
+    PadMode,
+    QuantizerConfig,
+    SEANetConfig,
+    TransformerConfig,
+)
 from dsmcli.codec.model import DecoderState, EncoderState, Mimi, MimiState
 
 __all__ = [

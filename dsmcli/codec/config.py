@@ -108,7 +108,7 @@ class MimiConfig:
         return exact_div(self.encoder_frame_rate, self.frame_rate)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "MimiConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> MimiConfig:
         """Parse the reference ``_mimi_config`` dict format (e.g. a ``mimi_config.json``)."""
         try:
             return _parse(raw)
@@ -124,7 +124,7 @@ _TOP_KEYS = {"sample_rate", "channels", "frame_rate", "seanet", "quantizer", "tr
 # Keys of the reference constructors that only matter for training: accepted and ignored.
 _QUANTIZER_TRAINING_KEYS = {"q_dropout", "no_quantization_rate", "decay", "threshold_usage_ratio",
                             "replaced_usage_ratio"}
-_TRANSFORMER_IGNORED_KEYS = {"betas", "checkpointing", "quantize", "positional_scale"}
+_TRANSFORMER_IGNORED_KEYS = {"betas", "checkpointing", "positional_scale"}  # training / sin-embedding only
 
 
 def _parse(raw: dict[str, Any]) -> MimiConfig:
@@ -147,8 +147,8 @@ def _parse(raw: dict[str, Any]) -> MimiConfig:
 def _validate_rates(config: MimiConfig) -> None:
     """The frame size and the encoder → code frame resampling stride must be whole numbers."""
     try:
-        config.frame_size
-        config.resample_stride
+        exact_div(config.sample_rate, config.frame_rate)
+        exact_div(config.encoder_frame_rate, config.frame_rate)
     except ValueError as exc:
         raise ModelLoadError(f"Mimi config: inconsistent rates ({exc})") from None
 

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.codec.config import MimiConfig, PadMode
-from dsmcli.codec.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState, nested
+from dsmcli.codec.conv import (
+    CausalConv1d,
+    CausalConvTranspose1d,
+    ConvState,
+    ConvTrState,
+    nested,
+)
 from dsmcli.codec.quantizer import SplitQuantizer
 from dsmcli.codec.seanet import LayerStates, SEANetDecoder, SEANetEncoder
 from dsmcli.codec.transformer import MimiTransformer, TransformerState
@@ -83,7 +89,7 @@ class Mimi(nn.Module):
 
     @classmethod
     def load(cls, path_or_name, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-             num_codebooks: int | None = None) -> "Mimi":
+             num_codebooks: int | None = None) -> Mimi:
         """Load a released Mimi: a ``.safetensors`` file (released sizes) or a model name / repo / directory
         (its ``mimi_name`` file and ``mimi_config_name`` override). ``num_codebooks`` defaults to all."""
         from dsmcli.codec.loading import load_mimi

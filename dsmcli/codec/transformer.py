@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.codec.config import TransformerConfig
-from dsmcli.nn import RingKVCache, attend, causal_attend, context_mask, make_norm, rope_angles, rotate
+from dsmcli.nn import (
+    RingKVCache,
+    attend,
+    causal_attend,
+    context_mask,
+    make_norm,
+    rope_angles,
+    rotate,
+)
 
 Rope = tuple[Tensor, Tensor] | None  # (cos, sin) [B|1, 1, T, D/2], or None without positional embedding
 

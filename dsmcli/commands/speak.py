@@ -53,7 +53,9 @@ def _run(**fields) -> None:
     fields["device"] = resolve_device(device)
     fields["model"] = fields["model"] or default_model("tts")
     result = execute(SpeakRequest(**fields))
-    raise typer.Exit(result.exit_code)
+    # sys.exit, not typer.Exit: cli.main runs Typer with standalone_mode=False, which returns (and drops) the code
+    # of a typer.Exit instead of exiting with it.
+    sys.exit(result.exit_code)
 
 
 @app.command("speak")

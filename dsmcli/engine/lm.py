@@ -65,11 +65,12 @@ class LM(nn.Module):
     def from_state(cls, config: LMConfig, state: dict[str, Tensor], dtype: torch.dtype = torch.bfloat16,
                    source: str = "LM weights") -> LM:
         """Build on the meta device and assign ``state`` (released names, either attention layout); floating
-        tensors are cast to ``dtype`` (conditioners to float32). Tensors already of the right dtype are shared."""
+        tensors are cast to ``dtype`` (conditioners to float32). Tensors already of the right dtype are shared.
+        The model is returned in eval mode without gradients (inference only)."""
         state = cast_floats(state, lambda key: torch.float32 if key.startswith(FLOAT32_PREFIXES) else dtype)
         model = cls(config, device="meta", dtype=dtype)
         assign_state(model, file_to_module_state(state, drop_depformer=config.depformer is None), source)
-        return model.eval()
+        return model.eval().requires_grad_(False)
 
     @property
     def dtype(self) -> torch.dtype:

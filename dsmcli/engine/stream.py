@@ -140,6 +140,7 @@ class LMStream:
         return self.lm.config.n_q - self.num_generated
 
     # ------------------------------------------------------------------------------------ state
+    @torch.no_grad()
     def init_state(self, batch_size: int, condition: ConditionInputs | None = None,
                    cfg_masked_until: Sequence[int] | None = None) -> StreamState:
         """A fresh stream of ``batch_size`` slots. ``condition`` describes each slot's conditions (the unconditional
@@ -162,12 +163,15 @@ class LMStream:
         )
 
     def _encode(self, condition: ConditionInputs | None, batch_size: int) -> ConditionTensors:
+        if condition is not None and not (condition.values or condition.tensors):
+            condition = None
         if condition is not None and condition.batch_size != batch_size:
             raise ValueError(f"condition has {condition.batch_size} slots, the stream {batch_size}")
         if condition is not None and self.options.uses_cfg:
             condition = ConditionInputs.concat([condition, condition.null()])
         return self.lm.encode_conditions(condition)
 
+    @torch.no_grad()
     def set_condition(self, state: StreamState, condition: ConditionInputs, mask: Tensor) -> None:
         """Give the slots selected by ``mask`` ``[B]`` the conditions of the same slots of ``condition`` (e.g. a new
         voice for a slot being reset). Cross-attention sources must keep their length."""

@@ -38,7 +38,7 @@ class RingKVCache:
         head_dim: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> "RingKVCache":
+    ) -> RingKVCache:
         if capacity <= 0:
             raise ValueError(f"KV cache capacity must be positive, got {capacity}")
         shape = (batch_size, num_heads, capacity, head_dim)
