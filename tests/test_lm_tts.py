@@ -14,7 +14,7 @@ from dsmcli.engine import LM, SamplingOptions
 
 SCRIPT = ("Hello there, this is a tiny voice speaking a few words so that the stream runs for a while, "
           "with enough words to keep the depformer busy for more than one hundred steps of audio.")
-STEPS = 130
+STEPS = 112
 VOICES = ["voices/alice.wav", "voices/bob.wav"]
 
 
@@ -78,13 +78,13 @@ def test_tts_sampling_draws_like_the_reference(tiny_tts, tiny_voices):
     voices = [tts.get_voice_path(VOICES[0])]
     attributes = tts.make_condition_attributes(voices, cfg_coef=2.0)
     torch.manual_seed(1234)
-    ref = ref_tts_frames(tts, [tts.prepare_script([SCRIPT], padding_between=1)], [attributes], steps=60)
+    ref = ref_tts_frames(tts, [tts.prepare_script([SCRIPT], padding_between=1)], [attributes], steps=40)
     ours = LM.load(tiny_tts, dtype=torch.float32)
     options = SamplingOptions(temp=0.6, top_k=250, text_temp=0.6, text_top_k=25)
     run = OurTTSRun(tts, ours, [tts.prepare_script([SCRIPT], padding_between=1)], voice_inputs(voices, 5, "2.0"),
                     options=options)
     torch.manual_seed(1234)
-    _assert_frames_equal(run.run(60), ref, "tiny-tts sampled")
+    _assert_frames_equal(run.run(40), ref, "tiny-tts sampled")
 
 
 def test_tts_fewer_codebooks_than_the_depformer(tiny_tts, tiny_voices):
@@ -92,9 +92,9 @@ def test_tts_fewer_codebooks_than_the_depformer(tiny_tts, tiny_voices):
     tts = _tts(tiny_tts, n_q=5, voice_repo=tiny_voices)
     voices = [tts.get_voice_path(VOICES[1])]
     attributes = tts.make_condition_attributes(voices, cfg_coef=1.5)
-    ref = ref_tts_frames(tts, [tts.prepare_script([SCRIPT], padding_between=1)], [attributes], steps=50)
+    ref = ref_tts_frames(tts, [tts.prepare_script([SCRIPT], padding_between=1)], [attributes], steps=40)
     assert ref.shape[-1] == 1 + 5
     ours = LM.load(tiny_tts, dtype=torch.float32)
     run = OurTTSRun(tts, ours, [tts.prepare_script([SCRIPT], padding_between=1)], voice_inputs(voices, 5, "1.5"),
                     num_generated=5)
-    _assert_frames_equal(run.run(50), ref, "tiny-tts n_q=5")
+    _assert_frames_equal(run.run(40), ref, "tiny-tts n_q=5")

@@ -3,6 +3,7 @@
 Stable surface::
 
     lm = LM.load("stt-1b-en_fr", device="cpu", dtype=torch.bfloat16)   # or a Hub repo id / local dir
+    lm = LM.from_checkpoint(checkpoint)                                  # a dsmcli.hub.Checkpoint already read
     gen = LMStream(lm, SamplingOptions.greedy(), hooks=StepHooks(...))
     state = gen.init_state(batch_size, condition=None)                  # ConditionInputs for TTS models
     out = gen.step(audio_codes_or_None, state, active=None)             # one 80 ms step -> StepOutput
@@ -21,6 +22,9 @@ Stable surface::
 * Real CFG: ``SamplingOptions(cfg_coef=2.0)`` doubles the model batch (``cfg_no_text``,
   ``init_state(cfg_masked_until=...)``); distilled CFG is just the ``cfg`` condition value.
 * ``LMStream(num_generated=n)`` generates only the first ``n`` codebooks (TTS with fewer codebooks).
+* ``lm.config`` (:class:`LMConfig`) names the token ids (``text_pad_id``, ``end_of_padding_id``,
+  ``text_initial_id``, ``audio_initial_id``, ``zero_id``, ``ungenerated_id``), ``delays``/``max_delay``,
+  ``distilled_cfg_values`` and the extra heads' sizes.
 """
 
 from dsmcli.engine.conditioning import ConditionInputs, ConditionTensors, TensorCondition
