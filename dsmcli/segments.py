@@ -48,12 +48,23 @@ class SegmentBuilder:
     def push(self, event: TranscriptEvent) -> list[Segment]:
         """Consume a word or an end-of-turn; return the segments it closed (0, 1 or 2)."""
         if isinstance(event, EndOfTurn):
-            return self._close() if self.options.split_on_end_of_turn else []
-        closed = self._close() if self._breaks_before(event) else []
-        self._words.append(event)
-        if self.options.split_on_punctuation and SENTENCE_END.search(event.text.rstrip()):
-            closed += self._close()
-        return closed
+            return self.end_turn()
+        return self.close_before(event) + self.add(event)
+
+    def close_before(self, word: Word) -> list[Segment]:
+        """The segment ``word`` cannot join (a pause or length limit), closed before the word is added."""
+        return self._close() if self._breaks_before(word) else []
+
+    def add(self, word: Word) -> list[Segment]:
+        """Append ``word`` (after ``close_before``); return the segment it ends (sentence end), if any."""
+        self._words.append(word)
+        if self.options.split_on_punctuation and SENTENCE_END.search(word.text.rstrip()):
+            return self._close()
+        return []
+
+    def end_turn(self) -> list[Segment]:
+        """An end of turn: close the open segment (when the options split there)."""
+        return self._close() if self.options.split_on_end_of_turn else []
 
     def finish(self) -> list[Segment]:
         """Close the last segment at the end of the stream."""

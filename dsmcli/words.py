@@ -88,6 +88,11 @@ class WordAssembler:
         self._segment = None
         self._last_step = None
 
+    @property
+    def has_pending_text(self) -> bool:
+        """True while text tokens wait for the next boundary (or ``finish``) to become words."""
+        return self._segment is not None and bool(self._segment.ids)
+
     def push(self, step: int, token: int, probability: float | None = None) -> list[Word]:
         """Consume the text token of ``step``; return the words this step made final.
 

@@ -56,11 +56,13 @@ def test_files_are_valid_after_each_segment(tmp_path):
     with TranscriptOutput(writers) as out:
         closed = 0
         for word in sentence_words(4):
-            closed += len(out.push(word))
+            closed_now = len(out.push(word))
+            closed += closed_now
             srt = srt_cues((tmp_path / "talk.srt").read_text())
             assert len(srt) == closed  # each cue is on disk as soon as its sentence ends
             assert len(vtt_cues((tmp_path / "talk.vtt").read_text())) == closed
-            assert len((tmp_path / "talk.txt").read_text().splitlines()) == closed
+            txt = (tmp_path / "talk.txt").read_text()  # live: finished lines, then the open segment's words
+            assert txt.count("\n") == closed and txt.endswith(word.text.strip() + ("\n" if closed_now else ""))
             assert len((tmp_path / "talk.tsv").read_text().splitlines()) == closed + 1
             events = [json.loads(line) for line in (tmp_path / "talk.jsonl").read_text().splitlines()]
             assert [e["type"] for e in events[-2:]] == ["Word", "EndWord"]

@@ -20,6 +20,7 @@ from typing import BinaryIO, cast
 import numpy as np
 import soundfile
 
+from dsmcli.audio.native_stderr import DecoderStderr
 from dsmcli.audio.pcm import ByteReader, PcmFormat, iter_pcm, read_wav_header
 from dsmcli.errors import InputError
 
@@ -37,25 +38,38 @@ class DecodedStream:
     duration: float | None
     close: Callable[[], None] | None = None  # releases the file / process
     codec: str = ""  # libsndfile's container name ("MP3", "WAV", ...) when it decodes
+    native_stderr: DecoderStderr | None = None  # the decoder's dropped C-level messages (damaged MP3 frames)
 
 
 def open_soundfile(path: Path, name: str, block_seconds: float) -> DecodedStream:
-    """Decode with libsndfile; raises ``InputError`` on unreadable, corrupt or cut files."""
+    """Decode with libsndfile; raises ``InputError`` on unreadable, corrupt or cut files.
+
+    libmpg123's C-level messages on damaged MP3s are kept off stderr and counted
+    (``DecodedStream.native_stderr``)."""
+    quiet = DecoderStderr()
     try:
-        file = soundfile.SoundFile(str(path))
+        with quiet:
+            file = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError) as error:
+        quiet.close()
         raise InputError(f"{name}: not a readable audio file ({_libsndfile_reason(error)})") from error
     duration = file.frames / file.samplerate if file.frames > 0 else None
     block = max(1, round(block_seconds * file.samplerate))
-    blocks = _soundfile_blocks(file, name, block)
-    return DecodedStream(blocks, file.samplerate, file.channels, duration, file.close, file.format)
+    blocks = _soundfile_blocks(file, name, block, quiet)
+
+    def close() -> None:
+        file.close()
+        quiet.close()
+
+    return DecodedStream(blocks, file.samplerate, file.channels, duration, close, file.format, quiet)
 
 
-def _soundfile_blocks(file: soundfile.SoundFile, name: str, block: int) -> Iterator[np.ndarray]:
+def _soundfile_blocks(file: soundfile.SoundFile, name: str, block: int, quiet: DecoderStderr) -> Iterator[np.ndarray]:
     with file:
         while True:
             try:
-                data = file.read(block, dtype="float32", always_2d=True)
+                with quiet:
+                    data = file.read(block, dtype="float32", always_2d=True)
             except (soundfile.LibsndfileError, RuntimeError) as error:
                 raise InputError(f"{name}: corrupt audio data ({_libsndfile_reason(error)})") from error
             if not len(data):

@@ -73,6 +73,12 @@ class AudioSource:
             raise InputError(f"{self.name}: no audio samples")
         raise StopIteration
 
+    @property
+    def decoder_messages(self) -> int:
+        """Messages the C decoder printed and we kept off stderr (damaged MP3 frames it skipped)."""
+        quiet = self._decoded.native_stderr
+        return 0 if quiet is None else quiet.dropped
+
     def close(self) -> None:
         """Release the decoder (idempotent)."""
         self._done = True

@@ -3,38 +3,50 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any
 
 from dsmcli.constants import SAMPLE_RATE
 
 
 def _known_duration(source: str) -> float | None:
-    try:
-        import soundfile
+    """Seconds of audio in ``source`` when its header says so; None for stdin, the mic, ffmpeg formats."""
+    import os
 
+    import soundfile
+
+    if not os.path.isfile(source):  # libsndfile would read "-" as stdin
+        return None
+    try:
         return float(soundfile.info(source).duration)
-    except Exception:  # unknown length (stdin, mic, ffmpeg formats): an open-ended bar
+    except (soundfile.LibsndfileError, RuntimeError, OSError):
         return None
 
 
 class ProgressDisplay:
-    """``update(name, samples_done)`` moves the bar of input ``name`` (seconds of audio processed)."""
+    """``update(name, samples_done)`` moves the bar of input ``name`` (seconds of audio processed).
+
+    Bars go to stderr, so a transcript printed on stdout is never mixed with them; an input of unknown
+    length gets an open-ended bar. Disabled, every call is a no-op."""
 
     def __init__(self, enabled: bool, sources: list[str]) -> None:
         self.enabled = enabled
         self._sources = sources
-        self._progress = None
-        self._tasks: dict[str, int] = {}
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         if self.enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      TextColumn("{task.completed:.1f}/{task.total:.1f} s"), TimeElapsedColumn(),
-                                      transient=False)
+                                      TextColumn("{task.completed:.1f}/{task.fields[length]} s"), TimeElapsedColumn(),
+                                      console=Console(stderr=True), transient=False)
             self._progress.__enter__()
             for source in self._sources:
-                self._tasks[source] = self._progress.add_task(source, total=_known_duration(source))
+                total = _known_duration(source)
+                length = "?" if total is None else f"{total:.1f}"
+                self._tasks[source] = self._progress.add_task(source, total=total, length=length)
         return self
 
     def update(self, name: str, samples: int) -> None:

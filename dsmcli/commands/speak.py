@@ -10,7 +10,7 @@ import typer
 
 from dsmcli.cli import app
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
-from dsmcli.errors import UsageError
+from dsmcli.errors import EXIT_INTERRUPTED, UsageError
 from dsmcli.speak_model import AUDIO_TOP_K, DEFAULT_TEMPERATURE, TEXT_TOP_K, SpeakOptions
 from dsmcli.tts.state_machine import DEFAULT_MAX_PADDING
 
@@ -52,9 +52,13 @@ def _run(**fields) -> None:
     fields["dtype"] = resolve_dtype(fields.pop("dtype_name"), device)
     fields["device"] = resolve_device(device)
     fields["model"] = fields["model"] or default_model("tts")
-    result = execute(SpeakRequest(**fields))
     # sys.exit, not typer.Exit: cli.main runs Typer with standalone_mode=False, which returns (and drops) the code
-    # of a typer.Exit instead of exiting with it.
+    # of a typer.Exit, and turns Ctrl-C into such an Exit(130), instead of exiting with it.
+    try:
+        result = execute(SpeakRequest(**fields))
+    except KeyboardInterrupt:
+        print("dsm: interrupted", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(result.exit_code)
 
 

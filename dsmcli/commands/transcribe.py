@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from dsmcli.cli import app
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
+from dsmcli.errors import EXIT_INTERRUPTED, EXIT_OK
 
 
 @app.command("transcribe")
@@ -62,7 +62,14 @@ def transcribe_cmd(
         options=run.transcribe_options(temperature, seed, vad, vad_threshold),
         writer_options=run.writer_options(max_line_width, max_line_count, max_words_per_line, highlight_words),
         segment_options=run.segment_options(gap, vad),
-        progress=sys.stderr.isatty() if progress is None else progress,
+        progress=progress,
     )
-    result = run.execute(request)
-    raise typer.Exit(result.exit_code)
+    try:
+        result = run.execute(request)
+    except KeyboardInterrupt:  # before any output was opened (e.g. while the model loads)
+        run.report("interrupted", "error")
+        sys.exit(EXIT_INTERRUPTED)
+    if result.interrupted:
+        run.report("interrupted; the outputs hold everything transcribed until then", "error")
+    if result.exit_code != EXIT_OK:
+        sys.exit(result.exit_code)  # SystemExit: Typer returns typer.Exit codes to `main` without exiting

@@ -1,28 +1,56 @@
-"""Glue of `dsm transcribe`: inputs → jobs with output sinks, progress, exit code."""
+"""Glue of `dsm transcribe`: inputs → jobs with output sinks, progress, exit code.
+
+Order of a run: check the outputs can be written and open every input file once (a bad file costs one
+line on stderr, not a model load), load the model, then stream all inputs through ``Transcriber``.
+A failing input (decode error, NaN samples, unwritable output) is reported on one line and the others
+go on (exit code 5); Ctrl-C finalizes every open output (exit code 130).
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from dsmcli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, DsmError, OutputError, UsageError
-from dsmcli.outputs import STDOUT, TranscriptOutput, WriterOptions, open_writers, output_paths
+from dsmcli.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    DsmError,
+    InputError,
+    OutputError,
+    UsageError,
+)
+from dsmcli.outputs import (
+    STDOUT,
+    TranscriptOutput,
+    WriterOptions,
+    open_writers,
+    output_paths,
+)
 from dsmcli.results import TranscriptEvent
 from dsmcli.segments import SegmentOptions, SubtitleOptions
 from dsmcli.transcribe import SttJob, TranscribeOptions
 
 MIC = "<mic>"
+STDIN = "-"
 STDIN_STEM = "stdin"  # whisper writes "-.txt" for stdin; we don't
 MIC_STEM = "mic"
 
 
 @dataclass(frozen=True)
 class Request:
+    """Everything `dsm transcribe` was asked, validated by the command."""
+
     sources: list[str]
     formats: list[str]
     output: str | None
@@ -38,7 +66,7 @@ class Request:
     options: TranscribeOptions
     writer_options: WriterOptions
     segment_options: SegmentOptions
-    progress: bool
+    progress: bool | None  # None: on when stderr is a terminal (and the transcript is not printed there)
     mic_factory: Any = None  # sounddevice.InputStream stand-in (tests inject a fake)
 
 
@@ -46,7 +74,7 @@ class Request:
 class RunResult:
     total: int
     errors: list[DsmError] = field(default_factory=list)
-    interrupted: bool = False  # Ctrl-C ended a live input; its outputs were finalized
+    interrupted: bool = False  # Ctrl-C ended the run (or a live input); outputs were finalized
 
     @property
     def exit_code(self) -> int:
@@ -57,6 +85,11 @@ class RunResult:
         if len(self.errors) < self.total:
             return EXIT_PARTIAL
         return self.errors[0].exit_code
+
+
+def report(message: object, kind: str = "error") -> None:
+    """One line on stderr."""
+    print(f"dsm: {kind}: {message}", file=sys.stderr, flush=True)
 
 
 def pick_formats(formats: list[str] | None, *, srt: bool, json_: bool) -> list[str]:
@@ -72,7 +105,7 @@ def pick_sources(inputs: list[str], *, mic: bool) -> list[str]:
         return [MIC]
     if not inputs:
         raise UsageError("give audio files, - for stdin, or --mic")
-    if inputs.count("-") > 1 or ("-" in inputs and len(inputs) > 1):
+    if inputs.count(STDIN) > 1 or (STDIN in inputs and len(inputs) > 1):
         raise UsageError("- (stdin) cannot be combined with other inputs")
     return inputs
 
@@ -98,7 +131,7 @@ def segment_options(gap: float | None, vad: bool) -> SegmentOptions:
 
 
 def _stem(source: str) -> str:
-    if source == "-":
+    if source == STDIN:
         return STDIN_STEM
     if source == MIC:
         return MIC_STEM
@@ -112,13 +145,22 @@ def _output_for(request: Request) -> str | None:
     return request.output
 
 
+def show_progress(request: Request) -> bool:
+    """``--progress/--no-progress``, else on when stderr is a terminal and the transcript is not printed there."""
+    if request.progress is not None:
+        return request.progress
+    printed_on_terminal = _output_for(request) == STDOUT and sys.stdout.isatty()
+    return sys.stderr.isatty() and not printed_on_terminal
+
+
 class OutputSink:
     """One input's writers, opened when its first result (or its end) arrives."""
 
     def __init__(self, request: Request, source: str, model_name: str, result: RunResult):
         self.request, self.source, self.result = request, source, result
         self.options = WriterOptions(model=model_name, temperature=request.options.temperature,
-                                     subtitles=request.writer_options.subtitles)
+                                     subtitles=request.writer_options.subtitles, end_of_turn=request.options.vad)
+        self.audio: Any = None  # the AudioSource being read, for its decoder warnings
         self._out: TranscriptOutput | None = None
 
     def _open(self) -> TranscriptOutput:
@@ -132,13 +174,19 @@ class OutputSink:
         self._open().push(event)
 
     def finish(self, duration: float) -> None:
-        self._open().close(duration)
+        self._open().close(duration, interrupted=self.result.interrupted)
+        skipped = 0 if self.audio is None else self.audio.decoder_messages
+        if skipped:
+            report(f"{self.source}: the decoder skipped damaged data ({skipped} messages)", "warning")
 
     def fail(self, error: DsmError) -> None:
         self.result.errors.append(error)
-        print(f"dsm: error: {error}", file=sys.stderr, flush=True)
+        report(error)
         if self._out is not None:
-            self._out.close(interrupted=True)
+            try:
+                self._out.close(interrupted=True)
+            except DsmError:  # the output is what failed: the error was reported already
+                pass
 
     def interrupt(self) -> None:
         if self._out is not None and not self._out.closed:
@@ -146,14 +194,75 @@ class OutputSink:
 
 
 def check_outputs(request: Request) -> None:
-    """Fail before loading the model if an output exists (without --force) or cannot be named."""
+    """Fail before loading the model if an output exists (without --force), collides with another input's,
+    or cannot be created."""
     target = _output_for(request)
-    for source in request.sources:
-        for path in output_paths(request.formats, target, _stem(source)).values():
-            if path is not None and path.exists() and not request.force:
-                raise OutputError(f"{path} exists (use --force to overwrite)")
     if len(request.sources) > 1 and target is not None and Path(target).suffix and not Path(target).is_dir():
         raise UsageError("several inputs need an output directory, not a file name")
+    owners: dict[Path, str] = {}
+    for source in request.sources:
+        for path in output_paths(request.formats, target, _stem(source)).values():
+            if path is None:
+                continue
+            if path in owners:
+                raise UsageError(f"{owners[path]} and {source} would both write {path}")
+            owners[path] = source
+            if path.exists() and not request.force:
+                raise OutputError(f"{path} exists (use --force to overwrite)")
+    for directory in dict.fromkeys(path.parent for path in owners):
+        _check_directory(directory)
+
+
+def _check_directory(directory: Path) -> None:
+    """``directory`` exists and is writable, or can be created (its nearest existing ancestor is)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create directory {directory}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to directory {existing}: permission denied")
+
+
+def preflight(request: Request, result: RunResult) -> list[str]:
+    """Open (and close) every input file before the model loads; report the bad ones, return the others."""
+    from dsmcli.audio import open_audio
+
+    good = []
+    for source in request.sources:
+        if source in (STDIN, MIC):
+            good.append(source)
+            continue
+        try:
+            open_audio(source, raw=request.raw, rate=request.rate, channels=request.channels).close()
+        except InputError as error:
+            result.errors.append(error)
+            report(error)
+        else:
+            good.append(source)
+    return good
+
+
+@contextmanager
+def _first_ctrl_c_stops(mic: Any) -> Iterator[None]:
+    """The first Ctrl-C stops the microphone: what it heard is still transcribed, then the run exits with 130.
+    A second Ctrl-C interrupts at once. (Only the main thread can set signal handlers.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    restore = previous if previous is not None else signal.default_int_handler
+
+    def stop(signum: int, frame: Any) -> None:
+        mic.interrupted = True
+        mic.stop()
+        signal.signal(signal.SIGINT, restore)
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, restore)
 
 
 def _mic_chunks(request: Request, result: RunResult) -> Iterator[np.ndarray]:
@@ -162,37 +271,56 @@ def _mic_chunks(request: Request, result: RunResult) -> Iterator[np.ndarray]:
     device: int | str | None = request.audio_device
     if isinstance(device, str) and device.isdigit():
         device = int(device)
-    with MicSource(device=device, stream_factory=request.mic_factory) as mic:
+    with MicSource(device=device, stream_factory=request.mic_factory) as mic, _first_ctrl_c_stops(mic):
         yield from mic
-    result.interrupted = mic.interrupted
+    result.interrupted = result.interrupted or mic.interrupted
 
 
-def _opener(request: Request, source: str, result: RunResult):
+def _opener(request: Request, source: str, sink: OutputSink, result: RunResult) -> Callable[[], Iterable[np.ndarray]]:
     def open_source() -> Iterable[np.ndarray]:
         if source == MIC:
             return _mic_chunks(request, result)
         from dsmcli.audio import open_audio
 
-        return open_audio(source, raw=request.raw, rate=request.rate, channels=request.channels)
+        sink.audio = open_audio(source, raw=request.raw, rate=request.rate, channels=request.channels)
+        return sink.audio
 
     return open_source
 
 
-def execute(request: Request) -> RunResult:
+def execute(request: Request, observer: Callable[[str, int], None] | None = None) -> RunResult:
+    """Run the whole request; the result's ``exit_code`` is the command's. ``observer(source, samples_read)``
+    is called at every step of every input (after the progress bars)."""
     from dsmcli.commands.progress import ProgressDisplay
     from dsmcli.stt import SttModel
     from dsmcli.transcribe import Transcriber
 
     check_outputs(request)
-    model = SttModel.load(request.model, device=request.device, dtype=request.dtype)
     result = RunResult(total=len(request.sources))
-    sinks = [OutputSink(request, source, model.name, result) for source in request.sources]
-    jobs = [SttJob(source, _opener(request, source, result), sink) for source, sink in zip(request.sources, sinks)]
-    batch = min(request.batch_size, len(jobs))
+    sources = preflight(request, result)
+    if not sources:
+        return result
+    model = SttModel.load(request.model, device=request.device, dtype=request.dtype)
+    transcriber = Transcriber(model, request.options, batch_size=min(request.batch_size, len(sources)))
+    sinks = [OutputSink(request, source, model.name, result) for source in sources]
+    jobs = [SttJob(source, _opener(request, source, sink, result), sink) for source, sink in zip(sources, sinks)]
     try:
-        with ProgressDisplay(enabled=request.progress, sources=request.sources) as display:
-            Transcriber(model, request.options, batch_size=batch).run(jobs, progress=display.update)
+        with ProgressDisplay(enabled=show_progress(request), sources=sources) as display:
+            transcriber.run(jobs, progress=_chain(display.update, observer))
+    except KeyboardInterrupt:
+        result.interrupted = True
     finally:
         for sink in sinks:
             sink.interrupt()
     return result
+
+
+def _chain(first: Callable[[str, int], None], second: Callable[[str, int], None] | None) -> Callable[[str, int], None]:
+    if second is None:
+        return first
+
+    def both(source: str, samples: int) -> None:
+        first(source, samples)
+        second(source, samples)
+
+    return both

@@ -19,6 +19,7 @@ class WriterOptions:
     language: str | None = None
     temperature: float = 0.0
     subtitles: SubtitleOptions = field(default_factory=SubtitleOptions)
+    end_of_turn: bool = False  # the run detects ends of turn: JSON marks them (see JsonWriter)
 
 
 class TranscriptWriter:

@@ -23,13 +23,21 @@ class TranscriptOutput:
         self.closed = False
 
     def push(self, event: TranscriptEvent) -> list[Segment]:
-        """Write ``event`` and the segments it closes; return those segments."""
-        for writer in self.writers:
-            if isinstance(event, EndOfTurn):
+        """Write ``event`` and the segments it closes, in stream order; return those segments.
+
+        A segment closed *before* a word (pause, length limit) is written before the word, and the
+        segment an end of turn closes is written before the end of turn, so a live writer (TXT)
+        always sees a segment's words, then the segment, then what follows it.
+        """
+        if isinstance(event, EndOfTurn):
+            closed = self._write_segments(self._builder.end_turn())
+            for writer in self.writers:
                 writer.write_end_of_turn(event)
-            else:
-                writer.write_word(event)
-        return self._write_segments(self._builder.push(event))
+            return closed
+        closed = self._write_segments(self._builder.close_before(event))
+        for writer in self.writers:
+            writer.write_word(event)
+        return closed + self._write_segments(self._builder.add(event))
 
     def close(self, duration: float | None = None, *, interrupted: bool = False) -> list[Segment]:
         """Close the last segment and all writers (each even if another fails); idempotent."""

@@ -67,21 +67,42 @@ def transcript_to_dict(transcript: Transcript, temperature: float = 0.0) -> dict
 
 
 class JsonWriter(TranscriptWriter):
-    """Collects segments and writes the JSON document at ``close`` (also on Ctrl-C)."""
+    """Collects segments and writes the JSON document at ``close`` (also on Ctrl-C).
+
+    With ``options.end_of_turn`` (the run detects ends of turn), every segment gets an
+    ``end_of_turn`` flag (true for the last segment before each end of turn) and the document an
+    ``end_of_turns`` list of ``{"time", "probability"}``.
+    """
 
     extension = "json"
 
     def _start(self) -> None:
         self._segments: list[Segment] = []
+        self._turns: list[EndOfTurn] = []
+        self._turn_segments: set[int] = set()  # ids of segments that end a turn
+        self._segments_at_turn = 0
 
     def write_segment(self, segment: Segment) -> None:
         self._segments.append(segment)
+
+    def write_end_of_turn(self, event: EndOfTurn) -> None:
+        self._turns.append(event)
+        if len(self._segments) > self._segments_at_turn:  # a segment came since the last turn end
+            self._turn_segments.add(self._segments[-1].id)
+        self._segments_at_turn = len(self._segments)
 
     def _finish(self, duration: float | None, interrupted: bool) -> None:
         transcript = Transcript.from_segments(
             self._segments, language=self.options.language, model=self.options.model, duration=duration
         )
-        self._emit(json.dumps(transcript_to_dict(transcript, self.options.temperature)))
+        document = transcript_to_dict(transcript, self.options.temperature)
+        if self.options.end_of_turn:
+            for segment in document["segments"]:
+                segment["end_of_turn"] = segment["id"] in self._turn_segments
+            document["end_of_turns"] = [
+                {"time": round(turn.time, JSON_TIME_DECIMALS), "probability": turn.probability} for turn in self._turns
+            ]
+        self._emit(json.dumps(document))
 
 
 def _seconds(value: float) -> float:

@@ -6,7 +6,7 @@ from typing import TextIO
 
 from dsmcli.outputs.base import TranscriptWriter, WriterOptions
 from dsmcli.outputs.timestamps import format_timestamp
-from dsmcli.results import Segment
+from dsmcli.results import EndOfTurn, Segment
 from dsmcli.segments import Cue, CueBuilder
 
 
@@ -30,6 +30,11 @@ class SubtitleWriter(TranscriptWriter):
 
     def write_segment(self, segment: Segment) -> None:
         for cue in self._cues.push(segment):
+            self._write_cue(cue)
+
+    def write_end_of_turn(self, event: EndOfTurn) -> None:
+        """A turn ends: no cue spans it, even when segments are merged into cues."""
+        for cue in self._cues.finish():
             self._write_cue(cue)
 
     def _finish(self, duration: float | None, interrupted: bool) -> None:
