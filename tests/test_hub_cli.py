@@ -136,3 +136,38 @@ def test_cli_local_dir_missing_file(tmp_path):
     assert out.returncode == EXIT_MODEL
     assert "missing file" in out.stderr and "model.safetensors" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_corrupt_weights_in_a_local_model(fixture_dir, tmp_path, run_dsm, bria_24k):
+    """A model folder whose LM file is not safetensors: one line, exit code 3, no traceback."""
+    import shutil
+
+    import soundfile
+
+    model = tmp_path / "broken-stt"
+    shutil.copytree(fixture_dir / "tiny-stt", model)
+    (model / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, bria_24k(1.0), 24000)
+    out = run_dsm("transcribe", wav, "-m", model)
+    err = out.stderr.decode()
+    assert out.returncode == EXIT_MODEL, err
+    assert err.count("\n") == 1 and "not a readable safetensors file" in err and "Traceback" not in err
+
+
+def test_cli_weights_of_the_wrong_shape(fixture_dir, tmp_path, run_dsm, bria_24k):
+    import shutil
+
+    import soundfile
+
+    model = tmp_path / "reshaped-stt"
+    shutil.copytree(fixture_dir / "tiny-stt", model)
+    state = read_safetensors(model / "model.safetensors")
+    state["text_linear.weight"] = state["text_linear.weight"][:-1]
+    save_file(state, str(model / "model.safetensors"))
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, bria_24k(1.0), 24000)
+    out = run_dsm("transcribe", wav, "-m", model)
+    err = out.stderr.decode()
+    assert out.returncode == EXIT_MODEL, err
+    assert "text_linear.weight" in err and "Traceback" not in err and err.count("\n") == 1

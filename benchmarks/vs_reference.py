@@ -1,0 +1,336 @@
+"""dsmcli vs the reference (``moshi``) on the same random weights, the same inputs, the same machine, one run.
+
+    python benchmarks/vs_reference.py [--arch stt-1b-en_fr] [--threads 2] [--rounds 3] [--steps 16]
+                                      [--mimi FILE] [--workdir DIR] [--json results.json]
+
+1. Mimi: a real-size random Mimi (``tools/make_fixtures.py``'s ``make_real_mimi``, or ``--mimi FILE``) is loaded
+   by both; streaming encode of real speech (bria.mp3) frame by frame, then one-shot encode.
+2. LM: the reference ``LMModel`` of the architecture is built with random weights (bf16-valued, so the released
+   bf16 file is lossless), saved in the released layout (``save_lm``) next to a ``config.json``, and ours is
+   loaded from that directory through ``LM.load``: bit-identical weights. Both step greedy on the Mimi codes of
+   bria.mp3, interleaved round by round (the machine is shared: medians over rounds; see benchmarks/README.md).
+3. Ours is then quantized in place (``quantize_lm(lm, "int8")``) and timed again against fresh reference
+   rounds; int8 agreement (text-logit cosine similarity, greedy token agreement) is measured teacher-forced
+   against our fp32 run on the same codes.
+
+Needs ~10 GB of RAM at the peak (the reference fp32 model and ours, 4 GB each) and ~2 GB of disk.
+Never run as a unit test: it is a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+from fixturelib.audio import SHARED_DATA, speech_24k  # noqa: E402
+
+from dsmcli.architectures import released_config  # noqa: E402
+from dsmcli.codec import Mimi  # noqa: E402
+from dsmcli.constants import FRAME_SIZE  # noqa: E402
+from dsmcli.engine import LM, LMStream, SamplingOptions, StepHooks  # noqa: E402
+from dsmcli.engine.quantize import quantize_lm  # noqa: E402
+
+NON_LM_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
+               "lm_gen_config", "tts_config", "stt_config", "model_id")
+SPEECH = "bria.mp3"
+NORM_GAIN = (0.6, 1.4)
+TARGETS = {"mimi_encode": 4.0, "lm_fp32": 1.0, "lm_int8": 3.0, "throughput": 3.0, "cosine": 0.999}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-step wall times (ms) pooled over rounds; first step of each round kept apart."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    first_ms: float
+    steps: int
+
+    @classmethod
+    def of(cls, samples: list[float], firsts: list[float]) -> Timing:
+        ordered = sorted(samples)
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        return cls(statistics.median(ordered), pick(0.1), pick(0.9), statistics.median(firsts), len(ordered))
+
+
+def timed_run(step: Callable[[int], object], warmup: int, steps: int) -> tuple[list[float], float]:
+    """Run ``warmup + steps`` steps; per-step ms of the last ``steps`` and of the first step."""
+    times = []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        step(index)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times[warmup:], times[0]
+
+
+def interleaved(contenders: dict[str, Callable[[], tuple[list[float], float]]], rounds: int) -> dict[str, Timing]:
+    """Each round runs every contender once, in turn, so load changes hit all of them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    firsts: dict[str, list[float]] = {name: [] for name in contenders}
+    for round_index in range(rounds):
+        for name, run in contenders.items():
+            times, first = run()
+            samples[name] += times
+            firsts[name].append(first)
+            print(f"  round {round_index + 1}/{rounds} {name}: median {statistics.median(times):.1f} ms", flush=True)
+    return {name: Timing.of(samples[name], firsts[name]) for name in contenders}
+
+
+# ------------------------------------------------------------------------------------------- Mimi
+
+
+def speech_frames(seconds: float) -> torch.Tensor:
+    """``[F, 1, 1, FRAME_SIZE]`` frames of real speech."""
+    wav = torch.from_numpy(speech_24k(SHARED_DATA / SPEECH, seconds))
+    return wav[: len(wav) // FRAME_SIZE * FRAME_SIZE].view(-1, 1, 1, FRAME_SIZE)
+
+
+def bench_mimi(path: Path, frames: torch.Tensor, rounds: int) -> dict[str, Timing]:
+    from make_fixtures import load_ref_mimi
+
+    ref, ours = load_ref_mimi(path, None, 32), Mimi.load(path)
+
+    def ref_stream() -> tuple[list[float], float]:
+        with torch.no_grad(), ref.streaming(1):
+            return timed_run(lambda i: ref.encode(frames[i]), 0, len(frames))
+
+    def our_stream() -> tuple[list[float], float]:
+        state = ours.init_state(1)
+        return timed_run(lambda i: ours.encode_step(frames[i], state), 0, len(frames))
+
+    whole = frames.reshape(1, 1, -1)
+
+    def one_shot(model: torch.nn.Module) -> Callable[[], tuple[list[float], float]]:
+        def run() -> tuple[list[float], float]:
+            with torch.no_grad():
+                times, first = timed_run(lambda i: model.encode(whole), 1, 1)
+            return [t / len(frames) for t in times], first / len(frames)
+
+        return run
+
+    print("Mimi streaming encode (ms per 80 ms frame, batch 1)")
+    result = interleaved({"ref_stream": ref_stream, "ours_stream": our_stream}, rounds)
+    print("Mimi one-shot encode (ms per frame)")
+    result.update(interleaved({"ref_oneshot": one_shot(ref), "ours_oneshot": one_shot(ours)}, rounds))
+    return result
+
+
+def speech_codes(path: Path, frames: torch.Tensor) -> torch.Tensor:
+    """Codes ``[1, n_q, F]`` of the frames, streamed through our Mimi (what ``dsm transcribe`` feeds the LM)."""
+    mimi = Mimi.load(path)
+    state = mimi.init_state(1)
+    return torch.cat([mimi.encode_step(frame, state) for frame in frames], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------- LM
+
+
+def random_reference_lm(lm_kwargs: dict, seed: int) -> torch.nn.Module:
+    """The reference LMModel, fp32, weights ~ N(0, 1/fan_in) rounded to bf16 values, norm gains in [0.6, 1.4].
+    (Drawn directly on an empty module: the reference's own initialisers take minutes at this size.)"""
+    from moshi.models import loaders
+
+    model = loaders.get_moshi_lm(None, lm_kwargs=dict(lm_kwargs), device="meta", dtype=torch.float32)
+    model = model.to_empty(device="cpu").eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("alpha"):
+                param.uniform_(*NORM_GAIN, generator=generator)
+            else:
+                param.normal_(0.0, param.shape[-1] ** -0.5, generator=generator)
+            param.copy_(param.bfloat16().float())
+    return model
+
+
+def write_checkpoint(ref_lm: torch.nn.Module, config: dict, mimi_path: Path, workdir: Path) -> Path:
+    """``workdir`` laid out like a released repo: config.json, the LM in the released layout, the Mimi file."""
+    from make_fixtures import save_lm
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_lm(ref_lm, workdir / config["moshi_name"])
+    mimi_link = workdir / config["mimi_name"]
+    if not mimi_link.exists():
+        mimi_link.symlink_to(mimi_path.resolve())
+    (workdir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return workdir
+
+
+def batch_codes(codes: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
+    """``[steps, batch, n_q, 1]``: slot ``b`` reads the speech from frame ``b`` on (wrapping)."""
+    total = codes.shape[-1]
+    index = (torch.arange(steps)[:, None] + torch.arange(batch)[None, :]) % total
+    return codes[0].T[index][..., None]  # [steps, batch, n_q, 1]
+
+
+def ref_contender(ref_lm, codes: torch.Tensor, batch: int, warmup: int, steps: int):
+    from moshi.models import LMGen
+
+    inputs = batch_codes(codes, batch, warmup + steps)
+
+    def run() -> tuple[list[float], float]:
+        gen = LMGen(ref_lm, temp=0, temp_text=0)
+        with torch.no_grad(), gen.streaming(batch):
+            return timed_run(lambda i: gen.step(inputs[i]), warmup, steps)
+
+    return run
+
+
+def our_contender(lm: LM, codes: torch.Tensor, batch: int, warmup: int, steps: int):
+    inputs = batch_codes(codes, batch, warmup + steps)
+
+    def run() -> tuple[list[float], float]:
+        stream = LMStream(lm, SamplingOptions.greedy())
+        state = stream.init_state(batch)
+        return timed_run(lambda i: stream.step(inputs[i], state), warmup, steps)
+
+    return run
+
+
+def text_logits_run(lm: LM, codes: torch.Tensor, forced: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy batch-1 run over all codes: (text logits ``[T, V]``, tokens ``[T]``); ``forced`` ``[T]`` tokens
+    are fed back instead of the sampled ones (teacher forcing)."""
+    step_index = [0]
+
+    def force(token: torch.Tensor, _info) -> torch.Tensor:
+        return token if forced is None else forced[step_index[0]].view(1)
+
+    stream = LMStream(lm, SamplingOptions.greedy(), hooks=StepHooks(text_token=force))
+    state = stream.init_state(1)
+    logits, tokens = [], []
+    for t in range(codes.shape[-1]):
+        step_index[0] = t
+        out = stream.step(codes[:, :, t : t + 1], state)
+        logits.append(out.text_logits[0].clone())
+        tokens.append(int(out.text_logits[0].argmax()))
+    return torch.stack(logits), torch.tensor(tokens)
+
+
+def agreement(fp32: tuple[torch.Tensor, torch.Tensor], int8: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    cos = torch.cosine_similarity(fp32[0], int8[0], dim=-1)
+    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+            "greedy_agreement": float((fp32[1] == int8[1]).float().mean()), "steps": len(cos)}
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def lm_phase(label: str, ref_lm, ours: LM, codes: torch.Tensor, args) -> dict[str, Timing]:
+    """Batch 1 ours vs reference, then ours at ``--our-batch`` vs the reference at ``--ref-batch``."""
+    w, n = args.warmup, args.steps
+    print(f"LM step, batch 1 ({label})")
+    result = interleaved({"ref_b1": ref_contender(ref_lm, codes, 1, w, n),
+                          f"ours_{label}_b1": our_contender(ours, codes, 1, w, n)}, args.rounds)
+    print(f"LM throughput (ours batch {args.our_batch} {label}, reference batch {args.ref_batch})")
+    result.update(interleaved({f"ref_b{args.ref_batch}": ref_contender(ref_lm, codes, args.ref_batch, w, n),
+                               f"ours_{label}_b{args.our_batch}": our_contender(ours, codes, args.our_batch, w, n)},
+                              args.rounds))
+    return result
+
+
+def row(figure: str, ref: float, ours: float, ratio: float, target: float | None, unit: str) -> str:
+    verdict = "" if target is None else ("ok" if ratio >= target else "BELOW TARGET")
+    goal = "" if target is None else f">= {target:g}x"
+    return f"| {figure} | {ref:.1f} {unit} | {ours:.1f} {unit} | {ratio:.2f}x | {goal} {verdict} |"
+
+
+def summary(t: dict[str, Timing], agree: dict[str, float], args) -> list[str]:
+    rb, ob = args.ref_batch, args.our_batch
+    tput = lambda name, batch: 1e3 * batch / t[name].median_ms  # noqa: E731  stream-steps per second
+    lines = ["| figure | reference | ours | ratio | target |", "|---|---|---|---|---|",
+             row("Mimi streaming encode, ms/frame", t["ref_stream"].median_ms, t["ours_stream"].median_ms,
+                 t["ref_stream"].median_ms / t["ours_stream"].median_ms, TARGETS["mimi_encode"], "ms"),
+             row("Mimi one-shot encode, ms/frame", t["ref_oneshot"].median_ms, t["ours_oneshot"].median_ms,
+                 t["ref_oneshot"].median_ms / t["ours_oneshot"].median_ms, None, "ms"),
+             row("LM step batch 1 fp32, ms", t["ref_b1"].median_ms, t["ours_fp32_b1"].median_ms,
+                 t["ref_b1"].median_ms / t["ours_fp32_b1"].median_ms, TARGETS["lm_fp32"], "ms"),
+             row("LM step batch 1, ours --quantize int8 vs ref fp32, ms", t["ref_b1@int8"].median_ms,
+                 t["ours_int8_b1"].median_ms, t["ref_b1@int8"].median_ms / t["ours_int8_b1"].median_ms,
+                 TARGETS["lm_int8"], "ms"),
+             row(f"LM stream-steps/s, ours b{ob} fp32 vs ref b{rb}", tput(f"ref_b{rb}", rb),
+                 tput(f"ours_fp32_b{ob}", ob), tput(f"ours_fp32_b{ob}", ob) / tput(f"ref_b{rb}", rb), None, "/s"),
+             row(f"LM stream-steps/s, ours b{ob} int8 vs ref b{rb}", tput(f"ref_b{rb}@int8", rb),
+                 tput(f"ours_int8_b{ob}", ob), tput(f"ours_int8_b{ob}", ob) / tput(f"ref_b{rb}@int8", rb),
+                 TARGETS["throughput"], "/s"),
+             f"| int8 text-logit cosine vs our fp32 (min / mean over {agree['steps']} steps) | | "
+             f"{agree['cosine_min']:.5f} / {agree['cosine_mean']:.5f} | | >= {TARGETS['cosine']} "
+             f"{'ok' if agree['cosine_min'] >= TARGETS['cosine'] else 'BELOW TARGET'} |",
+             f"| int8 greedy text-token agreement vs our fp32 | | {100 * agree['greedy_agreement']:.1f} % | | |"]
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="stt-1b-en_fr", help="registry name of an STT architecture")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per round (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each round")
+    parser.add_argument("--ref-batch", type=int, default=8)
+    parser.add_argument("--our-batch", type=int, default=16)
+    parser.add_argument("--speech-seconds", type=float, default=12.0, help="bria.mp3 seconds (Mimi + agreement)")
+    parser.add_argument("--mimi", type=Path, help="a real-size random Mimi file (default: build one, ~1 min)")
+    parser.add_argument("--workdir", type=Path, help="where the checkpoint is written (default: a temp dir)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, load {os.getloadavg()}")
+    with tempfile.TemporaryDirectory(prefix="dsm-vs-ref-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        mimi_path = args.mimi
+        if mimi_path is None:
+            from make_fixtures import make_real_mimi
+
+            mimi_path = make_real_mimi(Path(tmp) / "mimi.safetensors")
+        frames = speech_frames(args.speech_seconds)
+        timings = bench_mimi(mimi_path, frames, args.rounds)
+        codes = speech_codes(mimi_path, frames)
+        config = released_config(args.arch)
+        lm_kwargs = {k: v for k, v in config.items() if k not in NON_LM_KEYS}
+        ref_lm = random_reference_lm(lm_kwargs, args.seed)
+        ours = LM.load(write_checkpoint(ref_lm, config, mimi_path, workdir), dtype=torch.float32)
+        print(f"weights ready after {time.time() - started:.0f} s")
+        timings.update(lm_phase("fp32", ref_lm, ours, codes, args))
+        fp32_run = text_logits_run(ours, codes, None)
+        report = quantize_lm(ours, "int8")
+        print(f"quantized {report.tensors} weights: {report.bytes_before / 2**30:.2f} -> "
+              f"{report.bytes_after / 2**30:.2f} GiB ({report.kernel.value} kernel)")
+        int8_timings = lm_phase("int8", ref_lm, ours, codes, args)
+        timings.update({k + "@int8" if k.startswith("ref_") else k: v for k, v in int8_timings.items()})
+        agree = agreement(fp32_run, text_logits_run(ours, codes, fp32_run[1]))
+        del ref_lm, ours
+    lines = summary(timings, agree, args)
+    print(f"\n{args.arch} random weights, {args.threads} threads, medians of {args.rounds} interleaved rounds "
+          f"({time.time() - started:.0f} s in all; load now {os.getloadavg()[0]:.1f})")
+    print("\n".join(lines))
+    if args.json:
+        payload = {"arch": args.arch, "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
+                   "timings": {k: asdict(v) for k, v in timings.items()}, "agreement": agree}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
