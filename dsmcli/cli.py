@@ -79,7 +79,8 @@ def _register_optional_commands() -> None:
 def main(argv: list[str] | None = None) -> None:
     _register_optional_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode Typer *returns* the exit code of typer.Exit (and of Ctrl-C) instead of raising.
+        code = app(args=argv, standalone_mode=False)
     except DsmError as exc:
         print(f"dsm: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
@@ -97,3 +98,5 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor
 
 from dsmcli.engine import ConditionInputs, LMStream, StepHooks, StepInfo, StreamState
 from dsmcli.engine.stream import NOT_MASKED
-from dsmcli.errors import DsmError
+from dsmcli.errors import DsmError, InputError
 from dsmcli.results import Word
 from dsmcli.speak_model import SpeakOptions, TtsModel
 from dsmcli.speak_text import EntryFeed
@@ -126,7 +126,8 @@ class Synthesizer:
         self.prefix = torch.full((batch_size, model.n_q, 1), UNGENERATED_TOKEN, dtype=torch.long, device=device)
         self.tail_steps = model.delay_steps + options.final_padding
         self.max_delay = config.max_delay
-        self.cfg_value = model.cfg_value(options)
+        self._lm_state: StreamState | None = None  # created with the first jobs' conditions
+        self._mimi_state = model.mimi.init_state(batch_size)
 
     # ------------------------------------------------------------------------------------ hooks
     def _bonus(self, logits: Tensor, info: StepInfo) -> Tensor:
@@ -150,8 +151,6 @@ class Synthesizer:
         """Synthesize every job; each sink gets its audio and words as they are generated."""
         pending: deque[SpeakJob] = deque(jobs)
         slots: list[_Slot | None] = [None] * self.batch_size
-        self._lm_state: StreamState | None = None
-        self._mimi_state = self.model.mimi.init_state(self.batch_size)
         try:
             while self._fill(slots, pending) or any(slot is not None for slot in slots):
                 self._pull_text(slots)
@@ -196,7 +195,13 @@ class Synthesizer:
             self._lm_state = self.stream.init_state(self.batch_size, condition, cfg_masked_until=masked)
         else:
             if condition is not None:
-                self.stream.set_condition(self._lm_state, condition, mask)
+                try:
+                    self.stream.set_condition(self._lm_state, condition, mask)
+                except ValueError:  # a voice of another length than those in use: cross-attention keeps its size
+                    for index in fresh:
+                        self._drop(slots, index, InputError(f"voice {voices[index].name} does not have the length "
+                                                            f"of the voices already in use: run it separately"))
+                    return
             self._lm_state.reset(mask)
             self._lm_state.cfg_masked_until[mask] = torch.tensor(masked, device=device)[mask]
         self._mimi_state.reset(mask)

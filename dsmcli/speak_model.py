@@ -21,8 +21,17 @@ from dsmcli.engine.config import ConditionerKind
 from dsmcli.errors import ModelLoadError, UsageError
 from dsmcli.hub import Checkpoint, load_checkpoint
 from dsmcli.stt import load_tokenizer
-from dsmcli.tts.script import DEFAULT_PADDING_BETWEEN, Entry, EntryStream, script_to_entries
-from dsmcli.tts.state_machine import DEFAULT_INITIAL_PADDING, DEFAULT_MAX_PADDING, TextStreamConfig
+from dsmcli.tts.script import (
+    DEFAULT_PADDING_BETWEEN,
+    Entry,
+    EntryStream,
+    script_to_entries,
+)
+from dsmcli.tts.state_machine import (
+    DEFAULT_INITIAL_PADDING,
+    DEFAULT_MAX_PADDING,
+    TextStreamConfig,
+)
 from dsmcli.tts.tokens import TtsTokenIds
 from dsmcli.tts.voices import VoiceKind, VoiceSetup
 

@@ -16,10 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from dsmcli.audio.sinks import RAW_EXTENSIONS, SOUNDFILE_FORMATS, STDOUT, AudioSink, open_sink, player_command
+from dsmcli.audio.sinks import (
+    RAW_EXTENSIONS,
+    SOUNDFILE_FORMATS,
+    STDOUT,
+    AudioSink,
+    open_sink,
+    player_command,
+)
 from dsmcli.constants import SAMPLE_RATE
 from dsmcli.errors import DsmError, OutputError, UsageError
-from dsmcli.outputs import TranscriptOutput, WriterOptions, open_writers, resolve_formats
+from dsmcli.outputs import (
+    TranscriptOutput,
+    WriterOptions,
+    open_writers,
+    resolve_formats,
+)
 from dsmcli.results import Word
 from dsmcli.segments import SegmentOptions
 from dsmcli.speak import SpeechResult, SpeechSink

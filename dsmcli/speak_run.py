@@ -16,11 +16,11 @@ from typing import Any, BinaryIO
 
 import torch
 
+from dsmcli.engine import LMConfig
 from dsmcli.errors import EXIT_OK, EXIT_PARTIAL, DsmError, InputError, UsageError
 from dsmcli.hub import load_checkpoint
 from dsmcli.outputs import WriterOptions
 from dsmcli.speak import SpeakJob, Synthesizer
-from dsmcli.engine import LMConfig
 from dsmcli.speak_model import (
     DEFAULT_VOICE,
     SpeakOptions,
@@ -29,11 +29,25 @@ from dsmcli.speak_model import (
     checked_voice_setup,
     codebooks_to_generate,
 )
-from dsmcli.speak_output import OutputPlan, OutputSink, plan_outputs
-from dsmcli.speak_text import STDIN, STDIN_NAME, FixedEntries, StdinReader, StreamingEntries, read_text
+from dsmcli.speak_output import OutputSink, plan_outputs
+from dsmcli.speak_text import (
+    STDIN,
+    STDIN_NAME,
+    FixedEntries,
+    StdinReader,
+    StreamingEntries,
+    read_text,
+)
 from dsmcli.speak_voice import SlotVoice, resolve_voices, slot_voice
 from dsmcli.tts.dialog import parse_dialog
-from dsmcli.tts.voices import ResolvedVoice, VoiceInfo, VoiceKind, VoiceSetup, list_voices, voice_model_tag
+from dsmcli.tts.voices import (
+    ResolvedVoice,
+    VoiceInfo,
+    VoiceKind,
+    VoiceSetup,
+    list_voices,
+    voice_model_tag,
+)
 
 TEXT_STEM = "speech"  # output stem of --text
 STDIN_STEM = "stdin"
@@ -132,14 +146,13 @@ class _Prepared:
     """An input ready to run: its turns (None = streamed from stdin) and resolved voices."""
 
     input: SpeakInput
-    plan: OutputPlan
     turns: tuple[str, ...] | None
     voices: list[ResolvedVoice]
 
 
-def _prepare(request: SpeakRequest, setup: VoiceSetup, item: SpeakInput, plan: OutputPlan,
-             resolved: dict[str, ResolvedVoice]) -> _Prepared:
-    """Read (non-streamed) text and resolve the input's voices. Raises DsmError for this input."""
+def _prepare(request: SpeakRequest, setup: VoiceSetup, index: int, resolved: dict[str, ResolvedVoice]) -> _Prepared:
+    """Read (non-streamed) text and resolve the voices of input ``index``. Raises DsmError for this input."""
+    item = request.inputs[index]
     turns: tuple[str, ...] | None
     speakers: tuple[str, ...] = ("",)
     if item.text is not None:
@@ -155,11 +168,11 @@ def _prepare(request: SpeakRequest, setup: VoiceSetup, item: SpeakInput, plan: O
             turns = (text,)
     if turns is not None and not "".join(turns).strip():
         raise InputError(f"{item.name}: the script is empty")
-    names = _voice_names(request, setup, speakers, request.inputs.index(item))
+    names = _voice_names(request, setup, speakers, index)
     for name in names:
         if name not in resolved:
             resolved[name] = resolve_voices(setup, [name])[0]
-    return _Prepared(item, plan, turns, [resolved[name] for name in names])
+    return _Prepared(item, turns, [resolved[name] for name in names])
 
 
 class _Jobs:
@@ -198,6 +211,10 @@ def execute(request: SpeakRequest) -> RunResult:
     check_inputs(request.inputs)
     plans = plan_outputs([(i.name, i.stem) for i in request.inputs], request.output, raw=request.raw,
                          play=request.play, formats=list(request.formats), force=request.force)
+    if request.play and request.speaker_factory is None:
+        from dsmcli.live import import_sounddevice
+
+        import_sounddevice()  # DeviceError naming the missing piece, before anything loads
     checkpoint = load_checkpoint(request.model)
     setup = checked_voice_setup(checkpoint, request.voice_repo)
     config = LMConfig.from_dict(checkpoint.lm_kwargs)
@@ -209,12 +226,12 @@ def execute(request: SpeakRequest) -> RunResult:
     result = RunResult(total=len(request.inputs))
     writer_options = WriterOptions(model=checkpoint.name, temperature=request.options.temperature)
     prepared, resolved = [], {}
-    for item, plan in zip(request.inputs, plans):
+    for index, plan in enumerate(plans):
         sink = OutputSink(plan, force=request.force, writer_options=writer_options, errors=result.errors,
                           audio_device=request.audio_device, speaker_factory=request.speaker_factory)
         result.sinks.append(sink)
         try:
-            prepared.append((_prepare(request, setup, item, plan, resolved), sink))
+            prepared.append((_prepare(request, setup, index, resolved), sink))
         except DsmError as error:
             if len(request.inputs) == 1 or isinstance(error, UsageError):
                 raise

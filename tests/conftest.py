@@ -14,6 +14,7 @@ Fixtures:
   * ``real_mimi_path`` — a real-size random Mimi safetensors (cached across sessions).
   * ``run_dsm`` — ``python -m dsmcli ...`` in a subprocess with the test env (also importable:
     ``from conftest import run_dsm``).
+  * ``torch_single_thread`` — one torch thread for a module (``SINGLE_THREAD_ENV`` for subprocesses).
 
 ``tools/`` is put on ``sys.path`` so tests can ``import make_fixtures`` (the reference builders).
 """
@@ -138,6 +139,25 @@ def run_dsm(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread() -> Iterator[None]:
+    """One torch intra-op thread while a module runs (``pytestmark = pytest.mark.usefixtures(...)``).
+
+    The tiny fixtures gain nothing from more threads, and on a busy 2-core machine two threads made a
+    tiny STT step ~10x slower (measured 250-315 ms vs 26-33 ms per step). Subprocesses get the same with
+    ``subprocess_env(SINGLE_THREAD_ENV)``.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(name="run_dsm", scope="session")

@@ -9,10 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from dsmcli.errors import InputError
-from dsmcli.speak_model import SpeakOptions, TtsModel
-from dsmcli.speak_text import FixedEntries
 from test_speak_harness import (
     AUDIO_ATOL,
     DIALOG,
@@ -25,6 +21,10 @@ from test_speak_harness import (
     run_jobs,
     synthesize,
 )
+
+from dsmcli.errors import InputError
+from dsmcli.speak_model import SpeakOptions, TtsModel
+from dsmcli.speak_text import FixedEntries
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import torch
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
-from dsmcli.errors import DsmError  # noqa: E402
-from dsmcli.results import Word  # noqa: E402
-from dsmcli.speak import SpeakJob, SpeechResult, SpeechSink, Synthesizer  # noqa: E402
-from dsmcli.speak_model import SpeakOptions, TtsModel  # noqa: E402
-from dsmcli.speak_text import EntryFeed, FixedEntries  # noqa: E402
-from dsmcli.speak_voice import SlotVoice, resolve_voices, slot_voice  # noqa: E402
+from dsmcli.errors import DsmError
+from dsmcli.results import Word
+from dsmcli.speak import SpeakJob, SpeechResult, SpeechSink, Synthesizer
+from dsmcli.speak_model import SpeakOptions, TtsModel
+from dsmcli.speak_text import EntryFeed, FixedEntries
+from dsmcli.speak_voice import SlotVoice, resolve_voices, slot_voice
 
 GREEDY = SpeakOptions(temperature=0.0)
 AUDIO_ATOL = 1e-4  # decoded audio, ours vs the reference (float32 both)

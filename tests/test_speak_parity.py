@@ -14,8 +14,7 @@ import torch
 
 pytest.importorskip("moshi.models.tts")
 
-from dsmcli.speak_model import SpeakOptions, TtsModel  # noqa: E402
-from test_speak_harness import (  # noqa: E402
+from test_speak_harness import (
     AUDIO_ATOL,
     DIALOG,
     GREEDY,
@@ -25,6 +24,8 @@ from test_speak_harness import (  # noqa: E402
     ref_tts,
     synthesize,
 )
+
+from dsmcli.speak_model import SpeakOptions, TtsModel
 
 FRAME_RATE = 12.5
 

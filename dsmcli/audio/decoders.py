@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -26,6 +27,7 @@ from dsmcli.errors import InputError
 
 FFMPEG_WAV_ARGS = ("-vn", "-f", "wav", "-acodec", "pcm_f32le", "pipe:1")
 FFPROBE_TIMEOUT_SECONDS = 30
+MP3_CONTAINER = "MP3"  # libsndfile's format name; its libmpg123 decoder prints on damaged frames
 
 
 @dataclass
@@ -55,7 +57,7 @@ def open_soundfile(path: Path, name: str, block_seconds: float) -> DecodedStream
         raise InputError(f"{name}: not a readable audio file ({_libsndfile_reason(error)})") from error
     duration = file.frames / file.samplerate if file.frames > 0 else None
     block = max(1, round(block_seconds * file.samplerate))
-    blocks = _soundfile_blocks(file, name, block, quiet)
+    blocks = _soundfile_blocks(file, name, block, quiet if file.format == MP3_CONTAINER else None)
 
     def close() -> None:
         file.close()
@@ -64,11 +66,12 @@ def open_soundfile(path: Path, name: str, block_seconds: float) -> DecodedStream
     return DecodedStream(blocks, file.samplerate, file.channels, duration, close, file.format, quiet)
 
 
-def _soundfile_blocks(file: soundfile.SoundFile, name: str, block: int, quiet: DecoderStderr) -> Iterator[np.ndarray]:
+def _soundfile_blocks(file: soundfile.SoundFile, name: str, block: int,
+                      quiet: DecoderStderr | None) -> Iterator[np.ndarray]:
     with file:
         while True:
             try:
-                with quiet:
+                with quiet if quiet is not None else nullcontext():
                     data = file.read(block, dtype="float32", always_2d=True)
             except (soundfile.LibsndfileError, RuntimeError) as error:
                 raise InputError(f"{name}: corrupt audio data ({_libsndfile_reason(error)})") from error

@@ -11,7 +11,7 @@ import typer
 from dsmcli.cli import app
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
 from dsmcli.errors import EXIT_INTERRUPTED, UsageError
-from dsmcli.speak_model import AUDIO_TOP_K, DEFAULT_TEMPERATURE, TEXT_TOP_K, SpeakOptions
+from dsmcli.speak_model import DEFAULT_TEMPERATURE, SpeakOptions
 from dsmcli.tts.state_machine import DEFAULT_MAX_PADDING
 
 MODEL_HELP = "TTS model: registry name, Hub repo id or local dir. Default: the registry's default TTS model."
@@ -27,7 +27,7 @@ def _model_option():
 def _options(temperature: float, cfg: Optional[float], padding_bonus: float, seed: Optional[int],
              max_padding: int) -> SpeakOptions:
     return SpeakOptions(temperature=temperature, cfg=cfg, padding_bonus=padding_bonus, seed=seed,
-                        max_padding=max_padding, text_top_k=TEXT_TOP_K, audio_top_k=AUDIO_TOP_K)
+                        max_padding=max_padding)
 
 
 def _formats(formats: Optional[List[str]], srt: bool, json_: bool) -> tuple[str, ...]:

@@ -35,14 +35,17 @@ def transcribe_cmd(
     temperature: float = typer.Option(0.0, "--temperature", help="Text sampling temperature (0 = greedy)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for --temperature > 0."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Files transcribed in parallel."),
-    vad: bool = typer.Option(False, "--vad", help="Mark semantic end of turn (models with VAD heads)."),
+    vad: bool = typer.Option(
+        False, "--vad", help="Mark semantic ends of turn (jsonl events, json marks, a new cue/line; models with VAD heads)."),
     vad_threshold: float = typer.Option(0.5, "--vad-threshold", help="End-of-turn probability threshold."),
     gap: Optional[float] = typer.Option(None, "--gap", help="Start a new segment after a pause this long (s)."),
     max_line_width: Optional[int] = typer.Option(None, "--max-line-width", help="Subtitle line width (chars)."),
     max_line_count: Optional[int] = typer.Option(None, "--max-line-count", help="Lines per cue (with width)."),
     max_words_per_line: Optional[int] = typer.Option(None, "--max-words-per-line", help="Words per cue line."),
     highlight_words: bool = typer.Option(False, "--highlight-words", help="Underline each word in its cue."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: tty)."),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress",
+        help="Progress bar per input on stderr. Default: on a terminal, unless the text is printed there."),
 ) -> None:
     """Speech → text with word timestamps, streaming. Many files are batched; - reads stdin as it arrives."""
     from dsmcli.commands import transcribe_run as run
@@ -50,8 +53,10 @@ def transcribe_cmd(
     if list_devices:
         from dsmcli.live import list_devices as list_sound_devices
 
-        for line in list_sound_devices():
-            print(line)
+        for found in list_sound_devices():
+            default = " [default input]" if found.is_default_input else ""
+            print(f"{found.index}: {found.name} ({found.max_input_channels} in, {found.max_output_channels} out, "
+                  f"{found.default_samplerate:g} Hz){default}")
         return
     formats = run.pick_formats(output_format, srt=srt, json_=json_)
     sources = run.pick_sources(inputs or [], mic=mic)

@@ -271,7 +271,8 @@ def _mic_chunks(request: Request, result: RunResult) -> Iterator[np.ndarray]:
     device: int | str | None = request.audio_device
     if isinstance(device, str) and device.isdigit():
         device = int(device)
-    with MicSource(device=device, stream_factory=request.mic_factory) as mic, _first_ctrl_c_stops(mic):
+    mic = MicSource(device=device, stream_factory=request.mic_factory)
+    with _first_ctrl_c_stops(mic), mic:  # the handler is in place before the stream starts
         yield from mic
     result.interrupted = result.interrupted or mic.interrupted
 

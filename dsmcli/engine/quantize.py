@@ -1,22 +1,26 @@
 """Int8 quantization of the LM's linear weights, applied after loading (``quantize_lm(lm, "int8")``).
 
 Every linear weight of the backbone, the depformer, the text/audio heads and the demuxed text embedding is
-stored as int8 with one float32 scale per output channel (symmetric, ``scale = max|row| / 127``); the float
-conditioners are left alone (they run once per stream). The weights are swapped for :class:`Int8Weight`, a
-tensor-like object that the model's own ``F.linear`` calls dispatch to (``__torch_function__``), so the
-network code is unchanged and the default (unquantized) path is untouched.
+stored as int8 with one scale per output channel (symmetric, ``scale >= max|row| / 127``, rounded up to a
+bfloat16 value so both kernels below use it exactly); the float conditioners are left alone (they run once per
+stream). The weights are swapped for :class:`Int8Weight`, a tensor-like object that the model's own
+``F.linear`` calls dispatch to (``__torch_function__``), so the network code is unchanged and the default
+(unquantized) path is untouched.
 
-Two kernels share that storage (:class:`Int8Kernel`):
+Kernels (:class:`Int8Kernel`), all reading the same int8 weights:
 
-* ``dynamic`` (CPU default): each activation row is quantized to int8 on the fly with its own scale, then
-  ``torch._int_mm`` multiplies int8 × int8 into int32 (oneDNN, VNNI/AMX where the CPU has them). A row's
-  result never depends on the other rows of the batch (no per-tensor activation scale), so a stream's output
-  does not depend on what it is batched with.
-* ``weight-only`` (other devices): ``torch._weight_int8pack_mm`` with activations in the model dtype.
+* ``weight-only``: ``torch._weight_int8pack_mm``; activations stay float (bfloat16 on CPU: its float32 variant
+  is 20-40x slower there). The most accurate: only the weights are rounded.
+* ``dynamic``: each activation row is quantized to int8 on the fly with its own scale, then ``torch._int_mm``
+  (oneDNN, VNNI/AMX) multiplies int8 x int8 into int32. Much faster than the weight-only kernel for many rows,
+  about twice the error. A row's result never depends on the other rows of the batch (no per-tensor
+  activation scale, unlike ``torch.ao`` dynamic quantization), so a stream's output does not depend on what
+  it is batched with.
+* ``auto`` (default): on CPU, ``weight-only`` for up to :data:`WEIGHT_ONLY_MAX_ROWS` rows (streaming at small
+  batch), ``dynamic`` above; elsewhere ``weight-only`` in the model dtype. (On CPU, weights whose input width
+  is not a multiple of :data:`INT8PACK_IN_MULTIPLE` always use ``dynamic``: see there.)
 
-Measured on the 2-core CPU this project targets, at batch 1 the dynamic kernel reads a quarter of the fp32
-bytes and at batch 16 runs several times faster than the fp32 GEMM, while ``_weight_int8pack_mm`` is slow with
-float32 activations and at batch >= 8 (see benchmarks/README.md). Quantized weights are not parameters: quantize
+Measurements behind these choices are in benchmarks/README.md. Quantized weights are not parameters: quantize
 *after* moving the model to its device; ``state_dict()`` no longer lists them.
 """
 
@@ -34,6 +38,11 @@ from torch import Tensor, nn
 from dsmcli.engine.transformer import CrossAttention, SelfAttention
 
 INT8_MAX = 127  # symmetric range [-127, 127]: -128 is never produced
+WEIGHT_ONLY_MAX_ROWS = 4  # auto kernel on CPU: weight-only up to this many rows, dynamic above
+# torch 2.13's CPU _weight_int8pack_mm crashes or miscomputes unless the input width is a multiple of this;
+# narrower/odd weights (tiny test models, low-rank embeddings of 8) always use the dynamic kernel.
+INT8PACK_IN_MULTIPLE = 16
+SCALE_DTYPE = torch.bfloat16  # scales are rounded up to values of this dtype (exact in both kernels)
 TINY_SCALE = 1e-12  # floor of a scale (all-zero rows / activations)
 SKIPPED_PREFIXES = ("conditioning.",)  # float32 conditioners, run once per stream
 ATTENTION_WEIGHTS = ("in_proj", "out_proj")  # stacked ``[W, out, in]`` projection parameters
@@ -49,21 +58,29 @@ class QuantMethod(str, Enum):
 class Int8Kernel(str, Enum):
     """How an :class:`Int8Weight` multiplies (see the module docstring)."""
 
-    AUTO = "auto"  # dynamic on CPU, weight-only elsewhere
+    AUTO = "auto"
     DYNAMIC = "dynamic"
     WEIGHT_ONLY = "weight-only"
 
-    def resolve(self, device: torch.device) -> Int8Kernel:
+    def for_shape(self, rows: int, in_features: int, device: torch.device) -> Int8Kernel:
+        """The kernel that runs for an input ``[rows, in_features]`` on ``device``."""
+        if device.type == "cpu" and in_features % INT8PACK_IN_MULTIPLE:
+            return Int8Kernel.DYNAMIC
         if self is not Int8Kernel.AUTO:
             return self
-        return Int8Kernel.DYNAMIC if device.type == "cpu" else Int8Kernel.WEIGHT_ONLY
+        if device.type != "cpu" or rows <= WEIGHT_ONLY_MAX_ROWS:
+            return Int8Kernel.WEIGHT_ONLY
+        return Int8Kernel.DYNAMIC
 
 
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric per-output-channel int8: ``[..., out, in]`` float -> (int8 ``[..., out, in]``, float32 scales
-    ``[..., out]``) with ``weight ≈ q * scale[..., None]``."""
+    ``[..., out]``) with ``weight ≈ q * scale[..., None]``; every scale is a bfloat16 value."""
     w = weight.detach().float()
-    scale = (w.abs().amax(dim=-1) / INT8_MAX).clamp(min=TINY_SCALE)
+    exact = (w.abs().amax(dim=-1) / INT8_MAX).clamp(min=TINY_SCALE)
+    rounded = exact.to(SCALE_DTYPE)
+    up = torch.nextafter(rounded, torch.full_like(rounded, float("inf")))
+    scale = torch.where(rounded.float() < exact, up, rounded).float()
     q = torch.round(w / scale[..., None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
     return q.contiguous(), scale
 
@@ -77,6 +94,11 @@ def _dynamic_matmul(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     return torch._int_mm(xq, q.t()) * (x_scale * scale)
 
 
+def _activation_dtype(x: Tensor) -> torch.dtype:
+    """bfloat16 for float32 inputs on CPU (see the module docstring), else the input dtype."""
+    return torch.bfloat16 if x.device.type == "cpu" and x.dtype == torch.float32 else x.dtype
+
+
 class Int8Weight:
     """A linear weight ``[..., out, in]`` held as int8 ``q`` plus float32 ``scale`` ``[..., out]``.
 
@@ -88,7 +110,8 @@ class Int8Weight:
     def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel):
         if q.dtype != torch.int8 or q.shape[:-1] != scale.shape:
             raise ValueError(f"int8 data {tuple(q.shape)} {q.dtype} does not match scales {tuple(scale.shape)}")
-        self.q, self.scale, self.dtype, self.kernel = q, scale, dtype, kernel.resolve(q.device)
+        self.q, self.scale, self.dtype, self.kernel = q, scale, dtype, kernel
+        self._scales: dict[torch.dtype, Tensor] = {torch.float32: scale}
 
     @classmethod
     def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO) -> Int8Weight:
@@ -125,6 +148,11 @@ class Int8Weight:
                              f"leading and output dims, not {index!r}")
         return Int8Weight(self.q[index], self.scale[index], self.dtype, self.kernel)
 
+    def _scale_as(self, dtype: torch.dtype) -> Tensor:
+        if dtype not in self._scales:
+            self._scales[dtype] = self.scale.to(dtype)
+        return self._scales[dtype]
+
     def __repr__(self) -> str:
         return f"Int8Weight(shape={tuple(self.shape)}, dtype={self.dtype}, kernel={self.kernel.value})"
 
@@ -133,10 +161,11 @@ class Int8Weight:
         if self.q.dim() != 2:
             raise ValueError(f"F.linear needs a 2-D weight, this one is {tuple(self.shape)}: index it first")
         flat = x.reshape(-1, x.shape[-1])
-        if self.kernel is Int8Kernel.DYNAMIC:
+        if self.kernel.for_shape(flat.shape[0], flat.shape[1], flat.device) is Int8Kernel.DYNAMIC:
             out = _dynamic_matmul(flat, self.q, self.scale).to(x.dtype)
         else:
-            out = torch._weight_int8pack_mm(flat.contiguous(), self.q, self.scale.to(x.dtype))
+            dtype = _activation_dtype(flat)
+            out = torch._weight_int8pack_mm(flat.to(dtype).contiguous(), self.q, self._scale_as(dtype)).to(x.dtype)
         out = out.reshape(*x.shape[:-1], out.shape[-1])
         return out if bias is None else out + bias
 
@@ -186,19 +215,18 @@ def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
     the peak memory is the float model plus one weight.
     """
     method, kernel = QuantMethod(method), Int8Kernel(kernel)
-    resolved = kernel.resolve(next(lm.parameters()).device)
     tensors = params = before = after = 0
     if method is QuantMethod.NONE:
-        return QuantizeReport(method, resolved, 0, 0, 0, 0)
+        return QuantizeReport(method, kernel, 0, 0, 0, 0)
     for _name, module, attribute in list(_linear_weights(lm)):
         weight = module._parameters.pop(attribute)
         assert weight is not None
-        quantized = Int8Weight.from_float(weight, resolved)
+        quantized = Int8Weight.from_float(weight, kernel)
         setattr(module, attribute, quantized)
         tensors, params = tensors + 1, params + weight.numel()
         before, after = before + weight.numel() * weight.element_size(), after + quantized.nbytes
         del weight
-    return QuantizeReport(method, resolved, tensors, params, before, after)
+    return QuantizeReport(method, kernel, tensors, params, before, after)
 
 
 def is_quantized(lm: nn.Module) -> bool:

@@ -1,9 +1,9 @@
 """Building blocks shared by the Mimi transformer and the DSM language model."""
 
 from dsmcli.nn.attention import attend, causal_attend, context_mask
-from dsmcli.nn.kv_cache import EMPTY_POSITION, RingKVCache
+from dsmcli.nn.kv_cache import EMPTY_POSITION, RingKVCache, StackedRingKVCache
 from dsmcli.nn.norms import LayerNormF32, NormKind, RMSNorm, make_norm
-from dsmcli.nn.rope import apply_rope, rope_angles, rope_frequencies, rotate
+from dsmcli.nn.rope import apply_rope, rope_angles, rope_frequencies, rope_rotation, rotate, rotate_complex
 
 __all__ = [
     "EMPTY_POSITION",
@@ -11,6 +11,7 @@ __all__ = [
     "NormKind",
     "RMSNorm",
     "RingKVCache",
+    "StackedRingKVCache",
     "apply_rope",
     "attend",
     "causal_attend",
@@ -18,5 +19,7 @@ __all__ = [
     "make_norm",
     "rope_angles",
     "rope_frequencies",
+    "rope_rotation",
     "rotate",
+    "rotate_complex",
 ]

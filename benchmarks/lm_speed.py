@@ -1,0 +1,173 @@
+"""LM step speed, ours vs the reference (``moshi``), on one set of random weights, interleaved, in one run.
+
+    python benchmarks/lm_speed.py [--arch stt-1b-en_fr] [--batches 1,8,16] [--dtypes float32,bfloat16]
+                                  [--context fresh,full] [--rounds 3] [--steps 8] [--warmup 2] [--threads N]
+
+For each dtype the reference ``LMModel`` is built once with random weights (drawn directly on an empty module,
+as ``benchmarks/vs_reference.py`` does) and our :class:`~dsmcli.engine.LM` is assigned the *same* tensors (no
+copy: ~4 GB in float32, ~2 GB in bfloat16; the reference is cast in place between dtypes). For every batch size,
+each round steps a fresh reference ``LMGen`` and a fresh :class:`~dsmcli.engine.LMStream` greedy on random
+codes, one after the other (the order alternates between rounds); the table gives the medians of the per-step
+wall times pooled over rounds (warm-up steps dropped), so load changes on a shared machine hit both alike.
+
+Context modes (ours): ``fresh`` = the first steps of a new stream, as ``vs_reference.py`` measures (our rings
+attend over the cells written so far, the reference always over its whole ring); ``full`` = steady state after
+``context`` steps (every ring cell holds a key: the state is set up as if the stream had run that long).
+The reference's cost does not depend on how full its ring is, so it is timed once per batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+import torch
+
+from dsmcli.architectures import released_config
+from dsmcli.engine import LM, LMConfig, LMStream, SamplingOptions, StreamState
+
+NON_LM_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
+               "lm_gen_config", "tts_config", "stt_config", "model_id")
+NORM_GAIN = (0.6, 1.4)
+MS = 1e3
+
+
+@dataclass(frozen=True)
+class Row:
+    dtype: str
+    batch: int
+    context: str
+    ref_ms: float
+    ours_ms: float
+
+    def line(self) -> str:
+        ratio = self.ref_ms / self.ours_ms
+        steps = lambda ms: self.batch * MS / ms  # noqa: E731  stream-steps per second
+        return (f"| {self.dtype} | {self.batch} | {self.context} | {self.ref_ms:.1f} | {self.ours_ms:.1f} | "
+                f"{ratio:.2f}x | {steps(self.ref_ms):.1f} | {steps(self.ours_ms):.1f} |")
+
+
+def random_reference(lm_kwargs: dict, seed: int) -> torch.nn.Module:
+    """The reference LMModel in float32, weights ~ N(0, 1/fan_in) (bf16-valued), norm gains in ``NORM_GAIN``."""
+    from moshi.models import loaders
+
+    model = loaders.get_moshi_lm(None, lm_kwargs=dict(lm_kwargs), device="meta", dtype=torch.float32)
+    model = model.to_empty(device="cpu").eval().requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("alpha"):
+            param.uniform_(*NORM_GAIN, generator=generator)
+        else:
+            param.normal_(0.0, param.shape[-1] ** -0.5, generator=generator)
+        param.copy_(param.bfloat16().float())
+    return model
+
+
+def timed(step: Callable[[int], object], warmup: int, steps: int) -> list[float]:
+    times = []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        step(index)
+        times.append((time.perf_counter() - start) * MS)
+    return times[warmup:]
+
+
+def ref_run(ref_lm: torch.nn.Module, codes: torch.Tensor, warmup: int, steps: int) -> list[float]:
+    from moshi.models.lm import LMGen
+
+    gen = LMGen(ref_lm, temp=0, temp_text=0)
+    with torch.no_grad(), gen.streaming(codes.shape[1]):
+        return timed(lambda i: gen.step(codes[i]), warmup, steps)
+
+
+def fill_context(stream: LMStream, state: StreamState) -> None:
+    """Make ``state`` look like a stream that already ran ``context`` steps (every ring cell holds a key)."""
+    rings = state.backbone.rings
+    capacity = rings.capacity
+    rings.positions[:, :capacity] = torch.arange(capacity)
+    rings.filled = capacity
+    state.offsets.fill_(capacity)
+    state.tokens.fill_(0)
+
+
+def our_run(lm: LM, codes: torch.Tensor, warmup: int, steps: int, full: bool) -> list[float]:
+    stream = LMStream(lm, SamplingOptions.greedy())
+    state = stream.init_state(codes.shape[1])
+    if full:
+        fill_context(stream, state)
+    return timed(lambda i: stream.step(codes[i], state), warmup, steps)
+
+
+def compare(ref_lm: torch.nn.Module, ours: LM, batch: int, contexts: list[str], args) -> list[Row]:
+    """Interleaved rounds of the reference and ours (each context mode) at ``batch``; medians in ms."""
+    generator = torch.Generator().manual_seed(batch)
+    codes = torch.randint(0, ours.config.card, (args.warmup + args.steps, batch, ours.config.n_q, 1),
+                          generator=generator)
+    runs: dict[str, Callable[[], list[float]]] = {"ref": lambda: ref_run(ref_lm, codes, args.warmup, args.steps)}
+    for context in contexts:
+        runs[context] = (lambda full: lambda: our_run(ours, codes, args.warmup, args.steps, full))(context == "full")
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(args.rounds):
+        order = list(runs) if round_index % 2 == 0 else list(reversed(runs))
+        for name in order:
+            times = runs[name]()
+            samples[name] += times
+            print(f"  {ours.dtype} b{batch} round {round_index + 1} {name}: median {statistics.median(times):.1f} ms"
+                  f" (load {os.getloadavg()[0]:.1f})", flush=True)
+    ref_ms = statistics.median(samples["ref"])
+    dtype = str(ours.dtype).removeprefix("torch.")
+    return [Row(dtype, batch, context, ref_ms, statistics.median(samples[context])) for context in contexts]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="stt-1b-en_fr", help="registry name of the architecture")
+    parser.add_argument("--batches", default="1,8,16")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--context", default="fresh,full", help="fresh and/or full (see the module docstring)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each round")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    load = os.getloadavg()
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, load {load}", flush=True)
+    config = released_config(args.arch)
+    lm_kwargs = {k: v for k, v in config.items() if k not in NON_LM_KEYS}
+    ref_lm = random_reference(lm_kwargs, args.seed)
+    contexts = [c for c in args.context.split(",") if c]
+    rows: list[Row] = []
+    for dtype_name in args.dtypes.split(","):
+        dtype = getattr(torch, dtype_name)
+        ref_lm = ref_lm.to(dtype)  # in place: float32 tensors are replaced, not kept
+        ours = LM.from_state(LMConfig.from_dict(lm_kwargs), dict(ref_lm.state_dict()), dtype=dtype)
+        for batch in (int(b) for b in args.batches.split(",")):
+            rows += compare(ref_lm, ours, batch, contexts, args)
+        del ours
+    del ref_lm
+    print(f"\n{args.arch}, random weights, {args.threads} threads; medians of {args.rounds} interleaved rounds x "
+          f"{args.steps} steps; load average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
+          f"{time.time() - started:.0f} s")
+    print("| dtype | batch | context (ours) | reference ms/step | ours ms/step | speed-up | ref stream-steps/s | "
+          "ours stream-steps/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(row.line() for row in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The models ``dsm bench`` times: a released checkpoint, or its exact architecture with random weights.
+
+:func:`load_bench_model` returns a :class:`BenchModel` (LM + Mimi + the task's time grid). With
+``random_weights`` nothing is downloaded: a registry name takes its architecture from
+:mod:`dsmcli.architectures`, a local directory from its ``config.json`` (and its Mimi override, if any); the
+modules are built on the meta device, allocated on the target device and filled with random values. Random
+weights cost exactly what real ones cost per step, but their tokens mean nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dsmcli.architectures import ARCHITECTURES, released_config
+from dsmcli.codec import Mimi
+from dsmcli.codec.config import MimiConfig
+from dsmcli.engine import LM, LMConfig
+from dsmcli.engine.quantize import QuantizeReport, QuantMethod, quantize_lm
+from dsmcli.errors import ModelLoadError
+from dsmcli.hub import Checkpoint, ModelSource, load_checkpoint
+from dsmcli.stt import SttTiming
+
+NORM_GAIN_NAMES = ("alpha",)  # RMSNorm gains ([1, 1, D]); other 1-D weights (LayerNorm, layer scale) too
+
+
+class ModelKind(str, Enum):
+    STT = "stt"
+    TTS = "tts"
+
+
+@dataclass
+class BenchModel:
+    """A loaded (or randomly built) model: ``lm``, ``mimi`` (all the codebooks the task uses), the checkpoint
+    config it came from, and what quantization did (None: not quantized)."""
+
+    name: str
+    kind: ModelKind
+    checkpoint: Checkpoint
+    lm: LM
+    mimi: Mimi
+    random_weights: bool
+    quantization: QuantizeReport | None
+    load_seconds: float = 0.0
+
+    @property
+    def frame_rate(self) -> Fraction:
+        return self.mimi.frame_rate
+
+    @property
+    def stt_timing(self) -> SttTiming:
+        return SttTiming.from_stt_config(self.checkpoint.stt_config)
+
+    @property
+    def tts_delay_steps(self) -> int:
+        """Steps the audio lags the text (``int(audio_delay * frame_rate)``, as ``TtsModel``)."""
+        delay = float(self.checkpoint.tts_config.get("audio_delay", 0.0))
+        return int(delay * float(self.frame_rate))
+
+    @property
+    def params(self) -> int:
+        """Parameters of the LM as built (quantized weights counted as their float originals)."""
+        counted = sum(p.numel() for p in self.lm.parameters())
+        return counted + (self.quantization.params if self.quantization is not None else 0)
+
+
+def bench_checkpoint(model: str, random_weights: bool) -> Checkpoint:
+    """The checkpoint config. Random weights of a registry name use the built-in architecture (no download);
+    any other model's architecture comes from its config.json (the only file fetched for random weights)."""
+    if random_weights and model in ARCHITECTURES and not Path(model).expanduser().is_dir():
+        return Checkpoint.from_config(ModelSource(name=model), released_config(model))
+    return load_checkpoint(model)
+
+
+def _kind(checkpoint: Checkpoint) -> ModelKind:
+    try:
+        return ModelKind(checkpoint.model_type)
+    except ValueError:
+        raise ModelLoadError(f"{checkpoint.name} is a {checkpoint.model_type!r} model: dsm bench times stt "
+                             "and tts models") from None
+
+
+def fill_random(module: nn.Module, generator: torch.Generator, fan_in_dims: int) -> None:
+    """Biases 0, norm gains and other 1-D weights 1, everything else N(0, 1/fan_in) where fan_in is the product
+    of the last ``fan_in_dims`` dims (1 for linear ``[..., out, in]`` layouts, 2 for conv ``[out, in, k]``)."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "bias":
+                param.zero_()
+            elif leaf in NORM_GAIN_NAMES or param.dim() == 1:
+                param.fill_(1.0)
+            else:
+                fan_in = max(1, param.shape[-fan_in_dims:].numel())
+                param.normal_(0.0, fan_in ** -0.5, generator=generator)
+
+
+def random_lm(config: LMConfig, device: torch.device, dtype: torch.dtype, seed: int) -> LM:
+    """An LM of ``config`` with random weights, in eval mode without gradients (conditioners stay float32)."""
+    lm = LM(config, device="meta", dtype=dtype).to_empty(device=device)
+    fill_random(lm, torch.Generator(device=device).manual_seed(seed), fan_in_dims=1)
+    return lm.eval().requires_grad_(False)
+
+
+def random_mimi(config: MimiConfig, device: torch.device, seed: int) -> Mimi:
+    """A Mimi of ``config`` with random weights and random (non-degenerate) codebooks, float32."""
+    with torch.device("meta"):
+        mimi = Mimi(config)
+    mimi = mimi.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    fill_random(mimi, generator, fan_in_dims=2)
+    with torch.no_grad():
+        for module in mimi.modules():
+            if hasattr(module, "embedding_sum"):
+                module.embedding_sum.normal_(generator=generator)
+                module.cluster_usage.fill_(1.0)
+                module._initialized.fill_(1.0)
+        for module in mimi.modules():
+            refresh = getattr(module, "refresh", None)
+            if callable(refresh):
+                refresh()
+    return mimi.eval().requires_grad_(False)
+
+
+def _mimi_config(checkpoint: Checkpoint) -> MimiConfig:
+    raw = checkpoint.mimi_config
+    return MimiConfig() if raw is None else MimiConfig.from_dict(raw)
+
+
+def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, random_weights: bool = False,
+                     quantize: QuantMethod = QuantMethod.NONE, seed: int = 0) -> BenchModel:
+    """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize."""
+    import time
+
+    started = time.perf_counter()
+    checkpoint = bench_checkpoint(model, random_weights)
+    kind = _kind(checkpoint)
+    if random_weights:
+        lm = random_lm(LMConfig.from_dict(checkpoint.lm_kwargs), device, dtype, seed)
+        mimi = random_mimi(_mimi_config(checkpoint), device, seed + 1)
+    else:
+        lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype)
+        mimi = Mimi.load(model, device=device)
+    codebooks = lm.config.n_q if kind is ModelKind.STT else lm.config.dep_q
+    mimi.set_num_codebooks(codebooks)
+    report = quantize_lm(lm, quantize) if quantize is not QuantMethod.NONE else None
+    return BenchModel(checkpoint.name, kind, checkpoint, lm, mimi, random_weights, report,
+                      time.perf_counter() - started)

@@ -1,0 +1,83 @@
+"""`dsm bench`: flags → BenchOptions → dsmcli.bench.run_bench → a Rich table or JSON. No timing logic here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from dsmcli.cli import app
+from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
+
+MODEL_HELP = "Registry name, Hub repo id or local dir. Default: the registry's default STT model."
+PATHS_HELP = "Comma-separated: stt, tts, codec (= codec-encode,codec-decode). Default: the model's task + codec."
+
+
+@app.command("bench")
+def bench_cmd(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Build the model's exact architecture with random weights (no download)."),
+    batch: str = typer.Option("1", "--batch", "-b", help="Batch sizes, comma-separated, e.g. 1,8,32."),
+    paths: Optional[str] = typer.Option(None, "--paths", help=PATHS_HELP),
+    steps: int = typer.Option(20, "--steps", help="Timed steady-state steps per configuration."),
+    warmup: int = typer.Option(3, "--warmup", help="Warm-up steps per configuration (reported apart)."),
+    device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
+    dtype: str = dtype_option(),
+    quantize: str = typer.Option("none", "--quantize", help="none, or int8 (LM linear weights, per channel)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads (default: torch's choice)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (schema in benchmarks/README.md)."),
+) -> None:
+    """Time the stt / tts / codec paths on this device: ms per step, x real time, RTF, throughput, latency."""
+    from dsmcli.bench import BenchOptions, parse_batches, parse_paths, run_bench
+    from dsmcli.engine.quantize import QuantMethod
+    from dsmcli.errors import UsageError
+    from dsmcli.hub import default_model
+
+    try:
+        method = QuantMethod(quantize)
+    except ValueError:
+        raise UsageError(f"--quantize {quantize!r}: choose none or int8") from None
+    options = BenchOptions(
+        model=model or default_model("stt"), batch_sizes=parse_batches(batch), paths=parse_paths(paths),
+        steps=steps, warmup=warmup, device=resolve_device(device), dtype=resolve_dtype(dtype, device),
+        random_weights=random_weights, quantize=method, threads=threads, seed=seed)
+    report = run_bench(options, progress=lambda what: print(f"dsm bench: {what}", file=sys.stderr, flush=True))
+    if json_out:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_table(report)
+
+
+def _count(params: int) -> str:
+    return f"{params / 1e9:.2f}B" if params >= 10**9 else f"{params / 1e6:.1f}M"
+
+
+def _print_table(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    weights = "random weights" if report.random_weights else "released weights"
+    quant = "" if report.quantize == "none" else f", {report.quantize} ({report.quantize_kernel})"
+    title = (f"{report.model} ({weights}, {_count(report.params)} params) on {report.device}, {report.dtype}"
+             f"{quant}, {report.threads} threads")
+    table = Table(title=title, title_justify="left")
+    columns = ("path", "batch", "ms/step", "p10–p90", "x real time", "RTF", "throughput ×RT", "stream-steps/s",
+               "first output", "warm-up", "peak mem")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "path" else "right", no_wrap=True)
+    for r in report.results:
+        s = r.ms_per_step
+        first = f"{r.first_output_ms:.0f} ms ({r.first_output_steps} st)"
+        warm = f"{r.warmup_ms:.0f} ms ({r.warmup_steps} st)" if r.warmup_steps else "-"
+        table.add_row(r.path.value, str(r.batch), f"{s.median:.1f}", f"{s.p10:.1f}–{s.p90:.1f}",
+                      f"{r.x_realtime:.2f}", f"{r.rtf:.3f}", f"{r.throughput_x_realtime:.2f}",
+                      f"{r.stream_steps_per_s:.1f}", first, warm, f"{r.peak_memory_mb:.0f} MB")
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    console.print("x real time = audio seconds per compute second; RTF = compute / audio (lower is faster); "
+                  "first output = first word (stt) / first audio (tts) of a fresh stream; "
+                  "peak mem = process peak RSS (CPU) or max allocated (GPU).")

@@ -1,0 +1,118 @@
+"""`dsm bench` on the tiny models: every figure present, positive and consistent (never their values: timings
+on a shared CI machine are noise), the JSON schema, the random-weights path and the released architectures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from dsmcli.architectures import APPROXIMATE, ARCHITECTURES, released_config
+from dsmcli.bench import SCHEMA_NAME, SCHEMA_VERSION, BenchOptions, parse_batches, parse_paths, run_bench
+from dsmcli.bench_models import load_bench_model
+from dsmcli.bench_paths import BenchPath
+from dsmcli.cli import main
+from dsmcli.engine import LM, LMConfig
+from dsmcli.errors import UsageError
+from dsmcli.hub import Checkpoint, ModelSource, load_registry
+
+STEPS, WARMUP = 3, 1
+# FORMAT.md intro: published parameter counts of the released LMs.
+PUBLISHED_PARAMS = {"stt-1b-en_fr": 989_253_632, "stt-2.6b-en": 2_617_118_720, "tts-1.6b-en_fr": 1_836_550_272}
+RESULT_KEYS = {"path", "batch", "steps", "ms_per_step", "x_realtime", "rtf", "throughput_x_realtime",
+               "stream_steps_per_s", "first_output_ms", "first_output_steps", "warmup_steps", "warmup_ms",
+               "warmup_first_step_ms", "peak_memory_mb", "memory_measure"}
+STATS_KEYS = {"median", "p10", "p90", "min", "max", "mean"}
+
+
+def _check_result(result: dict, batch: int) -> None:
+    assert set(result) == RESULT_KEYS
+    stats = result["ms_per_step"]
+    assert set(stats) == STATS_KEYS and all(stats[k] > 0 for k in STATS_KEYS)
+    assert stats["min"] <= stats["p10"] <= stats["median"] <= stats["p90"] <= stats["max"]
+    assert result["batch"] == batch and result["steps"] == STEPS and result["warmup_steps"] == WARMUP
+    for key in ("x_realtime", "rtf", "throughput_x_realtime", "stream_steps_per_s", "first_output_ms",
+                "warmup_ms", "warmup_first_step_ms", "peak_memory_mb"):
+        assert result[key] > 0 and math.isfinite(result[key]), key
+    assert result["x_realtime"] * result["rtf"] == pytest.approx(1.0)
+    assert result["throughput_x_realtime"] == pytest.approx(result["x_realtime"] * batch)
+    assert result["stream_steps_per_s"] == pytest.approx(batch * 1000 / stats["median"])
+
+
+def test_run_bench_stt_released_weights(tiny_stt):
+    options = BenchOptions(model=tiny_stt, batch_sizes=(1, 2), steps=STEPS, warmup=WARMUP)
+    report = run_bench(options).to_json()
+    assert (report["schema"], report["version"]) == (SCHEMA_NAME, SCHEMA_VERSION)
+    assert report["model_type"] == "stt" and not report["random_weights"] and report["quantize"] == "none"
+    assert report["threads"] == torch.get_num_threads() and report["params"] > 0
+    configs = [(r["path"], r["batch"]) for r in report["results"]]
+    assert configs == [(p, b) for p in ("stt", "codec-encode", "codec-decode") for b in (1, 2)]
+    for result in report["results"]:
+        _check_result(result, result["batch"])
+    stt = report["results"][0]
+    assert stt["first_output_steps"] == math.ceil(0.5 * 12.5) + 1  # 0.5 s text delay, no silence prefix
+    assert report["results"][2]["first_output_steps"] == 1
+
+
+def test_cli_bench_tts_random_weights_int8_json(tiny_tts, run_dsm):
+    proc = run_dsm("bench", "--model", tiny_tts, "--random-weights", "--batch", "1,2", "--paths", "tts",
+                   "--steps", str(STEPS), "--warmup", str(WARMUP), "--quantize", "int8", "--threads", "1", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    assert report["version"] == SCHEMA_VERSION and report["random_weights"] is True
+    assert (report["model_type"], report["quantize"], report["quantize_kernel"]) == ("tts", "int8", "auto")
+    assert [(r["path"], r["batch"]) for r in report["results"]] == [("tts", 1), ("tts", 2)]
+    for result in report["results"]:
+        _check_result(result, result["batch"])
+        assert result["first_output_steps"] == 16 + 2 + 1  # audio delay 1.28 s, acoustic delay 2, one step
+
+
+def test_cli_bench_table(tiny_stt, capsys):
+    main(["bench", "--model", tiny_stt, "--paths", "codec", "--steps", "2", "--warmup", "0"])
+    out = capsys.readouterr().out
+    for text in ("codec-encode", "codec-decode", "ms/step", "x real time", "RTF", "first output", "peak mem"):
+        assert text in out
+
+
+def test_random_weights_stt_builds_the_configured_architecture(tiny_stt):
+    model = load_bench_model(tiny_stt, torch.device("cpu"), torch.float32, random_weights=True, seed=3)
+    released = LM.load(tiny_stt, dtype=torch.float32)
+    shapes = {k: v.shape for k, v in model.lm.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in released.state_dict().items()}
+    assert all(torch.isfinite(v).all() for v in model.lm.state_dict().values())
+    assert all(torch.isfinite(v).all() for v in model.mimi.state_dict().values())
+    assert model.mimi.num_codebooks == model.lm.config.n_q
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_built_in_architectures_have_the_published_sizes(name):
+    checkpoint = Checkpoint.from_config(ModelSource(name=name), released_config(name))
+    lm = LM(LMConfig.from_dict(checkpoint.lm_kwargs), device="meta")
+    assert sum(p.numel() for p in lm.parameters()) == PUBLISHED_PARAMS[name]
+    assert checkpoint.mimi_config is None  # released Mimi sizes
+
+
+def test_every_registry_model_has_an_architecture():
+    models = {name for name, entry in load_registry().items() if entry.role in ("stt", "tts")}
+    assert models == set(ARCHITECTURES)
+    assert APPROXIMATE <= set(ARCHITECTURES)
+
+
+def test_usage_errors(tiny_stt, capsys):
+    with pytest.raises(UsageError):
+        parse_paths("stt,nope")
+    with pytest.raises(UsageError):
+        parse_batches("1,x")
+    with pytest.raises(UsageError):
+        BenchOptions(model="m", batch_sizes=(0,))
+    assert parse_paths("codec,stt") == (BenchPath.CODEC_ENCODE, BenchPath.CODEC_DECODE, BenchPath.STT)
+    with pytest.raises(UsageError, match="needs a tts model"):
+        run_bench(BenchOptions(model=tiny_stt, paths=(BenchPath.TTS,), steps=1, warmup=0))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--model", tiny_stt, "--quantize", "int4"])
+    assert exit_info.value.code == 2 and "--quantize" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--model", "no-such-model", "--random-weights"])
+    assert exit_info.value.code == 3 and "unknown model" in capsys.readouterr().err
