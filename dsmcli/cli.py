@@ -6,6 +6,7 @@ No model logic lives here. Exit codes (README.md): 0 ok, 1 runtime error, 2 usag
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Optional
 
@@ -77,6 +78,8 @@ def _register_optional_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if hasattr(signal, "SIGPIPE"):  # `dsm ... | head` ends quietly, like other Unix tools
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _register_optional_commands()
     try:
         # Without standalone mode Typer *returns* the exit code of typer.Exit (and of Ctrl-C) instead of raising.

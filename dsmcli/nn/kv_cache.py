@@ -150,7 +150,6 @@ class StackedRingKVCache:
         if active is not None:
             cells = torch.where(active[:, None], cells, self.capacity)
         self.positions.scatter_(1, cells, new_positions)
-        self.positions[:, -1] = EMPTY_POSITION
         self.end.add_(steps if active is None else active.long() * steps)
         return cells, new_positions
 
