@@ -15,7 +15,7 @@ JSON output (``--json``; :data:`SCHEMA_VERSION`), documented in benchmarks/READM
 
     {"schema": "dsm-bench", "version": 1, "model": str, "random_weights": bool, "model_type": "stt"|"tts",
      "params": int, "device": str, "dtype": str, "quantize": "none"|"int8", "quantize_kernel": str|null,
-     "threads": int, "torch": str, "platform": str, "load_seconds": float,
+     "threads": int, "torch": str, "platform": str, "load_seconds": float, "load_average": [start, end]|null,
      "results": [{"path": str, "batch": int, "steps": int, "ms_per_step": {"median", "p10", "p90", "min",
                   "max", "mean"}, "x_realtime": float, "rtf": float, "throughput_x_realtime": float,
                   "stream_steps_per_s": float, "first_output_ms": float, "first_output_steps": int,
@@ -25,6 +25,7 @@ JSON output (``--json``; :data:`SCHEMA_VERSION`), documented in benchmarks/READM
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import statistics
@@ -146,12 +147,14 @@ class BenchReport:
     threads: int
     load_seconds: float
     results: tuple[BenchResult, ...]
-    torch: str = torch.__version__
-    platform: str = field(default_factory=platform.platform)
+    load_average: tuple[float, float] | None = None  # 1-minute load at start and end (None: not available)
+    torch_version: str = torch.__version__
+    platform_name: str = field(default_factory=platform.platform)
 
     def to_json(self) -> dict[str, Any]:
-        data = {"schema": SCHEMA_NAME, "version": SCHEMA_VERSION}
-        data.update({k: v for k, v in asdict(self).items() if k != "results"})
+        data: dict[str, Any] = {"schema": SCHEMA_NAME, "version": SCHEMA_VERSION}
+        data.update({k: v for k, v in asdict(self).items() if k not in ("results", "torch_version", "platform_name")})
+        data.update(torch=self.torch_version, platform=self.platform_name)
         data["results"] = [result.to_json() for result in self.results]
         return data
 
@@ -206,8 +209,16 @@ def _paths(options: BenchOptions, model: BenchModel) -> tuple[BenchPath, ...]:
     return paths
 
 
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Load (or build) the model once, then measure every (path, batch) configuration in order."""
+    load_before = _load_average()
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     model = load_bench_model(options.model, options.device, options.dtype, random_weights=options.random_weights,
@@ -219,12 +230,13 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
             if progress is not None:
                 progress(f"{path.value} batch {batch}")
             results.append(measure(path, model, batch, options))
-    quant = model.quantization
+    quant, load_after = model.quantization, _load_average()
+    load = None if load_before is None or load_after is None else (load_before, load_after)
     return BenchReport(
         model=model.name, model_type=model.kind.value, random_weights=model.random_weights, params=model.params,
         device=str(options.device), dtype=str(options.dtype).removeprefix("torch."), quantize=options.quantize.value,
         quantize_kernel=None if quant is None else quant.kernel.value, threads=torch.get_num_threads(),
-        load_seconds=model.load_seconds, results=tuple(results))
+        load_seconds=model.load_seconds, results=tuple(results), load_average=load)
 
 
 def parse_paths(text: str | None) -> tuple[BenchPath, ...] | None:

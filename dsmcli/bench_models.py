@@ -9,6 +9,7 @@ weights cost exactly what real ones cost per step, but their tokens mean nothing
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
@@ -135,8 +136,6 @@ def _mimi_config(checkpoint: Checkpoint) -> MimiConfig:
 def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, random_weights: bool = False,
                      quantize: QuantMethod = QuantMethod.NONE, seed: int = 0) -> BenchModel:
     """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize."""
-    import time
-
     started = time.perf_counter()
     checkpoint = bench_checkpoint(model, random_weights)
     kind = _kind(checkpoint)

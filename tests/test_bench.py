@@ -25,6 +25,8 @@ RESULT_KEYS = {"path", "batch", "steps", "ms_per_step", "x_realtime", "rtf", "th
                "stream_steps_per_s", "first_output_ms", "first_output_steps", "warmup_steps", "warmup_ms",
                "warmup_first_step_ms", "peak_memory_mb", "memory_measure"}
 STATS_KEYS = {"median", "p10", "p90", "min", "max", "mean"}
+TOP_KEYS = {"schema", "version", "model", "model_type", "random_weights", "params", "device", "dtype", "quantize",
+            "quantize_kernel", "threads", "load_seconds", "load_average", "torch", "platform", "results"}
 
 
 def _check_result(result: dict, batch: int) -> None:
@@ -45,6 +47,8 @@ def test_run_bench_stt_released_weights(tiny_stt):
     options = BenchOptions(model=tiny_stt, batch_sizes=(1, 2), steps=STEPS, warmup=WARMUP)
     report = run_bench(options).to_json()
     assert (report["schema"], report["version"]) == (SCHEMA_NAME, SCHEMA_VERSION)
+    assert set(report) == TOP_KEYS and report["torch"] == torch.__version__
+    assert report["load_average"] is None or len(report["load_average"]) == 2
     assert report["model_type"] == "stt" and not report["random_weights"] and report["quantize"] == "none"
     assert report["threads"] == torch.get_num_threads() and report["params"] > 0
     configs = [(r["path"], r["batch"]) for r in report["results"]]

@@ -84,12 +84,12 @@ class ResidualVQ(nn.Module):
         """``[bins, dim]`` centroids of one level."""
         return self.table[level]
 
-    def _nearest(self, residual: Tensor, level: int) -> Tensor:
-        """Index ``[N]`` of the nearest centroid for each row of ``residual`` ``[N, dim]`` (ties: lowest)."""
+    def _nearest(self, residual: Tensor, centroids: Tensor, half_norms: Tensor) -> Tensor:
+        """Index ``[N]`` of the nearest of ``centroids`` ``[bins, dim]`` (half squared norms ``[bins]``) for
+        each row of ``residual`` ``[N, dim]`` (ties: lowest index)."""
         if residual.shape[0] < TALL_SCORES_FROM:  # [N, bins]: the fast matrix-vector path for a few rows
-            return torch.addmm(self.half_norms[level], residual, self.table[level].t(), alpha=-1).argmin(dim=1)
-        scores = torch.addmm(self.half_norms[level][:, None], self.table[level], residual.t(), alpha=-1)
-        return scores.argmin(dim=0)  # [bins, N]: faster for many rows
+            return torch.addmm(half_norms, residual, centroids.t(), alpha=-1).argmin(dim=1)
+        return torch.addmm(half_norms[:, None], centroids, residual.t(), alpha=-1).argmin(dim=0)  # [bins, N]
 
     def project_in(self, latent: Tensor) -> Tensor:
         """``[B, C, T]`` → rows ``[B * T, dim]`` to quantize."""
@@ -99,14 +99,16 @@ class ResidualVQ(nn.Module):
     def encode(self, latent: Tensor, num_levels: int) -> Tensor:
         """``[B, C, T]`` → codes ``[B, num_levels, T]`` (int64), nearest centroid level by level."""
         batch, _, steps = latent.shape
-        codes = torch.empty(batch * steps, num_levels, dtype=torch.long, device=latent.device)
-        for rows, out in zip(self.project_in(latent).split(ROW_BLOCK), codes.split(ROW_BLOCK)):
-            residual = rows.clone()
-            for level in range(num_levels):
-                index = self._nearest(residual, level)
-                out[:, level] = index
-                if level + 1 < num_levels:
-                    residual.sub_(self.table[level].index_select(0, index))
+        levels = list(zip(self.table[:num_levels].unbind(0), self.half_norms[:num_levels].unbind(0)))
+        blocks = []
+        for rows in self.project_in(latent).split(ROW_BLOCK):
+            residual, codes = rows.clone(), []
+            for centroids, half_norms in levels:
+                codes.append(self._nearest(residual, centroids, half_norms))
+                if len(codes) < num_levels:
+                    residual.sub_(centroids.index_select(0, codes[-1]))
+            blocks.append(torch.stack(codes, dim=1))  # [N, num_levels]
+        codes = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
         return codes.view(batch, steps, num_levels).transpose(1, 2)
 
     def decode(self, codes: Tensor) -> Tensor:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from dsmcli.cli import app
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from dsmcli.bench import BenchReport
 
 MODEL_HELP = "Registry name, Hub repo id or local dir. Default: the registry's default STT model."
 PATHS_HELP = "Comma-separated: stt, tts, codec (= codec-encode,codec-decode). Default: the model's task + codec."
@@ -56,7 +60,7 @@ def _count(params: int) -> str:
     return f"{params / 1e9:.2f}B" if params >= 10**9 else f"{params / 1e6:.1f}M"
 
 
-def _print_table(report) -> None:
+def _print_table(report: BenchReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -78,6 +82,9 @@ def _print_table(report) -> None:
                       f"{r.stream_steps_per_s:.1f}", first, warm, f"{r.peak_memory_mb:.0f} MB")
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
+    if report.load_average is not None and max(report.load_average) > (os.cpu_count() or 1):
+        console.print(f"note: the machine was busy (load average {report.load_average[0]:.1f} -> "
+                      f"{report.load_average[1]:.1f} on {os.cpu_count()} cores): timings are noisy.")
     console.print("x real time = audio seconds per compute second; RTF = compute / audio (lower is faster); "
                   "first output = first word (stt) / first audio (tts) of a fresh stream; "
                   "peak mem = process peak RSS (CPU) or max allocated (GPU).")
