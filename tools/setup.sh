@@ -3,6 +3,7 @@
 # multi-GB CUDA build), then the package. Pass --test to also install what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 PIP="python3 -m pip"
 python3 -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0"
 if [[ "${1:-}" == "--test" ]]; then

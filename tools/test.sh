@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh --test
-exec python3 -m pytest -q -ra "$@"
+exec python3 -m pytest -q -ra --durations=15 "$@"
