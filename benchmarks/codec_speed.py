@@ -9,6 +9,10 @@ stream-frame = call / B) or per frame (one-shot). Each round runs ours then the 
 input, so load changes hit both alike; a figure is the median over the timed calls of all rounds (the
 first call of each round, the warm-up, is kept apart in ``--json``).
 
+On a shared machine prefer ``--threads 1``, or ``OMP_WAIT_POLICY=PASSIVE`` in the environment: with the
+default (spinning) policy, 2 threads on 2 busy cores make every parallel op wait for a time slice (ours went
+from ~100 to ~500 ms per encoded frame at load 7; the reference suffers alike).
+
 Weights: ``--mimi FILE`` (a Mimi in the released layout, e.g. the test suite's
 ``tests/.fixtures/real-mimi-*/…safetensors``), else that test fixture if present, else a real-size random
 Mimi built by ``tools/make_fixtures.py`` (``make_real_mimi``, ~1 min, written to a temp dir).
@@ -57,7 +61,10 @@ class Timing:
     @classmethod
     def of(cls, samples: list[float], firsts: list[float]) -> Timing:
         ordered = sorted(samples)
-        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+
+        def pick(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
         return cls(statistics.median(ordered), pick(0.1), pick(0.9), statistics.median(firsts), len(ordered))
 
 
@@ -209,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, load {load_before:.1f}")
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, load {load_before:.1f}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="dsm-codec-speed-") as tmp:
         path = find_weights(args.mimi, Path(tmp))

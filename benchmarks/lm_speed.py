@@ -2,6 +2,7 @@
 
     python benchmarks/lm_speed.py [--arch stt-1b-en_fr] [--batches 1,8,16] [--dtypes float32,bfloat16]
                                   [--context fresh,full] [--rounds 3] [--steps 8] [--warmup 2] [--threads N]
+                                  [--clock wall|cpu]
 
 For each dtype the reference ``LMModel`` is built once with random weights (drawn directly on an empty module,
 as ``benchmarks/vs_reference.py`` does) and our :class:`~dsmcli.engine.LM` is assigned the *same* tensors (no
@@ -19,12 +20,14 @@ The reference's cost does not depend on how full its ring is, so it is timed onc
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
@@ -37,6 +40,7 @@ NON_LM_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", 
                "lm_gen_config", "tts_config", "stt_config", "model_id")
 NORM_GAIN = (0.6, 1.4)
 MS = 1e3
+THROUGHPUT_REF_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -49,16 +53,33 @@ class Row:
 
     def line(self) -> str:
         ratio = self.ref_ms / self.ours_ms
-        steps = lambda ms: self.batch * MS / ms  # noqa: E731  stream-steps per second
+        steps = lambda ms: self.batch * MS / ms
         return (f"| {self.dtype} | {self.batch} | {self.context} | {self.ref_ms:.1f} | {self.ours_ms:.1f} | "
                 f"{ratio:.2f}x | {steps(self.ref_ms):.1f} | {steps(self.ours_ms):.1f} |")
+
+
+def throughput_lines(rows: list[Row], ref_batch: int = THROUGHPUT_REF_BATCH) -> list[str]:
+    """Issue 6's throughput figure: ours at the largest batch vs the float32 reference at ``ref_batch``."""
+    ref = [row for row in rows if row.dtype == "float32" and row.batch == ref_batch]
+    if not ref:
+        return []
+    ref_rate = ref_batch * MS / ref[0].ref_ms
+    largest = max(row.batch for row in rows)
+    lines = [f"\nthroughput vs the float32 reference at batch {ref_batch} ({ref_rate:.1f} stream-steps/s):"]
+    for row in rows:
+        if row.batch == largest:
+            rate = row.batch * MS / row.ours_ms
+            lines.append(f"  ours {row.dtype} batch {row.batch} {row.context}: {rate:.1f} stream-steps/s = "
+                         f"{rate / ref_rate:.2f}x")
+    return lines
 
 
 def random_reference(lm_kwargs: dict, seed: int) -> torch.nn.Module:
     """The reference LMModel in float32, weights ~ N(0, 1/fan_in) (bf16-valued), norm gains in ``NORM_GAIN``."""
     from moshi.models import loaders
 
-    model = loaders.get_moshi_lm(None, lm_kwargs=dict(lm_kwargs), device="meta", dtype=torch.float32)
+    # a deep copy: the reference writes into the nested conditioner dicts
+    model = loaders.get_moshi_lm(None, lm_kwargs=copy.deepcopy(lm_kwargs), device="meta", dtype=torch.float32)
     model = model.to_empty(device="cpu").eval().requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     for name, param in model.named_parameters():
@@ -70,12 +91,16 @@ def random_reference(lm_kwargs: dict, seed: int) -> torch.nn.Module:
     return model
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def timed(step: Callable[[int], object], warmup: int, steps: int) -> list[float]:
     times = []
     for index in range(warmup + steps):
-        start = time.perf_counter()
+        start = clock()
         step(index)
-        times.append((time.perf_counter() - start) * MS)
+        times.append((clock() - start) * MS)
     return times[warmup:]
 
 
@@ -110,9 +135,9 @@ def compare(ref_lm: torch.nn.Module, ours: LM, batch: int, contexts: list[str], 
     generator = torch.Generator().manual_seed(batch)
     codes = torch.randint(0, ours.config.card, (args.warmup + args.steps, batch, ours.config.n_q, 1),
                           generator=generator)
-    runs: dict[str, Callable[[], list[float]]] = {"ref": lambda: ref_run(ref_lm, codes, args.warmup, args.steps)}
+    runs: dict[str, Callable[[], list[float]]] = {"ref": partial(ref_run, ref_lm, codes, args.warmup, args.steps)}
     for context in contexts:
-        runs[context] = (lambda full: lambda: our_run(ours, codes, args.warmup, args.steps, full))(context == "full")
+        runs[context] = partial(our_run, ours, codes, args.warmup, args.steps, context == "full")
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for round_index in range(args.rounds):
         order = list(runs) if round_index % 2 == 0 else list(reversed(runs))
@@ -136,12 +161,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each round")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or process CPU time (with --threads 1: the work done, not the waiting for "
+                             "a core on a busy machine)")
     parser.add_argument("--seed", type=int, default=1)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global clock
     args = parse_args(argv)
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     started = time.time()
     load = os.getloadavg()
@@ -159,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
             rows += compare(ref_lm, ours, batch, contexts, args)
         del ours
     del ref_lm
-    print(f"\n{args.arch}, random weights, {args.threads} threads; medians of {args.rounds} interleaved rounds x "
-          f"{args.steps} steps; load average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
-          f"{time.time() - started:.0f} s")
+    print(f"\n{args.arch}, random weights, {args.threads} threads, {args.clock} clock; medians of {args.rounds} "
+          f"interleaved rounds x {args.steps} steps; load average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} "
+          f"at end; {time.time() - started:.0f} s")
     print("| dtype | batch | context (ours) | reference ms/step | ours ms/step | speed-up | ref stream-steps/s | "
           "ours stream-steps/s |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(row.line() for row in rows))
+    print("\n".join(throughput_lines(rows)))
     return 0
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from dsmcli.architectures import ARCHITECTURES, released_config
 from dsmcli.codec import Mimi
 from dsmcli.codec.config import MimiConfig
+from dsmcli.codec.quantizer import ResidualVQ
 from dsmcli.engine import LM, LMConfig
 from dsmcli.engine.quantize import QuantizeReport, QuantMethod, quantize_lm
 from dsmcli.errors import ModelLoadError
@@ -28,6 +29,8 @@ from dsmcli.hub import Checkpoint, ModelSource, load_checkpoint
 from dsmcli.stt import SttTiming
 
 NORM_GAIN_NAMES = ("alpha",)  # RMSNorm gains ([1, 1, D]); other 1-D weights (LayerNorm, layer scale) too
+CODEBOOK_CENTROIDS = "embedding_sum"  # Mimi codebook buffers (FORMAT.md §2.7): random centroids,
+CODEBOOK_ONES = ("cluster_usage", "_initialized")  # usage 1 (centroid = embedding_sum), initialised
 
 
 class ModelKind(str, Enum):
@@ -116,15 +119,15 @@ def random_mimi(config: MimiConfig, device: torch.device, seed: int) -> Mimi:
     generator = torch.Generator(device=device).manual_seed(seed)
     fill_random(mimi, generator, fan_in_dims=2)
     with torch.no_grad():
+        for name, buffer in mimi.named_buffers():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == CODEBOOK_CENTROIDS:
+                buffer.normal_(generator=generator)
+            elif leaf in CODEBOOK_ONES:
+                buffer.fill_(1.0)
         for module in mimi.modules():
-            if hasattr(module, "embedding_sum"):
-                module.embedding_sum.normal_(generator=generator)
-                module.cluster_usage.fill_(1.0)
-                module._initialized.fill_(1.0)
-        for module in mimi.modules():
-            refresh = getattr(module, "refresh", None)
-            if callable(refresh):
-                refresh()
+            if isinstance(module, ResidualVQ):
+                module.refresh()
     return mimi.eval().requires_grad_(False)
 
 

@@ -25,9 +25,21 @@ from torch import Tensor
 
 from dsmcli.bench_models import BenchModel, ModelKind
 from dsmcli.constants import FRAME_RATE
-from dsmcli.engine import ConditionInputs, ConditionerKind, LMStream, SamplingOptions, TensorCondition
+from dsmcli.engine import (
+    ConditionerKind,
+    ConditionInputs,
+    LMStream,
+    SamplingOptions,
+    TensorCondition,
+)
 from dsmcli.engine.config import ZERO_TOKEN_ID
-from dsmcli.speak_model import AUDIO_TOP_K, CFG_CONDITION, DEFAULT_CFG, DEFAULT_TEMPERATURE, TEXT_TOP_K
+from dsmcli.speak_model import (
+    AUDIO_TOP_K,
+    CFG_CONDITION,
+    DEFAULT_CFG,
+    DEFAULT_TEMPERATURE,
+    TEXT_TOP_K,
+)
 from dsmcli.tts.voices import DEFAULT_MAX_SPEAKERS
 
 NOISE_LEVEL = 0.1  # amplitude of the noise fed to the encoder

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from dsmcli.architectures import APPROXIMATE, ARCHITECTURES, released_config
-from dsmcli.bench import SCHEMA_NAME, SCHEMA_VERSION, BenchOptions, parse_batches, parse_paths, run_bench
+from dsmcli.bench import (
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    BenchOptions,
+    parse_batches,
+    parse_paths,
+    run_bench,
+)
 from dsmcli.bench_models import load_bench_model
 from dsmcli.bench_paths import BenchPath
 from dsmcli.cli import main

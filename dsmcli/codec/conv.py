@@ -7,9 +7,6 @@ what ``previous`` holds before the first step: zeros, or the first input sample 
 the bias (``partial``), and adds them to the next step's head. The one-shot ``forward`` of both
 equals one step from a fresh state.
 
-Short inputs against large weights (every streaming step of the deep layers) run as one matrix
-product (:mod:`dsmcli.codec.kernels`); transposed-conv weights are kept in that product's layout.
-
 Module nesting mirrors the released tensor names (``….conv.conv.weight``, ``….convtr.convtr.weight``).
 """
 
@@ -23,13 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.codec.config import PadMode
-from dsmcli.codec.kernels import (
-    conv1d_columns,
-    conv1d_matmul,
-    conv_transpose1d_matmul,
-    matmul_layout,
-    prefer_matmul,
-)
 
 
 class SlotState(Protocol):
@@ -82,7 +72,6 @@ class CausalConv1d(nn.Module):
         self.conv = nested("conv", nn.Conv1d(in_channels, out_channels, kernel_size, stride, dilation=dilation,
                                              groups=groups, bias=bias))
         self.stride = stride
-        self.dilation = dilation
         self.pad_mode = PadMode(pad_mode)
         self.context = (kernel_size - 1) * dilation + 1 - stride
         if self.context < 0:
@@ -96,20 +85,12 @@ class CausalConv1d(nn.Module):
         if x.shape[-1] % self.stride:
             raise ValueError(f"conv input length {x.shape[-1]} is not a multiple of the stride {self.stride}")
 
-    def _convolve(self, x: Tensor) -> Tensor:
-        """Valid conv of ``x`` ``[B, C_in, P + T]`` → ``[B, C_out, T / stride]``."""
-        layer = self.layer
-        columns = conv1d_columns(x.shape[0], x.shape[1], x.shape[2], layer.kernel_size[0], self.stride, self.dilation)
-        if prefer_matmul(layer.weight, columns, layer.groups):
-            return conv1d_matmul(x, layer.weight, layer.bias, self.stride, self.dilation)
-        return layer(x)
-
     def forward(self, x: Tensor) -> Tensor:
         """One shot from a fresh state."""
         self._check(x)
         if self.context:
             x = F.pad(x, (self.context, 0), mode=self.pad_mode.value)
-        return self._convolve(x)
+        return self.layer(x)
 
     def init_state(self, batch_size: int) -> ConvState:
         weight = self.layer.weight
@@ -121,7 +102,7 @@ class CausalConv1d(nn.Module):
         """One streaming step; slots with ``active`` False keep their state (their output is garbage)."""
         self._check(x)
         if not self.context:
-            return self._convolve(x)
+            return self.layer(x)
         previous = state.previous
         if self.pad_mode is PadMode.REPLICATE:
             previous = torch.where(state.fresh[:, None, None], x[..., :1], previous)
@@ -131,7 +112,7 @@ class CausalConv1d(nn.Module):
             state.fresh.fill_(False)
         else:
             state.fresh.logical_and_(~active)
-        return self._convolve(full)
+        return self.layer(full)
 
 
 class CausalConvTranspose1d(nn.Module):
@@ -142,34 +123,17 @@ class CausalConvTranspose1d(nn.Module):
         super().__init__()
         self.convtr = nested("convtr", nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride,
                                                           groups=groups, bias=bias))
-        self.stride = stride
         self.overlap = kernel_size - stride
         if self.overlap < 0:
             raise ValueError(f"transposed conv kernel {kernel_size} shorter than stride {stride}")
-        self.register_load_state_dict_post_hook(lambda module, _incompatible: module.relayout())
-        self.relayout()
-
-    @torch.no_grad()
-    def relayout(self) -> None:
-        """Store the weight in the matrix-product layout (same values; done after every state-dict load)."""
-        if self.layer.groups == 1:
-            self.layer.weight.data = matmul_layout(self.layer.weight.data)
 
     @property
     def layer(self) -> nn.ConvTranspose1d:
         return self.convtr.convtr
 
-    def _transpose(self, x: Tensor) -> Tensor:
-        """``[B, C_in, T]`` → ``[B, C_out, (T - 1) * stride + kernel]`` (the full transposed conv)."""
-        layer = self.layer
-        weight = layer.weight
-        if prefer_matmul(weight, x.shape[0] * x.shape[2] * weight.shape[1] * weight.shape[2], layer.groups):
-            return conv_transpose1d_matmul(x, weight, layer.bias, self.stride)
-        return layer(x)
-
     def forward(self, x: Tensor) -> Tensor:
         """One shot from a fresh state (the overlap past the end is dropped)."""
-        y = self._transpose(x)
+        y = self.layer(x)
         return y[..., : y.shape[-1] - self.overlap]
 
     def init_state(self, batch_size: int) -> ConvTrState:
@@ -178,7 +142,7 @@ class CausalConvTranspose1d(nn.Module):
                                        dtype=weight.dtype))
 
     def step(self, x: Tensor, state: ConvTrState, active: Tensor | None = None) -> Tensor:
-        y = self._transpose(x)
+        y = self.layer(x)
         if not self.overlap:
             return y
         y[..., : self.overlap] += state.partial

@@ -5,22 +5,17 @@ each through its own 1×1 input projection; ``rvq_rest`` is residual over its le
 both output projections. Centroids are ``embedding_sum / max(cluster_usage, eps)``; they are
 derived tables, rebuilt whenever a state dict is loaded (or by :meth:`ResidualVQ.refresh`).
 
-The nearest centroid minimises ``|e|²/2 - x·e`` (the squared distance less ``|x|²``, halved): one
-``addmm`` against the precomputed centroid table and half squared norms per level, then argmin
-(ties: lowest index, as the reference). The reference ranks ``sqrt(max(|x|² - 2x·e + |e|², 0))``
-(``torch.cdist``); both orders agree except where two distances are within float rounding.
+Distances use the augmented-matmul form ``[-2x, |x|², 1] · [e, 1, |e|²]`` (then clamp ≥ 0, sqrt)
+that ``torch.cdist`` uses for large codebooks, so equal latents give bit-identical distances and
+near-ties break exactly as in the reference; the augmented table is precomputed once.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.codec.config import QuantizerConfig
-
-TALL_SCORES_FROM = 8  # rows from which scores are computed as ``table @ residualᵀ`` (faster BLAS path)
-ROW_BLOCK = 4096  # one-shot encoding quantizes this many rows at a time (bounds the score matrix)
 
 
 class Codebook(nn.Module):
@@ -54,8 +49,7 @@ class _Levels(nn.Module):
 class ResidualVQ(nn.Module):
     """Residual VQ over ``num_levels`` codebooks with 1×1 conv projections in and out."""
 
-    table: Tensor  # [levels, bins, dim] centroids
-    half_norms: Tensor  # [levels, bins] |e|^2 / 2
+    augmented_table: Tensor  # [levels, bins, dim + 2]: rows [e, 1, |e|^2]
 
     def __init__(self, config: QuantizerConfig, num_levels: int):
         super().__init__()
@@ -65,8 +59,8 @@ class ResidualVQ(nn.Module):
         self.output_proj = nn.Conv1d(config.dimension, config.output_dimension, 1, bias=False)
         self.vq = _Levels(num_levels, config.bins, config.dimension)
         self.dimension = config.dimension
-        self.register_buffer("table", torch.zeros(num_levels, config.bins, config.dimension), persistent=False)
-        self.register_buffer("half_norms", torch.zeros(num_levels, config.bins), persistent=False)
+        self.register_buffer("augmented_table", torch.zeros(num_levels, config.bins, config.dimension + 2),
+                             persistent=False)
         self.register_load_state_dict_post_hook(lambda module, _incompatible: module.refresh())
         self.refresh()
 
@@ -77,48 +71,41 @@ class ResidualVQ(nn.Module):
     @torch.no_grad()
     def refresh(self) -> None:
         """Rebuild the centroid tables from the codebook buffers (call after editing them in place)."""
-        self.table = torch.stack([level._codebook.centroids(self.epsilon) for level in self.vq.layers])
-        self.half_norms = self.table.pow(2).sum(-1).mul_(0.5)
+        table = torch.stack([level._codebook.centroids(self.epsilon) for level in self.vq.layers])
+        ones = torch.ones_like(table[..., :1])
+        self.augmented_table = torch.cat([table, ones, table.pow(2).sum(-1, keepdim=True)], dim=-1)
 
     def centroids(self, level: int) -> Tensor:
-        """``[bins, dim]`` centroids of one level."""
-        return self.table[level]
+        """``[bins, dim]`` centroids of one level (a view into the augmented table)."""
+        return self.augmented_table[level, :, : self.dimension]
 
-    def _nearest(self, residual: Tensor, centroids: Tensor, half_norms: Tensor) -> Tensor:
-        """Index ``[N]`` of the nearest of ``centroids`` ``[bins, dim]`` (half squared norms ``[bins]``) for
-        each row of ``residual`` ``[N, dim]`` (ties: lowest index)."""
-        if residual.shape[0] < TALL_SCORES_FROM:  # [N, bins]: the fast matrix-vector path for a few rows
-            return torch.addmm(half_norms, residual, centroids.t(), alpha=-1).argmin(dim=1)
-        return torch.addmm(half_norms[:, None], centroids, residual.t(), alpha=-1).argmin(dim=0)  # [bins, N]
-
-    def project_in(self, latent: Tensor) -> Tensor:
-        """``[B, C, T]`` → rows ``[B * T, dim]`` to quantize."""
-        weight = self.input_proj.weight
-        return F.linear(latent.transpose(1, 2), weight.view(weight.shape[0], -1)).flatten(0, 1)
+    def _nearest(self, residual: Tensor, level: int) -> Tensor:
+        """Index of the nearest centroid for each row of ``residual`` ``[N, dim]`` (ties: lowest index)."""
+        augmented = torch.cat([residual.mul(-2.0), residual.pow(2).sum(-1, keepdim=True),
+                               torch.ones_like(residual[:, :1])], dim=-1)
+        distances = (augmented @ self.augmented_table[level].t()).clamp_min_(0.0).sqrt_()
+        return distances.argmin(dim=-1)
 
     def encode(self, latent: Tensor, num_levels: int) -> Tensor:
         """``[B, C, T]`` → codes ``[B, num_levels, T]`` (int64), nearest centroid level by level."""
         batch, _, steps = latent.shape
-        levels = list(zip(self.table[:num_levels].unbind(0), self.half_norms[:num_levels].unbind(0)))
-        blocks = []
-        for rows in self.project_in(latent).split(ROW_BLOCK):
-            residual, codes = rows.clone(), []
-            for centroids, half_norms in levels:
-                codes.append(self._nearest(residual, centroids, half_norms))
-                if len(codes) < num_levels:
-                    residual.sub_(centroids.index_select(0, codes[-1]))
-            blocks.append(torch.stack(codes, dim=1))  # [N, num_levels]
-        codes = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
-        return codes.view(batch, steps, num_levels).transpose(1, 2)
+        residual = self.input_proj(latent).transpose(1, 2).reshape(batch * steps, -1)  # [N, dim]
+        codes = []
+        for level in range(num_levels):
+            index = self._nearest(residual, level)
+            codes.append(index)
+            if level + 1 < num_levels:
+                residual = residual - self.centroids(level)[index]
+        return torch.stack(codes, dim=-1).view(batch, steps, num_levels).transpose(1, 2)
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes ``[B, K, T]`` (K ≤ levels, each in ``[0, bins)``) → ``[B, C, T]``."""
         levels = codes.shape[1]
         offsets = torch.arange(levels, device=codes.device)[None, :, None] * self.bins
-        rows = self.table[:levels].flatten(0, 1).index_select(0, (codes + offsets).flatten())  # [B*K*T, dim]
+        flat_table = self.augmented_table[:levels].flatten(0, 1)  # [K * bins, dim + 2]
+        rows = flat_table.index_select(0, (codes + offsets).flatten())[:, : self.dimension]
         quantized = rows.view(*codes.shape, -1).sum(dim=1)  # [B, T, dim]
-        weight = self.output_proj.weight
-        return F.linear(quantized, weight.view(weight.shape[0], -1)).transpose(1, 2)
+        return self.output_proj(quantized.transpose(1, 2))
 
 
 class SplitQuantizer(nn.Module):

@@ -1,10 +1,9 @@
 """Mimi's encoder/decoder transformer (FORMAT.md §2.5): pre-norm, RoPE, causal window, GELU FFN, layer scale.
 
-Layout ``[B, C, T]`` in and out (conv layout). Streaming keeps a ring KV cache of capacity ``context``
-per layer (one :class:`StackedRingKVCache` for all layers, which write the same cells): a step writes
-all its ``T`` keys before attending and masks by absolute position, which reproduces the reference
-exactly, including that after the ring wraps the first query of a multi-step chunk can no longer see
-its oldest allowed key.
+Layout ``[B, C, T]`` in and out (conv layout). Streaming keeps one ring KV cache of capacity
+``context`` per layer: a step writes all its ``T`` keys before attending and masks by absolute
+position, which reproduces the reference exactly, including that after the ring wraps the first
+query of a multi-step chunk can no longer see its oldest allowed key.
 """
 
 from __future__ import annotations
@@ -17,35 +16,29 @@ from torch import Tensor, nn
 
 from dsmcli.codec.config import TransformerConfig
 from dsmcli.nn import (
-    StackedRingKVCache,
+    RingKVCache,
     attend,
     causal_attend,
     context_mask,
     make_norm,
-    rope_rotation,
+    rope_angles,
     rotate,
 )
 
-Rope = Tensor | None  # complex rotation factors [B|1, T, D/2], or None without positional embedding
+Rope = tuple[Tensor, Tensor] | None  # (cos, sin) [B|1, 1, T, D/2], or None without positional embedding
 
 
 @dataclass
 class TransformerState:
-    """ring: the KV caches of every layer; ``ring.end`` ``[B]`` is each slot's next absolute position."""
+    """caches: one ring per layer; offset: ``[B]`` absolute position of each slot's next step."""
 
-    ring: StackedRingKVCache
+    caches: list[RingKVCache]
+    offset: Tensor
 
     def reset(self, mask: Tensor) -> None:
-        self.ring.reset(mask)
-
-
-def rotate_in_place(pairs: Tensor, rotation: Tensor) -> None:
-    """Rotate the interleaved pairs of ``pairs`` ``[..., D]`` by complex ``rotation`` (broadcastable to
-    ``[..., D/2]``), writing the result back into ``pairs`` (same values as :func:`dsmcli.nn.rotate`)."""
-    if pairs.dtype == torch.float32:
-        torch.view_as_complex(pairs.unflatten(-1, (-1, 2))).mul_(rotation)
-    else:
-        pairs.copy_(rotate(pairs, rotation.real, rotation.imag))
+        for cache in self.caches:
+            cache.reset(mask)
+        self.offset.masked_fill_(mask, 0)
 
 
 class SelfAttention(nn.Module):
@@ -60,33 +53,30 @@ class SelfAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d, d))
         self.out_proj = nn.Linear(d, d, bias=False)
 
-    def _qkv(self, x: Tensor, rope: Rope) -> Tensor:
-        """``[B, T, d]`` → ``[B, T, 3, H, head_dim]`` (q, k, v; q and k rotated together)."""
-        qkv = F.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))
+    def _qkv(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
+        """``[B, T, d]`` → q, k, v ``[B, H, T, head_dim]`` (q and k rotated)."""
+        q, k, v = F.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
         if rope is not None:
-            rotate_in_place(qkv[:, :, :2], rope[:, :, None, None])  # [B, T, 1, 1, D/2]
-        return qkv
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        return q, k, v
 
     def _merge(self, out: Tensor) -> Tensor:
-        """``[B, H, T, head_dim]`` → ``[B, T, d]``."""
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         """One shot over ``x`` ``[B, T, d]`` at positions ``0..T-1``."""
-        q, k, v = self._qkv(x, rope).permute(2, 0, 3, 1, 4)  # each [B, H, T, D]
+        q, k, v = self._qkv(x, rope)
         return self._merge(causal_attend(q, k, v, self.context))
 
-    def step(self, x: Tensor, rope: Rope, ring: StackedRingKVCache, index: int, cells: Tensor, mask: Tensor,
-             active: Tensor | None) -> Tensor:
-        """Streaming: ``x`` ``[B, T, d]`` at the claimed ring ``cells``; ``mask`` ``[B, 1, T, C]`` from the
-        ring's positions. This layer's keys and values are stored before attending."""
-        qkv = self._qkv(x, rope)
-        ring.write(index, qkv[:, :, 1:], cells)
-        keys, values = ring.layer(index)
-        q = qkv[:, :, 0].transpose(1, 2)
-        if active is None:  # every query sees at least its own, just written key: no empty rows to guard
-            return self._merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
-        return self._merge(attend(q, keys, values, mask))
+    def step(self, x: Tensor, rope: Rope, q_pos: Tensor, cache: RingKVCache, mask: Tensor | None,
+             active: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Streaming: ``x`` ``[B, T, d]`` at positions ``q_pos`` ``[B, T]``. Returns (output, mask) so
+        later layers reuse the mask (every layer's ring holds the same positions)."""
+        q, k, v = self._qkv(x, rope)
+        keys, values, k_pos = cache.append(k, v, active)
+        if mask is None:
+            mask = context_mask(q_pos, k_pos, self.context)
+        return self._merge(attend(q, keys, values, mask)), mask
 
 
 class LayerScale(nn.Module):
@@ -98,13 +88,6 @@ class LayerScale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.scale * x
-
-
-def add_scaled(x: Tensor, scale: nn.Module, update: Tensor) -> Tensor:
-    """``x + scale(update)`` in one fused op when ``scale`` is a :class:`LayerScale`."""
-    if isinstance(scale, LayerScale):
-        return torch.addcmul(x, scale.scale, update)
-    return x + update
 
 
 class TransformerLayer(nn.Module):
@@ -123,16 +106,16 @@ class TransformerLayer(nn.Module):
         self.layer_scale_2 = nn.Identity() if scale is None else LayerScale(d, scale)
 
     def _feed_forward(self, x: Tensor) -> Tensor:
-        return add_scaled(x, self.layer_scale_2, self.linear2(F.gelu(self.linear1(self.norm2(x)))))
+        return x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
-        x = add_scaled(x, self.layer_scale_1, self.self_attn(self.norm1(x), rope))
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), rope))
         return self._feed_forward(x)
 
-    def step(self, x: Tensor, rope: Rope, ring: StackedRingKVCache, index: int, cells: Tensor, mask: Tensor,
-             active: Tensor | None) -> Tensor:
-        update = self.self_attn.step(self.norm1(x), rope, ring, index, cells, mask, active)
-        return self._feed_forward(add_scaled(x, self.layer_scale_1, update))
+    def step(self, x: Tensor, rope: Rope, q_pos: Tensor, cache: RingKVCache, mask: Tensor | None,
+             active: Tensor | None) -> tuple[Tensor, Tensor]:
+        update, mask = self.self_attn.step(self.norm1(x), rope, q_pos, cache, mask, active)
+        return self._feed_forward(x + self.layer_scale_1(update)), mask
 
 
 class _LayerList(nn.Module):
@@ -158,7 +141,7 @@ class MimiTransformer(nn.Module):
     def _rope(self, positions: Tensor) -> Rope:
         if not self.config.rope:
             return None
-        return rope_rotation(positions, self.config.head_dim, self.config.max_period)
+        return rope_angles(positions, self.config.head_dim, self.config.max_period)
 
     def _project_in(self, x: Tensor) -> Tensor:
         x = x.transpose(1, 2)
@@ -180,16 +163,18 @@ class MimiTransformer(nn.Module):
         if c.context is None:
             raise ValueError("streaming needs a finite attention context")
         weight = self.transformer.layers[0].self_attn.in_proj_weight
-        return TransformerState(StackedRingKVCache.create(c.num_layers, batch_size, c.num_heads, c.context,
-                                                          c.head_dim, weight.device, weight.dtype))
+        caches = [RingKVCache.create(batch_size, c.num_heads, c.context, c.head_dim, weight.device, weight.dtype)
+                  for _ in range(c.num_layers)]
+        return TransformerState(caches, torch.zeros(batch_size, dtype=torch.long, device=weight.device))
 
     def step(self, x: Tensor, state: TransformerState, active: Tensor | None = None) -> Tensor:
         """Streaming step over ``x`` ``[B, C, T]``; inactive slots keep their state."""
         x = self._project_in(x)
-        ring = state.ring
-        cells, q_pos = ring.claim(x.shape[1], active)
+        steps = x.shape[1]
+        q_pos = state.offset[:, None] + torch.arange(steps, device=x.device)
         rope = self._rope(q_pos)
-        mask = context_mask(q_pos, ring.slot_positions, self.config.context)
-        for index, layer in enumerate(self.transformer.layers):
-            x = layer.step(x, rope, ring, index, cells, mask, active)
+        mask = None
+        for layer, cache in zip(self.transformer.layers, state.caches):
+            x, mask = layer.step(x, rope, q_pos, cache, mask, active)
+        state.offset.add_(steps if active is None else active.long() * steps)
         return self._project_out(x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -21,17 +21,17 @@ PATHS_HELP = "Comma-separated: stt, tts, codec (= codec-encode,codec-decode). De
 
 @app.command("bench")
 def bench_cmd(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     random_weights: bool = typer.Option(
         False, "--random-weights", help="Build the model's exact architecture with random weights (no download)."),
     batch: str = typer.Option("1", "--batch", "-b", help="Batch sizes, comma-separated, e.g. 1,8,32."),
-    paths: Optional[str] = typer.Option(None, "--paths", help=PATHS_HELP),
+    paths: str | None = typer.Option(None, "--paths", help=PATHS_HELP),
     steps: int = typer.Option(20, "--steps", help="Timed steady-state steps per configuration."),
     warmup: int = typer.Option(3, "--warmup", help="Warm-up steps per configuration (reported apart)."),
     device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
     dtype: str = dtype_option(),
     quantize: str = typer.Option("none", "--quantize", help="none, or int8 (LM linear weights, per channel)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads (default: torch's choice)."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads (default: torch's choice)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (schema in benchmarks/README.md)."),
 ) -> None:

@@ -46,6 +46,8 @@ def transcribe_cmd(
     progress: Optional[bool] = typer.Option(
         None, "--progress/--no-progress",
         help="Progress bar per input on stderr. Default: on a terminal, unless the text is printed there."),
+    quantize: str = typer.Option("none", "--quantize", help="none, or int8 (LM weights; faster on CPU)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores)."),
 ) -> None:
     """Speech → text with word timestamps, streaming. Many files are batched; - reads stdin as it arrives."""
     from dsmcli.commands import transcribe_run as run
@@ -67,7 +69,7 @@ def transcribe_cmd(
         options=run.transcribe_options(temperature, seed, vad, vad_threshold),
         writer_options=run.writer_options(max_line_width, max_line_count, max_words_per_line, highlight_words),
         segment_options=run.segment_options(gap, vad),
-        progress=progress,
+        progress=progress, quantize=run.quantize_method(quantize), threads=threads,
     )
     try:
         result = run.execute(request)

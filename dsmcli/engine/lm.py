@@ -9,7 +9,6 @@ float32, everything else in the model dtype.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +21,6 @@ from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.transformer import Transformer, TransformerState
 from dsmcli.hub import Checkpoint, load_checkpoint
 from dsmcli.nn import make_norm
-from dsmcli.nn.linear import linear
 from dsmcli.weights import assign_state, cast_floats, read_safetensors
 
 FLOAT32_PREFIXES = ("condition_provider.", "fuser.")  # file tensors kept in float32 whatever the model dtype
@@ -94,13 +92,12 @@ class LM(nn.Module):
         fused = self.conditioning.encode(inputs)
         return ConditionTensors(*(None if t is None else t.to(self.dtype) for t in (fused.sum, fused.cross)))
 
-    def init_state(self, batch_size: int, cross_source: Tensor | None = None, static: bool = False) -> TransformerState:
-        """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``);
-        ``static``: attend over the whole ring from the first step (fixed shapes, for ``torch.compile``)."""
+    def init_state(self, batch_size: int, cross_source: Tensor | None = None) -> TransformerState:
+        """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``)."""
         context = self.config.transformer.context
         if context is None:  # LMConfig.from_dict refuses this; a hand-built config might not
             raise ValueError("the backbone needs an attention context to size its KV rings")
-        return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source, static)
+        return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source)
 
     def embed(self, tokens: Tensor, condition_sum: Tensor | None = None) -> Tensor:
         """``tokens`` ``[B, n_q + 1, T]`` (stream 0 text) -> summed input ``[B, T, D]``."""
@@ -118,11 +115,10 @@ class LM(nn.Module):
 
     def text_logits(self, hidden: Tensor) -> Tensor:
         """``[B, T, D]`` -> ``[B, T, text_card_out]``."""
-        return linear(hidden, self.text_linear.weight, self.text_linear.bias)
+        return self.text_linear(hidden)
 
     def extra_probs(self, hidden: Tensor) -> Tensor | None:
         """Softmax of each extra head: ``[B, T, D]`` -> ``[B, T, heads, classes]`` (None without heads)."""
         if not self.extra_heads:
             return None
-        heads = [cast(nn.Linear, head).weight for head in self.extra_heads]
-        return torch.stack([torch.softmax(linear(hidden, weight), dim=-1) for weight in heads], dim=-2)
+        return torch.stack([torch.softmax(head(hidden), dim=-1) for head in self.extra_heads], dim=-2)

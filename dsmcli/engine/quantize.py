@@ -111,7 +111,8 @@ class Int8Weight:
         if q.dtype != torch.int8 or q.shape[:-1] != scale.shape:
             raise ValueError(f"int8 data {tuple(q.shape)} {q.dtype} does not match scales {tuple(scale.shape)}")
         self.q, self.scale, self.dtype, self.kernel = q, scale, dtype, kernel
-        self._scales: dict[torch.dtype, Tensor] = {torch.float32: scale}
+        self._scales: dict[torch.dtype, Tensor] = {torch.float32: scale}  # scales cast once per dtype
+        self._views: dict[str, Int8Weight] = {}  # indexed views (``in_proj[k]`` runs every step)
 
     @classmethod
     def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO) -> Int8Weight:
@@ -146,7 +147,10 @@ class Int8Weight:
         if len(parts) >= self.q.dim() or not all(isinstance(p, (int, slice)) for p in parts):
             raise IndexError(f"Int8Weight{tuple(self.shape)} can only be indexed by ints / slices over the "
                              f"leading and output dims, not {index!r}")
-        return Int8Weight(self.q[index], self.scale[index], self.dtype, self.kernel)
+        key = repr(index)
+        if key not in self._views:
+            self._views[key] = Int8Weight(self.q[index], self.scale[index], self.dtype, self.kernel)
+        return self._views[key]
 
     def _scale_as(self, dtype: torch.dtype) -> Tensor:
         if dtype not in self._scales:

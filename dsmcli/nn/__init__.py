@@ -1,9 +1,9 @@
 """Building blocks shared by the Mimi transformer and the DSM language model."""
 
 from dsmcli.nn.attention import attend, causal_attend, context_mask
-from dsmcli.nn.kv_cache import EMPTY_POSITION, RingKVCache, StackedRingKVCache
+from dsmcli.nn.kv_cache import EMPTY_POSITION, RingKVCache
 from dsmcli.nn.norms import LayerNormF32, NormKind, RMSNorm, make_norm
-from dsmcli.nn.rope import apply_rope, rope_angles, rope_frequencies, rope_rotation, rotate, rotate_complex
+from dsmcli.nn.rope import apply_rope, rope_angles, rope_frequencies, rotate
 
 __all__ = [
     "EMPTY_POSITION",
@@ -11,7 +11,6 @@ __all__ = [
     "NormKind",
     "RMSNorm",
     "RingKVCache",
-    "StackedRingKVCache",
     "apply_rope",
     "attend",
     "causal_attend",
@@ -19,7 +18,5 @@ __all__ = [
     "make_norm",
     "rope_angles",
     "rope_frequencies",
-    "rope_rotation",
     "rotate",
-    "rotate_complex",
 ]

@@ -40,23 +40,6 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.flatten(-2).to(x.dtype)
 
 
-def rope_rotation(positions: Tensor, head_dim: int, max_period: float) -> Tensor:
-    """Unit complex factors ``cos + i·sin`` ``[B, T, D/2]`` (complex64) of the rotation at positions ``[B, T]``,
-    for :func:`rotate_complex`."""
-    cos, sin = rope_angles(positions, head_dim, max_period)
-    return torch.complex(cos[:, 0], sin[:, 0])
-
-
-def rotate_complex(x: Tensor, rotation: Tensor) -> Tensor:
-    """:func:`rotate` as one complex product (the same values, in fewer ops).
-
-    x: float32 ``[..., D]`` whose strides other than the last are even (e.g. a view into a fused
-    q/k/v projection); rotation: complex64 broadcastable to ``[..., D/2]``. Returns float32 ``[..., D]``.
-    """
-    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * rotation).flatten(-2)
-
-
 def apply_rope(q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor, max_period: float) -> tuple[Tensor, Tensor]:
     """Rotate queries ``q`` ``[B, H, T, D]`` at positions ``q_pos`` ``[B, T]`` and keys ``k`` ``[B, H, S, D]``
     at positions ``k_pos`` ``[B, S]`` (absolute, per batch slot). Returns ``(q, k)`` in their input dtype."""
