@@ -67,15 +67,19 @@ def test_inactive_slots_keep_their_whole_state(tts_lm):
     state = gen.init_state(2, _tts_condition(tts_lm, 2))
     for _ in range(5):
         gen.step(None, state)
-    before = (state.tokens.clone(), state.offsets.clone(),
-              [(c.keys.clone(), c.values.clone(), c.positions.clone(), c.end.clone()) for c in state.backbone.caches])
+    rings = state.backbone.rings
+    ring = slice(0, rings.capacity)  # the last cell is scratch space for slots that do not advance
+    before = (state.tokens.clone(), state.offsets.clone(), torch.stack(rings.keys), torch.stack(rings.values),
+              rings.positions.clone())
     gen.step(None, state, active=torch.tensor([True, False]))
     assert torch.equal(state.tokens[1], before[0][1]) and not torch.equal(state.tokens[0], before[0][0])
     assert state.offsets.tolist() == [before[1][0] + 1, before[1][1]]
-    for cache, (keys, values, positions, end) in zip(state.backbone.caches, before[2]):
-        assert torch.equal(cache.keys[1], keys[1]) and torch.equal(cache.values[1], values[1])
-        assert torch.equal(cache.positions[1], positions[1]) and int(cache.end[1]) == int(end[1])
-        assert int(cache.end[0]) == int(end[0]) + 1
+    keys, values = torch.stack(rings.keys), torch.stack(rings.values)  # [L, B, H, C + 1, D]
+    assert torch.equal(keys[:, 1, :, ring], before[2][:, 1, :, ring])
+    assert torch.equal(values[:, 1, :, ring], before[3][:, 1, :, ring])
+    assert torch.equal(rings.positions[1, ring], before[4][1, ring])
+    assert int(rings.positions[0, ring].max()) == int(before[4][0, ring].max()) + 1
+    assert not torch.equal(keys[:, 0], before[2][:, 0])
 
 
 def test_argument_errors(stt_lm, tts_lm):

@@ -24,6 +24,7 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 from dsmcli.engine import (
     LM,
     ConditionInputs,
+    EngineOptions,
     LMStream,
     SamplingOptions,
     StepHooks,
@@ -34,6 +35,8 @@ from dsmcli.engine import (
 NEAR_TIE = 1e-3  # reference top-2 logit margin under which a token disagreement is a tie, not a bug
 LOGIT_RTOL = 1e-4  # per step: max |ours - ref| <= LOGIT_RTOL * max |ref|
 PROB_ATOL = 1e-5  # extra-head probabilities
+# bfloat16 runs: 4 units in the last place of the largest logit (a bf16 ulp is 2**-8 .. 2**-7 of the value)
+BF16_LOGIT_RTOL = 4 * 2**-7
 
 
 def top2_margin(logits: Tensor) -> Tensor:
@@ -99,10 +102,10 @@ def run_ref_stt(ref_lm: Any, codes: Tensor) -> SttRun:
     return SttRun(torch.tensor(tokens), torch.stack(logits), torch.stack(extras) if extras else None)
 
 
-def run_our_stt(lm: LM, codes: Tensor, forced: Tensor | None = None) -> SttRun:
+def run_our_stt(lm: LM, codes: Tensor, forced: Tensor | None = None, engine: EngineOptions | None = None) -> SttRun:
     """Our engine greedy on ``codes`` ``[1, K, T]``; ``forced`` ``[T]`` teacher-forces the text stream."""
     hooks = StepHooks() if forced is None else StepHooks(text_token=lambda tok, info: forced[info.offsets])
-    gen = LMStream(lm, SamplingOptions.greedy(), hooks=hooks)
+    gen = LMStream(lm, SamplingOptions.greedy(), hooks=hooks, engine=engine)
     state = gen.init_state(1)
     tokens, logits, extras = [], [], []
     for t in range(codes.shape[-1]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_lm_harness import (
+    BF16_LOGIT_RTOL,
     LOGIT_RTOL,
     PROB_ATOL,
     assert_free_run_equal,
@@ -20,7 +21,7 @@ from test_lm_harness import (
     run_ref_stt,
 )
 
-from dsmcli.engine import LM
+from dsmcli.engine import LM, EngineOptions
 
 SECONDS = 17.0  # 212 steps of 80 ms
 
@@ -65,12 +66,16 @@ def test_free_running_greedy_equals_reference(stt_case):
 
 
 def test_bfloat16_close_to_reference(tiny_stt, bria_24k):
-    """Default dtype (bf16, as released): same ops as the reference, so the same greedy text."""
+    """Default dtype (bf16, as released). With static shapes our step does the reference's ops (whole-ring
+    attention), so the logits agree to rounding; by default a fresh stream attends over the ring cells written so
+    far, which changes the softmax's summation order: a few bf16 ulps, and the same greedy text."""
     info = reference_checkpoint(tiny_stt)
     codes = encode_speech(info.get_mimi(device="cpu"), bria_24k(8.0))
     ref = run_ref_stt(info.get_moshi(device="cpu", dtype=torch.bfloat16), codes)
     ours = LM.load(tiny_stt)
     assert ours.dtype == torch.bfloat16
+    static = run_our_stt(ours, codes, forced=ref.tokens, engine=EngineOptions(static_shapes=True))
+    assert float(relative_error(static.logits, ref.logits).max()) <= 1e-2
     run = run_our_stt(ours, codes, forced=ref.tokens)
-    assert float(relative_error(run.logits, ref.logits).max()) <= 1e-2
+    assert float(relative_error(run.logits, ref.logits).max()) <= BF16_LOGIT_RTOL
     assert_free_run_equal(run_our_stt(ours, codes).tokens, ref.tokens, ref.logits, "bf16")

@@ -22,6 +22,9 @@ Stable surface::
 * Real CFG: ``SamplingOptions(cfg_coef=2.0)`` doubles the model batch (``cfg_no_text``,
   ``init_state(cfg_masked_until=...)``); distilled CFG is just the ``cfg`` condition value.
 * ``LMStream(num_generated=n)`` generates only the first ``n`` codebooks (TTS with fewer codebooks).
+* ``LMStream(engine=EngineOptions(compile=True))`` compiles the model part of the step; ``static_shapes=True``
+  attends over the whole KV ring from the first step (the reference's exact attention; see
+  :mod:`dsmcli.engine.options`). The dtype is the model's: bfloat16 runs on AMX on recent Xeons.
 * ``lm.config`` (:class:`LMConfig`) names the token ids (``text_pad_id``, ``end_of_padding_id``,
   ``text_initial_id``, ``audio_initial_id``, ``zero_id``, ``ungenerated_id``), ``delays``/``max_delay``,
   ``distilled_cfg_values`` and the extra heads' sizes.
@@ -40,6 +43,7 @@ from dsmcli.engine.config import (
     TransformerConfig,
 )
 from dsmcli.engine.lm import LM
+from dsmcli.engine.options import EngineOptions
 from dsmcli.engine.sampling import SamplingOptions, cfg_mix, sample_token
 from dsmcli.engine.stream import LMStream, StepHooks, StepInfo, StepOutput, StreamState
 
@@ -52,6 +56,7 @@ __all__ = [
     "ConditionerConfig",
     "ConditionerKind",
     "DepformerConfig",
+    "EngineOptions",
     "FuserConfig",
     "LMConfig",
     "LMStream",

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.engine.config import DepformerConfig, LMConfig
 from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.transformer import Transformer, TransformerState
 from dsmcli.nn import make_norm
+from dsmcli.nn.linear import linear
 
 
 @dataclass
@@ -31,9 +31,7 @@ class DepformerState:
 
     def restart(self) -> None:
         """Empty the rings (every main step starts the depformer afresh)."""
-        for cache in self.transformer.caches:
-            cache.positions.fill_(-1)
-            cache.end.zero_()
+        self.transformer.rings.restart()
 
 
 class Depformer(nn.Module):
@@ -68,9 +66,9 @@ class Depformer(nn.Module):
         """Logits ``[B, card]`` of codebook ``k`` given the previous token ``[B]`` (text for ``k = 0``) and the
         backbone output ``hidden`` ``[B, 1, D]``. Call with ``k = 0, 1, ...`` after :meth:`DepformerState.restart`."""
         cfg = self.config
-        x = self.input_projs[cfg.input_schedule[k]](hidden)
+        x = linear(hidden, cast(nn.Linear, self.input_projs[cfg.input_schedule[k]]).weight)
         embedding = self.text_emb if k == 0 else self.audio_emb[k - 1]
         x = x + embedding(previous[:, None])
         out = self.transformer(x, state.positions[k], state.transformer, None, cfg.transformer.weight_set(k))
         head = cast(nn.Linear, self.heads[k])
-        return F.linear(self.out_norms[k](out), head.weight, head.bias)[:, 0]
+        return linear(self.out_norms[k](out), head.weight, head.bias)[:, 0]

@@ -8,22 +8,36 @@ float32, everything else in the model dtype.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.engine.checkpoint import file_to_module_state
 from dsmcli.engine.conditioning import ConditionInputs, ConditionProvider, ConditionTensors
-from dsmcli.engine.config import LMConfig
+from dsmcli.engine.config import ZERO_TOKEN_ID, LMConfig
 from dsmcli.engine.depformer import Depformer
 from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.transformer import Transformer, TransformerState
 from dsmcli.hub import Checkpoint, load_checkpoint
 from dsmcli.nn import make_norm
+from dsmcli.nn.linear import linear
 from dsmcli.weights import assign_state, cast_floats, read_safetensors
 
 FLOAT32_PREFIXES = ("condition_provider.", "fuser.")  # file tensors kept in float32 whatever the model dtype
+
+
+@dataclass(frozen=True)
+class ModelStep:
+    """Outputs of :meth:`LM.step` for ``B`` rows: hidden ``[B, 1, D]`` (the depformer's input), text_logits
+    ``[B, 1, text_card_out]`` (model dtype), extra_probs ``[B, 1, heads, classes]`` or None."""
+
+    hidden: Tensor
+    text_logits: Tensor
+    extra_probs: Tensor | None
 
 
 class LM(nn.Module):
@@ -92,18 +106,28 @@ class LM(nn.Module):
         fused = self.conditioning.encode(inputs)
         return ConditionTensors(*(None if t is None else t.to(self.dtype) for t in (fused.sum, fused.cross)))
 
-    def init_state(self, batch_size: int, cross_source: Tensor | None = None) -> TransformerState:
-        """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``)."""
+    def init_state(self, batch_size: int, cross_source: Tensor | None = None, static: bool = False) -> TransformerState:
+        """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``);
+        ``static``: attend over the whole ring from the first step (fixed shapes, for ``torch.compile``)."""
         context = self.config.transformer.context
         if context is None:  # LMConfig.from_dict refuses this; a hand-built config might not
             raise ValueError("the backbone needs an attention context to size its KV rings")
-        return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source)
+        return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source, static)
 
     def embed(self, tokens: Tensor, condition_sum: Tensor | None = None) -> Tensor:
-        """``tokens`` ``[B, n_q + 1, T]`` (stream 0 text) -> summed input ``[B, T, D]``."""
-        x = self.emb[0](tokens[:, 1])
-        for q in range(1, self.config.n_q):
-            x = x + self.emb[q](tokens[:, q + 1])
+        """``tokens`` ``[B, n_q + 1, T]`` (stream 0 text) -> summed input ``[B, T, D]``.
+
+        The audio tables are read in one pass (-1 tokens read row 0, then their rows are zeroed at once); the
+        rows are then added in stream order, audio then text, in the model dtype (as the reference rounds).
+        """
+        audio = tokens[:, 1:]
+        ids = audio.clamp(min=0)
+        rows = torch.stack([F.embedding(ids[:, q], cast(TokenEmbedding, emb).weight)
+                            for q, emb in enumerate(self.emb)])  # [n_q, B, T, D]
+        rows.masked_fill_((audio == ZERO_TOKEN_ID).transpose(0, 1)[..., None], 0.0)
+        x = rows[0]
+        for row in rows[1:]:
+            x = x + row
         x = x + self.text_emb(tokens[:, 0])
         return x if condition_sum is None else x + condition_sum.to(x)
 
@@ -113,12 +137,20 @@ class LM(nn.Module):
         x = self.transformer(self.embed(tokens, condition_sum), positions, state, active)
         return self.out_norm(x)
 
+    def step(self, tokens: Tensor, positions: Tensor, state: TransformerState, active: Tensor | None = None,
+             condition_sum: Tensor | None = None) -> ModelStep:
+        """The model part of one step (what ``EngineOptions.compile`` compiles): ``tokens`` ``[B, n_q + 1, 1]`` at
+        ``positions`` ``[B, 1]`` -> backbone output, text logits and extra-head probabilities."""
+        hidden = self.backbone(tokens, positions, state, active, condition_sum)
+        return ModelStep(hidden, self.text_logits(hidden), self.extra_probs(hidden))
+
     def text_logits(self, hidden: Tensor) -> Tensor:
         """``[B, T, D]`` -> ``[B, T, text_card_out]``."""
-        return self.text_linear(hidden)
+        return linear(hidden, self.text_linear.weight, self.text_linear.bias)
 
     def extra_probs(self, hidden: Tensor) -> Tensor | None:
         """Softmax of each extra head: ``[B, T, D]`` -> ``[B, T, heads, classes]`` (None without heads)."""
         if not self.extra_heads:
             return None
-        return torch.stack([torch.softmax(head(hidden), dim=-1) for head in self.extra_heads], dim=-2)
+        heads = [cast(nn.Linear, head).weight for head in self.extra_heads]
+        return torch.stack([torch.softmax(linear(hidden, weight), dim=-1) for weight in heads], dim=-2)

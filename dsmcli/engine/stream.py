@@ -16,8 +16,9 @@ taken). At a step, for every slot:
 
 Slots are independent: ``active`` ``[B]`` selects the slots that step (the others keep their whole state), and
 :meth:`StreamState.reset` restarts chosen slots. Real CFG (``cfg_coef != 1``) runs the model on ``2B`` rows
-(conditional then unconditional); the token ring and the outputs stay ``[B, ...]``. Shapes are static and no
-value is read back to the host inside a step (hooks may do so).
+(conditional then unconditional); the token ring and the outputs stay ``[B, ...]``. No value is read back to
+the host inside a step (hooks may do so). How the model part runs (static shapes, ``torch.compile``) is chosen
+by :class:`~dsmcli.engine.options.EngineOptions`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dsmcli.engine.conditioning import ConditionInputs, ConditionTensors
 from dsmcli.engine.config import UNGENERATED_TOKEN_ID, ZERO_TOKEN_ID
 from dsmcli.engine.depformer import DepformerState
 from dsmcli.engine.lm import LM
+from dsmcli.engine.options import EngineOptions
 from dsmcli.engine.sampling import SamplingOptions, cfg_mix, sample_token
 from dsmcli.engine.transformer import TransformerState
 
@@ -116,14 +118,17 @@ def _masked_scatter(ring: Tensor, index: Tensor, values: Tensor, mask: Tensor) -
 class LMStream:
     """Step engine over an :class:`LM`. ``num_generated`` (default ``dep_q``) codebooks come from the depformer;
     the remaining audio streams are inputs (the TTS with fewer codebooks feeds them -1). ``cfg_no_text``: under
-    real CFG the unconditional rows see no text and text logits are not guided."""
+    real CFG the unconditional rows see no text and text logits are not guided. ``engine``: how the model part
+    runs (:class:`EngineOptions`: static shapes, ``torch.compile``)."""
 
     def __init__(self, lm: LM, options: SamplingOptions | None = None, *, hooks: StepHooks | None = None,
                  cfg_no_text: bool = False, num_generated: int | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, engine: EngineOptions | None = None):
         cfg = lm.config
         self.lm, self.cfg_no_text, self.generator = lm, cfg_no_text, generator
         self.options = SamplingOptions() if options is None else options
+        self.engine = EngineOptions() if engine is None else engine
+        self._model_step = self.engine.wrap(lm.step)
         self.hooks = StepHooks() if hooks is None else hooks
         self.num_generated = cfg.dep_q if num_generated is None else num_generated
         if not 0 <= self.num_generated <= cfg.dep_q:
@@ -156,7 +161,8 @@ class LMStream:
             tokens=torch.full((batch_size, lm.config.num_streams, self.ring_size), UNGENERATED_TOKEN_ID,
                               dtype=torch.long, device=device),
             offsets=torch.zeros(batch_size, dtype=torch.long, device=device),
-            backbone=lm.init_state(rows, fused.cross), depformer=depformer, condition_sum=fused.sum,
+            backbone=lm.init_state(rows, fused.cross, static=self.engine.uses_static_shapes), depformer=depformer,
+            condition_sum=fused.sum,
             cfg_masked_until=torch.tensor(masked, dtype=torch.long, device=device),
             audio=torch.zeros(batch_size, self.num_generated, dtype=torch.long, device=device),
             cfg=use_cfg, all_active=torch.ones(batch_size, dtype=torch.bool, device=device),
@@ -198,13 +204,13 @@ class LMStream:
         self._write_inputs(state, audio_codes, active)
         inputs = self._model_inputs(state, active)
         positions = state.model_rows(state.offsets)[:, None]
-        hidden = self.lm.backbone(inputs, positions, state.backbone, state.model_rows(active), state.condition_sum)
-        text_logits, text = self._sample_text(hidden, info)
-        audio = self._sample_audio(text, hidden, state, info, replace_audio)
+        model = self._model_step(inputs, positions, state.backbone, state.model_rows(active), state.condition_sum)
+        text_logits, text = self._sample_text(model.text_logits, info)
+        audio = self._sample_audio(text, model.hidden, state, info, replace_audio)
         self._advance(state, text, audio, active)
         frame, valid = self._frame(state, active)
-        extra = self.lm.extra_probs(hidden[: state.batch_size])
-        return StepOutput(text, text_logits, audio, frame, valid, None if extra is None else extra[:, 0])
+        extra = None if model.extra_probs is None else model.extra_probs[: state.batch_size, 0]
+        return StepOutput(text, text_logits, audio, frame, valid, extra)
 
     def _write_inputs(self, state: StreamState, audio_codes: Tensor | None, active: Tensor) -> None:
         n_in = self.num_inputs
@@ -236,8 +242,9 @@ class LMStream:
             unconditional[:, :1] = torch.where(is_init[:, :1], unconditional[:, :1], zero)
         return torch.cat([inputs, unconditional])
 
-    def _sample_text(self, hidden: Tensor, info: StepInfo) -> tuple[Tensor, Tensor]:
-        logits = self.lm.text_logits(hidden)[:, 0]
+    def _sample_text(self, logits: Tensor, info: StepInfo) -> tuple[Tensor, Tensor]:
+        """``logits`` ``[B', 1, text_card_out]`` -> (float32 logits ``[B, V]``, sampled tokens ``[B]``)."""
+        logits = logits[:, 0]
         if self.options.uses_cfg:
             conditional, unconditional = logits.chunk(2)
             logits = conditional if self.cfg_no_text else cfg_mix(conditional, unconditional, self.options.cfg_coef)

@@ -4,8 +4,13 @@ A layer is ``x += SelfAttn(norm1(x))``; ``x += CrossAttn(norm_cross(x), src)`` i
 (each update optionally scaled by a layer scale). Attention projections are stored stacked per weight set:
 ``in_proj`` ``[W, 3*dim, dim]`` (rows ``q | k | v``, each laid out ``(head, head_dim)``) and ``out_proj``
 ``[W, dim, dim]``; ``W`` > 1 only for a depformer with per-step weights, where step ``k`` uses set
-``schedule[k]``. The streaming state (one :class:`~dsmcli.nn.RingKVCache` per layer, plus the cross-attention
-keys/values computed once per stream) lives in :class:`TransformerState`, held by the caller.
+``schedule[k]``.
+
+The stacks run one step at a time (``T = 1``, what streaming needs). Per-step work shared by the layers is done
+once in :meth:`Transformer.forward`: the ring bookkeeping and attention mask
+(:class:`~dsmcli.engine.kv_rings.RingStep`) and the RoPE rotation (:class:`StepRope`). Projections go through
+:func:`dsmcli.nn.linear.linear` (the CPU-friendly operand order). The streaming state (:class:`TransformerState`:
+the KV rings, plus the cross-attention keys/values computed once per stream) is held by the caller.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.engine.config import TransformerConfig
-from dsmcli.nn import RingKVCache, apply_rope, attend, context_mask, make_norm
+from dsmcli.engine.kv_rings import KVRings, RingStep
+from dsmcli.nn import make_norm, rope_angles
 from dsmcli.nn.gating import GatedFFN
+from dsmcli.nn.linear import linear
 from dsmcli.nn.norms import LAYER_NORM_EPS
 from dsmcli.nn.sinusoid import sin_embedding
 
@@ -36,28 +43,50 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)
 
 
+@dataclass(frozen=True)
+class StepRope:
+    """RoPE rotation of one step, shared by the layers: unit complex factors ``[B, 1, 1, D/2]`` (complex64).
+
+    Pair ``i`` of a head vector, ``x[2i] + i x[2i+1]``, is multiplied by ``cos(p f_i) + i sin(p f_i)``: the
+    rotation of :func:`dsmcli.nn.rotate` (FORMAT.md §3.3) as one complex product, computed in float32.
+    """
+
+    rotation: Tensor
+
+    @classmethod
+    def at(cls, positions: Tensor, head_dim: int, max_period: float) -> StepRope:
+        """Angles for positions ``[B, 1]``."""
+        cos, sin = rope_angles(positions, head_dim, max_period)
+        return cls(torch.complex(cos, sin))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Rotate ``x`` ``[..., B, H, 1, D]`` (e.g. queries and keys stacked on a leading dim)."""
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * self.rotation).flatten(-2).to(x.dtype)
+
+
 class SelfAttention(nn.Module):
-    """Causal self-attention over a ring KV cache; positions are absolute and per batch slot."""
+    """Causal self-attention over the stack's KV rings (one step; positions are absolute and per batch slot)."""
 
     def __init__(self, config: TransformerConfig, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__()
         dim, sets = config.dim, config.num_weight_sets
         self.num_heads = config.num_heads
-        self.context = config.context
-        self.rope_max_period = config.max_period if config.positional_embedding.uses_rope else None
         self.in_proj = nn.Parameter(torch.empty(sets, 3 * dim, dim, device=device, dtype=dtype))
         self.out_proj = nn.Parameter(torch.empty(sets, dim, dim, device=device, dtype=dtype))
 
-    def forward(self, x: Tensor, positions: Tensor, cache: RingKVCache, active: Tensor | None,
+    def forward(self, x: Tensor, rings: KVRings, layer: int, step: RingStep, rope: StepRope | None,
                 weight_set: int = 0) -> Tensor:
-        """``x`` ``[B, T, dim]`` at ``positions`` ``[B, T]``; appends to ``cache`` (active slots only)."""
-        q, k, v = _split_heads(F.linear(x, self.in_proj[weight_set]), 3, self.num_heads)
-        if self.rope_max_period is not None:
-            q, k = apply_rope(q, k, positions, positions, self.rope_max_period)
-        keys, values, key_positions = cache.append(k, v, active)
-        out = attend(q, keys, values, context_mask(positions, key_positions, self.context))
-        return F.linear(_merge_heads(out), self.out_proj[weight_set])
+        """``x`` ``[B, 1, dim]``; writes this step's key/value into ``rings`` (layer ``layer``)."""
+        qkv = _split_heads(linear(x, self.in_proj[weight_set]), 3, self.num_heads)  # [3, B, H, 1, D]
+        if rope is None:
+            q, k = qkv[0], qkv[1]
+        else:
+            q, k = rope(qkv[:2])
+        keys, values = rings.write(layer, step, k, qkv[2])
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
+        return linear(_merge_heads(out), self.out_proj[weight_set])
 
 
 class CrossAttention(nn.Module):
@@ -77,9 +106,9 @@ class CrossAttention(nn.Module):
         return k, v
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-        q = _split_heads(F.linear(x, self.in_proj[0, :self.dim]), 1, self.num_heads)[0]
+        q = _split_heads(linear(x, self.in_proj[0, :self.dim]), 1, self.num_heads)[0]
         out = F.scaled_dot_product_attention(q, keys, values)
-        return F.linear(_merge_heads(out), self.out_proj[0])
+        return linear(_merge_heads(out), self.out_proj[0])
 
 
 class LayerScale(nn.Module):
@@ -125,14 +154,14 @@ class TransformerLayer(nn.Module):
 
     def _ffn(self, x: Tensor, weight_set: int) -> Tensor:
         if self.plain_ffn:
-            return self.linear2(F.gelu(self.linear1(x)))
+            return linear(F.gelu(linear(x, self.linear1.weight)), self.linear2.weight)
         if self.per_step_ffn:
             return cast(nn.ModuleList, self.gating)[weight_set](x)
         return self.gating(x)
 
-    def forward(self, x: Tensor, positions: Tensor, cache: RingKVCache, active: Tensor | None,
+    def forward(self, x: Tensor, rings: KVRings, layer: int, step: RingStep, rope: StepRope | None,
                 cross: tuple[Tensor, Tensor] | None, weight_set: int) -> Tensor:
-        update = self.self_attn(self.norm1(x), positions, cache, active, weight_set)
+        update = self.self_attn(self.norm1(x), rings, layer, step, rope, weight_set)
         x = x.to(update) + self.layer_scale_1(update)
         if self.cross_attention is not None:
             if cross is None:
@@ -146,17 +175,16 @@ class TransformerLayer(nn.Module):
 class TransformerState:
     """Streaming state of a stack for a batch of ``B`` slots.
 
-    caches: one ring per layer (``keys``/``values`` ``[B, H, C, head_dim]``); cross: per layer the
+    rings: the KV rings of every layer (:class:`~dsmcli.engine.kv_rings.KVRings`); cross: per layer the
     cross-attention ``(keys, values)`` ``[B, H, S, head_dim]`` of the condition, or None.
     """
 
-    caches: list[RingKVCache]
+    rings: KVRings
     cross: list[tuple[Tensor, Tensor]] | None = None
 
     def reset(self, mask: Tensor) -> None:
         """Forget the history of the slots selected by ``mask`` ``[B]`` (cross keys/values are kept)."""
-        for cache in self.caches:
-            cache.reset(mask)
+        self.rings.reset(mask)
 
 
 class Transformer(nn.Module):
@@ -168,13 +196,14 @@ class Transformer(nn.Module):
         self.config = config
         self.layers = nn.ModuleList([TransformerLayer(config, device, dtype) for _ in range(config.num_layers)])
 
-    def init_state(self, batch_size: int, capacity: int, device: torch.device | str,
-                   dtype: torch.dtype, cross_source: Tensor | None = None) -> TransformerState:
-        """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention."""
+    def init_state(self, batch_size: int, capacity: int, device: torch.device | str, dtype: torch.dtype,
+                   cross_source: Tensor | None = None, static: bool = False) -> TransformerState:
+        """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention; ``static``
+        always attends over the whole ring (fixed shapes, see :mod:`dsmcli.engine.kv_rings`)."""
         cfg = self.config
-        caches = [RingKVCache.create(batch_size, cfg.num_heads, capacity, cfg.head_dim, device, dtype)
-                  for _ in self.layers]
-        return TransformerState(caches, self.cross_source(cross_source))
+        rings = KVRings.create(cfg.num_layers, batch_size, cfg.num_heads, capacity, cfg.head_dim, cfg.context,
+                               device, dtype, static)
+        return TransformerState(rings, self.cross_source(cross_source))
 
     def cross_source(self, source: Tensor | None) -> list[tuple[Tensor, Tensor]] | None:
         """Per-layer cross-attention keys/values of ``source`` ``[B, S, dim]`` (None without cross-attention)."""
@@ -187,14 +216,18 @@ class Transformer(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor, state: TransformerState, active: Tensor | None = None,
                 weight_set: int = 0) -> Tensor:
-        """``x`` ``[B, T, dim]`` at absolute ``positions`` ``[B, T]`` -> ``[B, T, dim]``.
+        """One step: ``x`` ``[B, 1, dim]`` at absolute ``positions`` ``[B, 1]`` -> ``[B, 1, dim]``.
 
         Slots where ``active`` ``[B]`` is False compute but leave their state untouched.
         """
         cfg = self.config
+        if x.shape[1] != 1:
+            raise ValueError(f"the LM stacks run one step at a time, got {x.shape[1]} steps")
         if cfg.positional_embedding.uses_sin:
             x = x + cfg.positional_scale * sin_embedding(positions, x.shape[-1], cfg.max_period, dtype=x.dtype)
+        rope = StepRope.at(positions, cfg.head_dim, cfg.max_period) if cfg.positional_embedding.uses_rope else None
+        step = state.rings.advance(positions, active)
         for i, layer in enumerate(self.layers):
             cross = None if state.cross is None else state.cross[i]
-            x = layer(x, positions, state.caches[i], active, cross, weight_set)
+            x = layer(x, state.rings, i, step, rope, cross, weight_set)
         return x

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsmcli.nn.linear import linear
+
 
 class Activation(str, Enum):
     """The ``gating`` values of the configs (the activation of the gate half)."""
@@ -69,6 +71,6 @@ class GatedFFN(nn.Module):
         self.linear_out = nn.Linear(hidden, dim, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.linear(x, self.linear_in.weight)
+        h = linear(x, self.linear_in.weight)
         h = h.view(*h.shape[:-1], 2, -1)
-        return F.linear(self.activation.fn(h[..., 0, :]) * h[..., 1, :], self.linear_out.weight)
+        return linear(self.activation.fn(h[..., 0, :]) * h[..., 1, :], self.linear_out.weight)

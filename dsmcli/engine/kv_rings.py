@@ -1,0 +1,109 @@
+"""Ring key/value caches of every self-attention layer of an LM stack, written one step at a time.
+
+All layers of a stack append at the same steps for the same slots, so the bookkeeping is shared and done once per
+step (:meth:`KVRings.advance` -> :class:`RingStep`): which cell each slot writes, the absolute position each cell
+holds and the attention mask. A layer then only writes its key/value row (:meth:`KVRings.write`) and attends.
+
+* Cells ``0..C-1`` form the ring; cell ``C`` is a scratch cell: slots that do not advance (``active`` False) write
+  there, so writes need no read-modify-write, and it is never attended to (its position stays -1).
+* ``filled`` (a host int) counts the leading cells that may hold a key: a stream's first ``C`` steps attend over
+  ``filled`` cells only, not the whole (mostly empty) ring. ``static`` keeps the span at ``C`` (fixed shapes for
+  ``torch.compile`` / CUDA graphs). Positions are those the caller passes (one per slot and step); they must
+  count the steps each slot advanced since its last reset, as the step engine's offsets do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+EMPTY_POSITION = -1
+SCRATCH_CELLS = 1
+
+
+@dataclass(frozen=True)
+class RingStep:
+    """One step's plan shared by the layers. rows: ``[B]`` ``0..B-1``; cells: ``[B]`` cell each slot writes
+    (scratch if inactive); mask: bool ``[B, 1, 1, span]`` keys each slot attends to; span: cells attended (a
+    prefix of the ring)."""
+
+    rows: Tensor
+    cells: Tensor
+    mask: Tensor
+    span: int
+
+
+@dataclass
+class KVRings:
+    """keys, values: one ``[B, H, C + 1, D]`` tensor per layer (separate tensors, so that ``torch.compile`` updates
+    them in place); positions: ``[B, C + 1]`` absolute position per cell (-1 = empty)."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    positions: Tensor
+    context: int | None  # attention window in steps (None = unbounded)
+    static: bool = False
+    filled: int = 0
+
+    @classmethod
+    def create(cls, num_layers: int, batch_size: int, num_heads: int, capacity: int, head_dim: int,
+               context: int | None, device: torch.device | str, dtype: torch.dtype, static: bool = False) -> KVRings:
+        if capacity <= 0:
+            raise ValueError(f"KV ring capacity must be positive, got {capacity}")
+        shape = (batch_size, num_heads, capacity + SCRATCH_CELLS, head_dim)
+        positions = torch.full((batch_size, capacity + SCRATCH_CELLS), EMPTY_POSITION, dtype=torch.long, device=device)
+        keys, values = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)] for _ in range(2))
+        return cls(keys, values, positions, context, static)
+
+    @property
+    def capacity(self) -> int:
+        return self.positions.shape[1] - SCRATCH_CELLS
+
+    @property
+    def batch_size(self) -> int:
+        return self.positions.shape[0]
+
+    def advance(self, positions: Tensor, active: Tensor | None) -> RingStep:
+        """Book one step of every layer for queries at ``positions`` ``[B, 1]``; ``active`` ``[B]`` (None = all)."""
+        capacity = self.capacity
+        query = positions[:, 0]
+        cells = query % capacity
+        if active is not None:
+            cells = torch.where(active, cells, capacity)
+            query = torch.where(active, query, EMPTY_POSITION)
+        self.positions.scatter_(1, cells[:, None], query[:, None])
+        if not self.static:
+            self.filled = min(capacity, self.filled + 1)
+        span = capacity if self.static else self.filled
+        rows = torch.arange(self.batch_size, device=cells.device)
+        return RingStep(rows, cells, self._mask(positions, span), span)
+
+    def _mask(self, positions: Tensor, span: int) -> Tensor:
+        keys = self.positions[:, None, :span]  # [B, 1, S]
+        delta = positions[:, :, None] - keys
+        allowed = (keys >= 0) & (delta >= 0)
+        if self.context is not None:
+            allowed &= delta < self.context
+        # A slot that neither advances nor has history attends to everything (finite garbage, not NaN); its
+        # output is discarded. Every advancing slot sees at least its own new key.
+        allowed |= ~allowed.any(dim=-1, keepdim=True)
+        return allowed[:, None]
+
+    def write(self, layer: int, step: RingStep, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k``, ``v`` ``[B, H, 1, D]`` of ``layer`` at ``step.cells``; returns its keys and values
+        ``[B, H, span, D]`` to attend over (views of the ring: read them before the next write)."""
+        keys, values = self.keys[layer], self.values[layer]
+        keys[step.rows, :, step.cells] = k[:, :, 0].to(keys.dtype)
+        values[step.rows, :, step.cells] = v[:, :, 0].to(values.dtype)
+        return keys[:, :, : step.span], values[:, :, : step.span]
+
+    def reset(self, mask: Tensor) -> None:
+        """Empty the slots selected by ``mask`` ``[B]`` (their cells are forgotten; ``filled`` is kept)."""
+        self.positions.masked_fill_(mask[:, None], EMPTY_POSITION)
+
+    def restart(self) -> None:
+        """Empty every slot (the depformer does this at each main step)."""
+        self.positions.fill_(EMPTY_POSITION)
+        self.filled = 0
