@@ -20,6 +20,7 @@ Never run as a unit test: it is a measurement.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -153,7 +154,7 @@ def random_reference_lm(lm_kwargs: dict, seed: int) -> torch.nn.Module:
     (Drawn directly on an empty module: the reference's own initialisers take minutes at this size.)"""
     from moshi.models import loaders
 
-    model = loaders.get_moshi_lm(None, lm_kwargs=dict(lm_kwargs), device="meta", dtype=torch.float32)
+    model = loaders.get_moshi_lm(None, lm_kwargs=copy.deepcopy(lm_kwargs), device="meta", dtype=torch.float32)
     model = model.to_empty(device="cpu").eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         fp32_run = text_logits_run(ours, codes, None)
         report = quantize_lm(ours, "int8")
         print(f"quantized {report.tensors} weights: {report.bytes_before / 2**30:.2f} -> "
-              f"{report.bytes_after / 2**30:.2f} GiB ({report.kernel.value} kernel)")
+              f"{report.bytes_after / 2**30:.2f} GiB (groups of {report.group_size}, {report.kernel_used} kernel)")
         int8_timings = lm_phase("int8", ref_lm, ours, codes, args)
         timings.update({k + "@int8" if k.startswith("ref_") else k: v for k, v in int8_timings.items()})
         agree = agreement(fp32_run, text_logits_run(ours, codes, fp32_run[1]))

@@ -235,7 +235,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     return BenchReport(
         model=model.name, model_type=model.kind.value, random_weights=model.random_weights, params=model.params,
         device=str(options.device), dtype=str(options.dtype).removeprefix("torch."), quantize=options.quantize.value,
-        quantize_kernel=None if quant is None else quant.kernel.value, threads=torch.get_num_threads(),
+        quantize_kernel=None if quant is None else quant.kernel_used, threads=torch.get_num_threads(),
         load_seconds=model.load_seconds, results=tuple(results), load_average=load)
 
 

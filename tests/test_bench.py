@@ -73,7 +73,8 @@ def test_cli_bench_tts_random_weights_int8_json(tiny_tts, run_dsm):
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout)
     assert report["version"] == SCHEMA_VERSION and report["random_weights"] is True
-    assert (report["model_type"], report["quantize"], report["quantize_kernel"]) == ("tts", "int8", "auto")
+    assert (report["model_type"], report["quantize"]) == ("tts", "int8")
+    assert report["quantize_kernel"] in ("native", "mixed", "dequantize")  # mixed: tiny widths use dequantize
     assert [(r["path"], r["batch"]) for r in report["results"]] == [("tts", 1), ("tts", 2)]
     for result in report["results"]:
         _check_result(result, result["batch"])

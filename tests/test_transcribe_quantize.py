@@ -19,8 +19,10 @@ def test_int8_transcript_close_to_fp32(run_dsm, tiny_stt, bria_24k, tmp_path):
         data = json.loads((tmp_path / method / "talk.json").read_text())
         texts[method] = [w["word"] for seg in data["segments"] for w in seg["words"]]
     assert texts["none"], "the fixture transcribes words"
-    ratio = difflib.SequenceMatcher(a=texts["none"], b=texts["int8"]).ratio()
-    assert ratio >= 0.8, (ratio, texts)
+    # characters, not words: a flipped token of this random tiny model moves word boundaries locally
+    full = {method: "".join(words) for method, words in texts.items()}
+    ratio = difflib.SequenceMatcher(a=full["none"], b=full["int8"]).ratio()
+    assert ratio >= 0.85, f"{ratio:.2f}: {'|'.join(texts['none'])} vs {'|'.join(texts['int8'])}"
 
 
 def test_unknown_quantize_method_is_a_usage_error(run_dsm, tiny_stt, tmp_path):

@@ -1,24 +1,23 @@
 """Int8 quantization of the LM's linear weights, applied after loading (``quantize_lm(lm, "int8")``).
 
 Every linear weight of the backbone, the depformer, the text/audio heads and the demuxed text embedding is
-stored as int8 with one scale per output channel (symmetric, ``scale >= max|row| / 127``, rounded up to a
-bfloat16 value so both kernels below use it exactly); the float conditioners are left alone (they run once per
-stream). The weights are swapped for :class:`Int8Weight`, a tensor-like object that the model's own
-``F.linear`` calls dispatch to (``__torch_function__``), so the network code is unchanged and the default
-(unquantized) path is untouched.
+stored as int8 with one float32 scale per output channel and per group of :data:`GROUP_SIZE` input channels
+(symmetric, ``scale = max|group| / 127``); the float conditioners are left alone (they run once per stream).
+Group-wise scales follow the weights' local range: on the stt-1b architecture the text logits stay within cosine
+0.999 of the float path, where one scale per output channel does not (see benchmarks/README.md). The weights are
+swapped for :class:`Int8Weight`, a tensor-like object that the model's own ``F.linear`` calls dispatch to
+(``__torch_function__``), so the network code is unchanged and the default (unquantized) path is untouched.
 
-Kernels (:class:`Int8Kernel`), all reading the same int8 weights:
+Kernels (:class:`Int8Kernel`), both reading the same int8 weights:
 
-* ``weight-only``: ``torch._weight_int8pack_mm``; activations stay float (bfloat16 on CPU: its float32 variant
-  is 20-40x slower there). The most accurate: only the weights are rounded.
-* ``dynamic``: each activation row is quantized to int8 on the fly with its own scale, then ``torch._int_mm``
-  (oneDNN, VNNI/AMX) multiplies int8 x int8 into int32. Much faster than the weight-only kernel for many rows,
-  about twice the error. A row's result never depends on the other rows of the batch (no per-tensor
-  activation scale, unlike ``torch.ao`` dynamic quantization), so a stream's output does not depend on what
-  it is batched with.
-* ``auto`` (default): on CPU, ``weight-only`` for up to :data:`WEIGHT_ONLY_MAX_ROWS` rows (streaming at small
-  batch), ``dynamic`` above; elsewhere ``weight-only`` in the model dtype. (On CPU, weights whose input width
-  is not a multiple of :data:`INT8PACK_IN_MULTIPLE` always use ``dynamic``: see there.)
+* ``native``: ``dsmcli/kernels/int8_linear.cpp``, compiled on first use (AVX-512 VNNI where the CPU has it). Each
+  activation row is carried as int16 with its own scale (error ~2^-16 of the row's peak) and multiplied in
+  exact integer arithmetic per group; it streams the int8 weights at close to memory speed at batch 1 and
+  every row's result is independent of its batch mates, bit for bit.
+* ``dequantize``: pure torch, ``F.linear`` with the weight dequantized on the fly to the activations' dtype. Used
+  off CPU, when the native kernel cannot be built, and for weights whose input width is not a multiple of
+  :data:`NATIVE_GROUP_MULTIPLE` (tiny test models). Correct everywhere, not fast on CPU.
+* ``auto`` (default): ``native`` where it applies, else ``dequantize``.
 
 Measurements behind these choices are in benchmarks/README.md. Quantized weights are not parameters: quantize
 *after* moving the model to its device; ``state_dict()`` no longer lists them.
@@ -36,14 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.engine.transformer import CrossAttention, SelfAttention
+from dsmcli.kernels import int8_linear_op
 
 INT8_MAX = 127  # symmetric range [-127, 127]: -128 is never produced
-WEIGHT_ONLY_MAX_ROWS = 4  # auto kernel on CPU: weight-only up to this many rows, dynamic above
-# torch 2.13's CPU _weight_int8pack_mm crashes or miscomputes unless the input width is a multiple of this;
-# narrower/odd weights (tiny test models, low-rank embeddings of 8) always use the dynamic kernel.
-INT8PACK_IN_MULTIPLE = 16
-SCALE_DTYPE = torch.bfloat16  # scales are rounded up to values of this dtype (exact in both kernels)
-TINY_SCALE = 1e-12  # floor of a scale (all-zero rows / activations)
+GROUP_SIZE = 128  # input channels sharing one scale (per output channel)
+NATIVE_GROUP_MULTIPLE = 64  # the native kernel's group sizes: multiples of this ...
+NATIVE_MAX_GROUP = 256  # ... up to this (its int32 lanes cannot overflow)
+TINY_SCALE = 1e-12  # floor of a scale (all-zero groups)
 SKIPPED_PREFIXES = ("conditioning.",)  # float32 conditioners, run once per stream
 ATTENTION_WEIGHTS = ("in_proj", "out_proj")  # stacked ``[W, out, in]`` projection parameters
 
@@ -59,48 +57,33 @@ class Int8Kernel(str, Enum):
     """How an :class:`Int8Weight` multiplies (see the module docstring)."""
 
     AUTO = "auto"
-    DYNAMIC = "dynamic"
-    WEIGHT_ONLY = "weight-only"
-
-    def for_shape(self, rows: int, in_features: int, device: torch.device) -> Int8Kernel:
-        """The kernel that runs for an input ``[rows, in_features]`` on ``device``."""
-        if device.type == "cpu" and in_features % INT8PACK_IN_MULTIPLE:
-            return Int8Kernel.DYNAMIC
-        if self is not Int8Kernel.AUTO:
-            return self
-        if device.type != "cpu" or rows <= WEIGHT_ONLY_MAX_ROWS:
-            return Int8Kernel.WEIGHT_ONLY
-        return Int8Kernel.DYNAMIC
+    NATIVE = "native"
+    DEQUANTIZE = "dequantize"
 
 
-def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric per-output-channel int8: ``[..., out, in]`` float -> (int8 ``[..., out, in]``, float32 scales
-    ``[..., out]``) with ``weight ≈ q * scale[..., None]``; every scale is a bfloat16 value."""
+def group_size_for(in_features: int, preferred: int = GROUP_SIZE) -> int:
+    """The group size used for a weight with ``in_features`` inputs: ``preferred`` when it divides them, else the
+    largest multiple of :data:`NATIVE_GROUP_MULTIPLE` below it that does, else one group per row."""
+    for size in range(preferred, 0, -NATIVE_GROUP_MULTIPLE):
+        if size % NATIVE_GROUP_MULTIPLE == 0 and in_features % size == 0:
+            return size
+    return in_features
+
+
+def quantize_rows(weight: Tensor, group_size: int = GROUP_SIZE) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per (output channel, group of ``group_size`` inputs): ``[..., out, in]`` float ->
+    (int8 ``[..., out, in]``, float32 scales ``[..., out, in / group_size]``), ``weight ≈ q * scale`` per group."""
     w = weight.detach().float()
-    exact = (w.abs().amax(dim=-1) / INT8_MAX).clamp(min=TINY_SCALE)
-    rounded = exact.to(SCALE_DTYPE)
-    up = torch.nextafter(rounded, torch.full_like(rounded, float("inf")))
-    scale = torch.where(rounded.float() < exact, up, rounded).float()
-    q = torch.round(w / scale[..., None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return q.contiguous(), scale
-
-
-def _dynamic_matmul(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
-    """``x`` ``[M, K]`` float (any), ``q`` ``[N, K]`` int8, ``scale`` ``[N]`` float32 -> ``[M, N]`` float32.
-    Each row of ``x`` gets its own int8 scale."""
-    x = x.float()
-    x_scale = (x.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp(min=TINY_SCALE)  # [M, 1]
-    xq = torch.round(x / x_scale).to(torch.int8)
-    return torch._int_mm(xq, q.t()) * (x_scale * scale)
-
-
-def _activation_dtype(x: Tensor) -> torch.dtype:
-    """bfloat16 for float32 inputs on CPU (see the module docstring), else the input dtype."""
-    return torch.bfloat16 if x.device.type == "cpu" and x.dtype == torch.float32 else x.dtype
+    if w.shape[-1] % group_size:
+        raise ValueError(f"group size {group_size} does not divide the input width {w.shape[-1]}")
+    grouped = w.unflatten(-1, (-1, group_size))  # [..., out, G, gs]
+    scale = (grouped.abs().amax(dim=-1) / INT8_MAX).clamp(min=TINY_SCALE)
+    q = torch.round(grouped / scale[..., None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q.flatten(-2).contiguous(), scale.contiguous()
 
 
 class Int8Weight:
-    """A linear weight ``[..., out, in]`` held as int8 ``q`` plus float32 ``scale`` ``[..., out]``.
+    """A linear weight ``[..., out, in]`` held as int8 ``q`` plus float32 ``scale`` ``[..., out, in / group]``.
 
     Stands in for the float parameter it replaces: ``F.linear(x, w, b)`` dispatches here, integer/slice
     indexing of the leading dims and of the output dim works (``in_proj[k]``, ``in_proj[0, :dim]``), and
@@ -108,15 +91,18 @@ class Int8Weight:
     """
 
     def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel):
-        if q.dtype != torch.int8 or q.shape[:-1] != scale.shape:
+        if q.dtype != torch.int8 or q.shape[:-1] != scale.shape[:-1] or q.shape[-1] % scale.shape[-1]:
             raise ValueError(f"int8 data {tuple(q.shape)} {q.dtype} does not match scales {tuple(scale.shape)}")
         self.q, self.scale, self.dtype, self.kernel = q, scale, dtype, kernel
-        self._scales: dict[torch.dtype, Tensor] = {torch.float32: scale}  # scales cast once per dtype
+        self.group_size = q.shape[-1] // scale.shape[-1]
+        grouped = q.unflatten(-1, (-1, self.group_size))
+        self.group_sums = grouped.sum(dim=-1, dtype=torch.int32).contiguous()  # [..., out, G]: the native kernel's
         self._views: dict[str, Int8Weight] = {}  # indexed views (``in_proj[k]`` runs every step)
 
     @classmethod
-    def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO) -> Int8Weight:
-        q, scale = quantize_rows(weight)
+    def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO,
+                   group_size: int = GROUP_SIZE) -> Int8Weight:
+        q, scale = quantize_rows(weight, group_size_for(weight.shape[-1], group_size))
         return cls(q, scale, weight.dtype, kernel)
 
     @property
@@ -136,11 +122,12 @@ class Int8Weight:
 
     @property
     def nbytes(self) -> int:
-        return self.q.numel() * self.q.element_size() + self.scale.numel() * self.scale.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.q, self.scale, self.group_sums))
 
-    def dequantize(self) -> Tensor:
-        """The float weight it approximates, ``[..., out, in]`` in :attr:`dtype`."""
-        return (self.q.float() * self.scale[..., None]).to(self.dtype)
+    def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The float weight it approximates, ``[..., out, in]`` in ``dtype`` (default :attr:`dtype`)."""
+        grouped = self.q.unflatten(-1, (-1, self.group_size)).float() * self.scale[..., None]
+        return grouped.flatten(-2).to(dtype or self.dtype)
 
     def __getitem__(self, index: Any) -> Int8Weight:
         parts = index if isinstance(index, tuple) else (index,)
@@ -149,28 +136,32 @@ class Int8Weight:
                              f"leading and output dims, not {index!r}")
         key = repr(index)
         if key not in self._views:
-            self._views[key] = Int8Weight(self.q[index], self.scale[index], self.dtype, self.kernel)
+            self._views[key] = Int8Weight(self.q[index].contiguous(), self.scale[index].contiguous(), self.dtype,
+                                          self.kernel)
         return self._views[key]
 
-    def _scale_as(self, dtype: torch.dtype) -> Tensor:
-        if dtype not in self._scales:
-            self._scales[dtype] = self.scale.to(dtype)
-        return self._scales[dtype]
-
     def __repr__(self) -> str:
-        return f"Int8Weight(shape={tuple(self.shape)}, dtype={self.dtype}, kernel={self.kernel.value})"
+        return (f"Int8Weight(shape={tuple(self.shape)}, group_size={self.group_size}, dtype={self.dtype}, "
+                f"kernel={self.kernel.value})")
+
+    def resolved_kernel(self) -> Int8Kernel:
+        """The kernel that actually runs for this weight (``auto`` resolved; ``native`` falls back when it cannot run)."""
+        native_fits = (self.device.type == "cpu" and self.group_size % NATIVE_GROUP_MULTIPLE == 0
+                       and self.group_size <= NATIVE_MAX_GROUP)
+        if self.kernel is not Int8Kernel.DEQUANTIZE and native_fits and int8_linear_op() is not None:
+            return Int8Kernel.NATIVE
+        return Int8Kernel.DEQUANTIZE
 
     def linear(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """``x`` ``[..., in]`` -> ``x @ W.T + bias`` ``[..., out]`` in ``x``'s dtype."""
         if self.q.dim() != 2:
             raise ValueError(f"F.linear needs a 2-D weight, this one is {tuple(self.shape)}: index it first")
-        flat = x.reshape(-1, x.shape[-1])
-        if self.kernel.for_shape(flat.shape[0], flat.shape[1], flat.device) is Int8Kernel.DYNAMIC:
-            out = _dynamic_matmul(flat, self.q, self.scale).to(x.dtype)
+        if self.resolved_kernel() is Int8Kernel.NATIVE:
+            flat = x.reshape(-1, x.shape[-1]).float().contiguous()
+            out = int8_linear_op()(flat, self.q, self.scale, self.group_sums, self.group_size)
+            out = out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
         else:
-            dtype = _activation_dtype(flat)
-            out = torch._weight_int8pack_mm(flat.to(dtype).contiguous(), self.q, self._scale_as(dtype)).to(x.dtype)
-        out = out.reshape(*x.shape[:-1], out.shape[-1])
+            out = F.linear(x, self.dequantize(x.dtype))
         return out if bias is None else out + bias
 
     @classmethod
@@ -186,7 +177,8 @@ class Int8Weight:
 
 @dataclass(frozen=True)
 class QuantizeReport:
-    """What :func:`quantize_lm` did: ``tensors`` weights replaced holding ``params`` values; bytes before/after."""
+    """What :func:`quantize_lm` did: ``tensors`` weights replaced holding ``params`` values, ``native_tensors`` of
+    them on the native kernel; bytes before/after."""
 
     method: QuantMethod
     kernel: Int8Kernel
@@ -194,6 +186,17 @@ class QuantizeReport:
     params: int
     bytes_before: int
     bytes_after: int
+    group_size: int = GROUP_SIZE
+    native_tensors: int = 0
+
+    @property
+    def kernel_used(self) -> str:
+        """``native``, ``dequantize``, ``mixed`` (some of each) or ``none``."""
+        if not self.tensors:
+            return "none"
+        if self.native_tensors == self.tensors:
+            return Int8Kernel.NATIVE.value
+        return Int8Kernel.DEQUANTIZE.value if not self.native_tensors else "mixed"
 
 
 def _linear_weights(lm: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
@@ -212,25 +215,26 @@ def _linear_weights(lm: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
 
 
 def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
-                kernel: Int8Kernel | str = Int8Kernel.AUTO) -> QuantizeReport:
+                kernel: Int8Kernel | str = Int8Kernel.AUTO, group_size: int = GROUP_SIZE) -> QuantizeReport:
     """Quantize ``lm``'s linear weights in place (see the module docstring). ``method="none"`` does nothing.
 
     Call it after the model is on its device. Each float weight is dropped as soon as its int8 copy exists, so
     the peak memory is the float model plus one weight.
     """
     method, kernel = QuantMethod(method), Int8Kernel(kernel)
-    tensors = params = before = after = 0
+    tensors = params = before = after = native = 0
     if method is QuantMethod.NONE:
-        return QuantizeReport(method, kernel, 0, 0, 0, 0)
+        return QuantizeReport(method, kernel, 0, 0, 0, 0, group_size)
     for _name, module, attribute in list(_linear_weights(lm)):
         weight = module._parameters.pop(attribute)
         assert weight is not None
-        quantized = Int8Weight.from_float(weight, kernel)
+        quantized = Int8Weight.from_float(weight, kernel, group_size)
         setattr(module, attribute, quantized)
+        native += quantized.resolved_kernel() is Int8Kernel.NATIVE
         tensors, params = tensors + 1, params + weight.numel()
         before, after = before + weight.numel() * weight.element_size(), after + quantized.nbytes
         del weight
-    return QuantizeReport(method, kernel, tensors, params, before, after)
+    return QuantizeReport(method, kernel, tensors, params, before, after, group_size, native)
 
 
 def is_quantized(lm: nn.Module) -> bool:

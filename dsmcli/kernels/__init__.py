@@ -1,0 +1,56 @@
+"""Native CPU kernels, compiled on first use with torch's C++ extension builder.
+
+``int8_linear_op()`` returns ``torch.ops.dsmcli_int8.linear`` (see ``int8_linear.cpp``) or None when it cannot be
+built here (no C++ compiler or ninja, an unsupported platform): callers then take a slower pure-torch path with
+the same numerics up to float rounding. The build goes to ``$XDG_CACHE_HOME/dsmcli/kernels`` (default
+``~/.cache/dsmcli/kernels``), keyed by the source, the torch version and the CPU flags, so it happens once per
+machine (~15 s). ``DSM_NO_NATIVE_KERNELS=1`` disables native kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+SOURCE = Path(__file__).with_name("int8_linear.cpp")
+DISABLE_ENV = "DSM_NO_NATIVE_KERNELS"
+CFLAGS = ["-O3", "-march=native", "-std=c++17"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "dsmcli" / "kernels"
+
+
+def _build_key() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update(f"{torch.__version__}|{platform.machine()}|{sys.version_info[:2]}|{CFLAGS}".encode())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def int8_linear_op() -> Callable | None:
+    """The compiled ``linear(x [M, K] f32, w [N, K] i8, scales [N, G] f32, wsum [N, G] i32, group_size) -> [M, N]``
+    op, or None (the reason is printed once on stderr)."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        build = cache_dir() / f"int8_linear-{_build_key()}"
+        build.mkdir(parents=True, exist_ok=True)
+        load(name="dsmcli_int8", sources=[str(SOURCE)], extra_cflags=CFLAGS, build_directory=str(build),
+             is_python_module=False, verbose=False)
+        return torch.ops.dsmcli_int8.linear
+    except Exception as error:  # noqa: BLE001 - any build failure means: use the portable path
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"dsm: warning: native int8 kernel unavailable ({reason[:200]}); int8 runs on a slower "
+              f"pure-torch path", file=sys.stderr, flush=True)
+        return None
