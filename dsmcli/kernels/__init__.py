@@ -29,9 +29,20 @@ def cache_dir() -> Path:
     return Path(root) / "dsmcli" / "kernels"
 
 
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux), so a home directory shared by different CPUs keeps one build per CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def _build_key() -> str:
     digest = hashlib.sha256(SOURCE.read_bytes())
-    digest.update(f"{torch.__version__}|{platform.machine()}|{sys.version_info[:2]}|{CFLAGS}".encode())
+    digest.update(f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}|{sys.version_info[:2]}|{CFLAGS}".encode())
     return digest.hexdigest()[:16]
 
 
