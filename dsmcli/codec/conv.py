@@ -5,7 +5,8 @@ slot (``previous``); a step runs a valid convolution over ``previous ++ x``. ``p
 what ``previous`` holds before the first step: zeros, or the first input sample repeated.
 ``CausalConvTranspose1d`` keeps the ``K - S`` overlapping output samples of the last step, minus
 the bias (``partial``), and adds them to the next step's head. The one-shot ``forward`` of both
-equals one step from a fresh state.
+equals one step from a fresh state (``CausalConv1d``: up to float rounding, as its streaming steps run
+the formulations of :mod:`dsmcli.codec.kernels` while ``forward`` keeps the native, reference-exact conv).
 
 Module nesting mirrors the released tensor names (``….conv.conv.weight``, ``….convtr.convtr.weight``).
 """
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsmcli.codec import kernels
 from dsmcli.codec.config import PadMode
 
 
@@ -43,7 +45,8 @@ def commit(dst: Tensor, src: Tensor, active: Tensor | None) -> None:
 
 @dataclass
 class ConvState:
-    """previous: ``[B, C_in, P]`` input tail; fresh: ``[B]`` True until the slot's first step."""
+    """previous: ``[B, C_in, P]`` input tail; fresh: ``[B]`` True until the slot's first step (kept, and read,
+    in the replicate pad mode only)."""
 
     previous: Tensor
     fresh: Tensor
@@ -72,6 +75,7 @@ class CausalConv1d(nn.Module):
         self.conv = nested("conv", nn.Conv1d(in_channels, out_channels, kernel_size, stride, dilation=dilation,
                                              groups=groups, bias=bias))
         self.stride = stride
+        self.dilation = dilation
         self.pad_mode = PadMode(pad_mode)
         self.context = (kernel_size - 1) * dilation + 1 - stride
         if self.context < 0:
@@ -85,8 +89,14 @@ class CausalConv1d(nn.Module):
         if x.shape[-1] % self.stride:
             raise ValueError(f"conv input length {x.shape[-1]} is not a multiple of the stride {self.stride}")
 
+    def _convolve(self, x: Tensor) -> Tensor:
+        """Streaming: valid conv of ``x`` ``[B, C_in, P + T]`` → ``[B, C_out, T / stride]`` by the fastest
+        formulation for short inputs (:mod:`.kernels`; float sums in another order than ``forward``)."""
+        layer = self.layer
+        return kernels.conv1d(x, layer.weight, layer.bias, self.stride, self.dilation, layer.groups)
+
     def forward(self, x: Tensor) -> Tensor:
-        """One shot from a fresh state."""
+        """One shot from a fresh state (the native conv: bit-identical to the reference's offline path)."""
         self._check(x)
         if self.context:
             x = F.pad(x, (self.context, 0), mode=self.pad_mode.value)
@@ -102,17 +112,17 @@ class CausalConv1d(nn.Module):
         """One streaming step; slots with ``active`` False keep their state (their output is garbage)."""
         self._check(x)
         if not self.context:
-            return self.layer(x)
+            return self._convolve(x)
         previous = state.previous
-        if self.pad_mode is PadMode.REPLICATE:
+        if self.pad_mode is PadMode.REPLICATE:  # the only mode that reads ``fresh``
             previous = torch.where(state.fresh[:, None, None], x[..., :1], previous)
+            if active is None:
+                state.fresh.fill_(False)
+            else:
+                state.fresh.logical_and_(~active)
         full = torch.cat([previous, x], dim=-1)
         commit(state.previous, full[..., -self.context:], active)
-        if active is None:
-            state.fresh.fill_(False)
-        else:
-            state.fresh.logical_and_(~active)
-        return self.layer(full)
+        return self._convolve(full)
 
 
 class CausalConvTranspose1d(nn.Module):

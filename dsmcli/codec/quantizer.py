@@ -79,24 +79,28 @@ class ResidualVQ(nn.Module):
         """``[bins, dim]`` centroids of one level (a view into the augmented table)."""
         return self.augmented_table[level, :, : self.dimension]
 
-    def _nearest(self, residual: Tensor, level: int) -> Tensor:
-        """Index of the nearest centroid for each row of ``residual`` ``[N, dim]`` (ties: lowest index)."""
-        augmented = torch.cat([residual.mul(-2.0), residual.pow(2).sum(-1, keepdim=True),
-                               torch.ones_like(residual[:, :1])], dim=-1)
-        distances = (augmented @ self.augmented_table[level].t()).clamp_min_(0.0).sqrt_()
-        return distances.argmin(dim=-1)
-
     def encode(self, latent: Tensor, num_levels: int) -> Tensor:
-        """``[B, C, T]`` → codes ``[B, num_levels, T]`` (int64), nearest centroid level by level."""
+        """``[B, C, T]`` → codes ``[B, num_levels, T]`` (int64), nearest centroid level by level.
+
+        Each level writes the augmented rows ``[-2x, |x|², 1]`` ``[N, dim + 2]`` into one preallocated
+        buffer, multiplies them by the level's augmented table and takes the argmin of the clamped
+        square roots (ties: lowest index): the reference's ``torch.cdist`` arithmetic, bit for bit.
+        """
         batch, _, steps = latent.shape
         residual = self.input_proj(latent).transpose(1, 2).reshape(batch * steps, -1)  # [N, dim]
-        codes = []
+        dim = self.dimension
+        augmented = residual.new_ones(residual.shape[0], dim + 2)
+        distances = residual.new_empty(residual.shape[0], self.bins)
+        codes = residual.new_empty(num_levels, residual.shape[0], dtype=torch.long)
         for level in range(num_levels):
-            index = self._nearest(residual, level)
-            codes.append(index)
+            torch.mul(residual, -2.0, out=augmented[:, :dim])
+            augmented[:, dim] = residual.pow(2).sum(-1)
+            table = self.augmented_table[level]
+            torch.mm(augmented, table.t(), out=distances)
+            torch.argmin(distances.clamp_min_(0.0).sqrt_(), dim=-1, out=codes[level])
             if level + 1 < num_levels:
-                residual = residual - self.centroids(level)[index]
-        return torch.stack(codes, dim=-1).view(batch, steps, num_levels).transpose(1, 2)
+                residual = residual - table[:, :dim].index_select(0, codes[level])
+        return codes.view(num_levels, batch, steps).transpose(0, 1)
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes ``[B, K, T]`` (K ≤ levels, each in ``[0, bins)``) → ``[B, C, T]``."""

@@ -8,6 +8,7 @@ query of a multi-step chunk can no longer see its oldest allowed key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,8 @@ from dsmcli.nn import (
     rotate,
 )
 
-Rope = tuple[Tensor, Tensor] | None  # (cos, sin) [B|1, 1, T, D/2], or None without positional embedding
+Rope = tuple[Tensor, Tensor] | None  # (cos, sin) [B|1, T, 1, 1, D/2] (for [B, T, 2, H, D] q|k), or None
+Slots = tuple[Tensor, Tensor]  # ring cells and absolute positions [B, T] of a streaming step (RingKVCache.claim)
 
 
 @dataclass
@@ -54,11 +56,10 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(d, d, bias=False)
 
     def _qkv(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
-        """``[B, T, d]`` → q, k, v ``[B, H, T, head_dim]`` (q and k rotated)."""
-        q, k, v = F.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
-        if rope is not None:
-            q, k = rotate(q, *rope), rotate(k, *rope)
-        return q, k, v
+        """``[B, T, d]`` → q, k, v ``[B, H, T, head_dim]`` (q and k rotated, in one op each)."""
+        qkv = F.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, D]
+        qk = qkv[:, :, :2] if rope is None else rotate(qkv[:, :, :2], *rope)
+        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def _merge(self, out: Tensor) -> Tensor:
         return self.out_proj(out.transpose(1, 2).flatten(2))
@@ -68,14 +69,20 @@ class SelfAttention(nn.Module):
         q, k, v = self._qkv(x, rope)
         return self._merge(causal_attend(q, k, v, self.context))
 
-    def step(self, x: Tensor, rope: Rope, q_pos: Tensor, cache: RingKVCache, mask: Tensor | None,
+    def step(self, x: Tensor, rope: Rope, slots: Slots, cache: RingKVCache, mask: Tensor | None,
              active: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Streaming: ``x`` ``[B, T, d]`` at positions ``q_pos`` ``[B, T]``. Returns (output, mask) so
-        later layers reuse the mask (every layer's ring holds the same positions)."""
+        """Streaming: ``x`` ``[B, T, d]`` written at ring ``slots``. Returns (output, mask) so later layers
+        reuse the mask (every layer's ring holds the same positions): bool ``[B, 1, T, C]``, or with every
+        slot active its additive float form, as SDPA would convert it (each query then sees at least its
+        own key, so no empty row needs guarding)."""
         q, k, v = self._qkv(x, rope)
-        keys, values, k_pos = cache.append(k, v, active)
+        keys, values, k_pos = cache.write(k, v, *slots, active)
         if mask is None:
-            mask = context_mask(q_pos, k_pos, self.context)
+            mask = context_mask(slots[1], k_pos, self.context)
+            if active is None:
+                mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
+        if active is None:
+            return self._merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)), mask
         return self._merge(attend(q, keys, values, mask)), mask
 
 
@@ -112,9 +119,9 @@ class TransformerLayer(nn.Module):
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), rope))
         return self._feed_forward(x)
 
-    def step(self, x: Tensor, rope: Rope, q_pos: Tensor, cache: RingKVCache, mask: Tensor | None,
+    def step(self, x: Tensor, rope: Rope, slots: Slots, cache: RingKVCache, mask: Tensor | None,
              active: Tensor | None) -> tuple[Tensor, Tensor]:
-        update, mask = self.self_attn.step(self.norm1(x), rope, q_pos, cache, mask, active)
+        update, mask = self.self_attn.step(self.norm1(x), rope, slots, cache, mask, active)
         return self._feed_forward(x + self.layer_scale_1(update)), mask
 
 
@@ -141,7 +148,8 @@ class MimiTransformer(nn.Module):
     def _rope(self, positions: Tensor) -> Rope:
         if not self.config.rope:
             return None
-        return rope_angles(positions, self.config.head_dim, self.config.max_period)
+        cos, sin = rope_angles(positions, self.config.head_dim, self.config.max_period)  # [B, 1, T, D/2]
+        return cos.transpose(1, 2)[:, :, None], sin.transpose(1, 2)[:, :, None]
 
     def _project_in(self, x: Tensor) -> Tensor:
         x = x.transpose(1, 2)
@@ -171,10 +179,10 @@ class MimiTransformer(nn.Module):
         """Streaming step over ``x`` ``[B, C, T]``; inactive slots keep their state."""
         x = self._project_in(x)
         steps = x.shape[1]
-        q_pos = state.offset[:, None] + torch.arange(steps, device=x.device)
-        rope = self._rope(q_pos)
+        slots = state.caches[0].claim(steps)  # every layer's ring is at the same place
+        rope = self._rope(slots[1])
         mask = None
         for layer, cache in zip(self.transformer.layers, state.caches):
-            x, mask = layer.step(x, rope, q_pos, cache, mask, active)
+            x, mask = layer.step(x, rope, slots, cache, mask, active)
         state.offset.add_(steps if active is None else active.long() * steps)
         return self._project_out(x)

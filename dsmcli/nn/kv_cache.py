@@ -60,12 +60,21 @@ class RingKVCache:
         keep their state untouched. Returns ``(keys [B,H,C,D], values [B,H,C,D], positions [B,C])``
         to attend over (the cache's own buffers: read them before the next append).
         """
-        steps = k.shape[2]
+        cells, new_positions = self.claim(k.shape[2])
+        return self.write(k, v, cells, new_positions, active)
+
+    def claim(self, steps: int) -> tuple[Tensor, Tensor]:
+        """The ring ``cells`` ``[B, T]`` and absolute ``positions`` ``[B, T]`` the next ``steps`` steps go to.
+        Caches that always advance together (the layers of one transformer) can share them."""
         if steps > self.capacity:
             raise ValueError(f"cannot append {steps} steps to a ring of capacity {self.capacity}")
-        offsets = torch.arange(steps, device=self.end.device)
-        new_positions = self.end[:, None] + offsets  # [B, T]
-        cells = new_positions % self.capacity
+        new_positions = self.end[:, None] + torch.arange(steps, device=self.end.device)
+        return new_positions % self.capacity, new_positions
+
+    def write(self, k: Tensor, v: Tensor, cells: Tensor, new_positions: Tensor,
+              active: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`append` at cells and positions from :meth:`claim` (this cache's or an equal one's)."""
+        steps = k.shape[2]
         if active is not None:
             new_positions = torch.where(active[:, None], new_positions, self.positions.gather(1, cells))
             k = torch.where(active[:, None, None, None], k, self._gather(self.keys, cells))
@@ -74,8 +83,7 @@ class RingKVCache:
         self.keys.scatter_(2, index, k.to(self.keys.dtype))
         self.values.scatter_(2, index, v.to(self.values.dtype))
         self.positions.scatter_(1, cells, new_positions)
-        advance = steps if active is None else active.long() * steps
-        self.end.add_(advance)
+        self.end.add_(steps if active is None else active.long() * steps)
         return self.keys, self.values, self.positions
 
     @staticmethod
