@@ -21,7 +21,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("int8_linear.cpp")
 DISABLE_ENV = "DSM_NO_NATIVE_KERNELS"
-CFLAGS = ["-O3", "-march=native", "-std=c++17"]
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]  # at::parallel_for is inlined: needs OpenMP here
+LDFLAGS = ["-fopenmp"]
 
 
 def cache_dir() -> Path:
@@ -57,7 +58,7 @@ def int8_linear_op() -> Callable | None:
 
         build = cache_dir() / f"int8_linear-{_build_key()}"
         build.mkdir(parents=True, exist_ok=True)
-        load(name="dsmcli_int8", sources=[str(SOURCE)], extra_cflags=CFLAGS, build_directory=str(build),
+        load(name="dsmcli_int8", sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, build_directory=str(build),
              is_python_module=False, verbose=False)
         return torch.ops.dsmcli_int8.linear
     except Exception as error:  # noqa: BLE001 - any build failure means: use the portable path

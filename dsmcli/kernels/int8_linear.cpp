@@ -23,6 +23,7 @@
 namespace {
 
 constexpr int64_t kWeightBlock = 8;   // weight rows per tile (8 x K int8 stays in L1 while the rows of x pass)
+constexpr int64_t kBlocksPerTask = 64;  // parallel grain: long contiguous runs per thread stream best
 constexpr int64_t kMaxGroup = 256;    // keeps every intermediate of a group's integer dot product in int32
 constexpr int64_t kGroupMultiple = 64;
 constexpr float kInt16Max = 32767.f;
@@ -160,7 +161,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const int32_t* ws = wsum.data_ptr<int32_t>();
   float* yp = y.data_ptr<float>();
   const int64_t blocks = N / kWeightBlock;
-  at::parallel_for(0, blocks, 4, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       weight_block(rows, M, wp, sp, ws, yp, N, b * kWeightBlock, kWeightBlock, K, group_size);
   });
