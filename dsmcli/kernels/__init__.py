@@ -54,6 +54,10 @@ def int8_linear_op() -> Callable | None:
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
     try:
+        return torch.ops.dsmcli_int8.linear  # already loaded in this process (a library registers only once)
+    except (AttributeError, RuntimeError):
+        pass
+    try:
         from torch.utils.cpp_extension import load
 
         build = cache_dir() / f"int8_linear-{_build_key()}"
