@@ -70,7 +70,7 @@ class Request:
     segment_options: SegmentOptions
     progress: bool | None  # None: on when stderr is a terminal (and the transcript is not printed there)
     mic_factory: Any = None  # sounddevice.InputStream stand-in (tests inject a fake)
-    quantize: QuantMethod = QuantMethod.NONE  # weight-only int8 LM linears (dsmcli.engine.quantize)
+    quantize: QuantMethod = QuantMethod.NONE  # int8 LM linears (dsmcli.engine.quantize)
     threads: int | None = None  # torch CPU threads
 
 
