@@ -98,6 +98,7 @@ class Int8Weight:
         grouped = q.unflatten(-1, (-1, self.group_size))
         self.group_sums = grouped.sum(dim=-1, dtype=torch.int32).contiguous()  # [..., out, G]: the native kernel's
         self._views: dict[str, Int8Weight] = {}  # indexed views (``in_proj[k]`` runs every step)
+        self._native: Any = None  # the native op once resolved, False when this weight cannot use it
 
     @classmethod
     def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO,
@@ -145,21 +146,27 @@ class Int8Weight:
                 f"kernel={self.kernel.value})")
 
     def resolved_kernel(self) -> Int8Kernel:
-        """The kernel that actually runs for this weight (``auto`` resolved; ``native`` falls back when it cannot run)."""
-        native_fits = (self.device.type == "cpu" and self.group_size % NATIVE_GROUP_MULTIPLE == 0
-                       and self.group_size <= NATIVE_MAX_GROUP)
-        if self.kernel is not Int8Kernel.DEQUANTIZE and native_fits and int8_linear_op() is not None:
-            return Int8Kernel.NATIVE
-        return Int8Kernel.DEQUANTIZE
+        """The kernel that actually runs for this weight (``auto`` resolved; ``native`` falls back when it cannot
+        run). Decided once per weight."""
+        if self._native is None:
+            fits = (self.device.type == "cpu" and self.group_size % NATIVE_GROUP_MULTIPLE == 0
+                    and self.group_size <= NATIVE_MAX_GROUP)
+            self._native = int8_linear_op() if self.kernel is not Int8Kernel.DEQUANTIZE and fits else None
+            self._native = self._native or False
+        return Int8Kernel.NATIVE if self._native else Int8Kernel.DEQUANTIZE
 
     def linear(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """``x`` ``[..., in]`` -> ``x @ W.T + bias`` ``[..., out]`` in ``x``'s dtype."""
         if self.q.dim() != 2:
             raise ValueError(f"F.linear needs a 2-D weight, this one is {tuple(self.shape)}: index it first")
         if self.resolved_kernel() is Int8Kernel.NATIVE:
-            flat = x.reshape(-1, x.shape[-1]).float().contiguous()
-            out = int8_linear_op()(flat, self.q, self.scale, self.group_sums, self.group_size)
-            out = out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
+            flat = x.reshape(-1, x.shape[-1])
+            if flat.dtype != torch.float32 or not flat.is_contiguous():
+                flat = flat.float().contiguous()
+            out = self._native(flat, self.q, self.scale, self.group_sums, self.group_size)
+            out = out.view(*x.shape[:-1], out.shape[-1])
+            if x.dtype != torch.float32:
+                out = out.to(x.dtype)
         else:
             out = F.linear(x, self.dequantize(x.dtype))
         return out if bias is None else out + bias
