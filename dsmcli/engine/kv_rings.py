@@ -25,15 +25,13 @@ SCRATCH_CELLS = 1
 
 @dataclass(frozen=True)
 class RingStep:
-    """One step's plan shared by the layers. cells: ``[B]`` cell each slot writes
-    (scratch if inactive); mask: bool ``[B, 1, 1, span]`` keys each slot attends to; span: cells attended (a
-    prefix of the ring); index: ``cells`` expanded to ``[B, H, 1, D]`` for the ring writes (a ``scatter_`` is
-    several times cheaper than an advanced-index assignment at streaming sizes)."""
+    """One step's plan shared by the layers. index: the cell each slot writes (scratch if inactive), expanded to
+    ``[B, H, 1, D]`` for the ring writes' ``scatter_``; mask: bool ``[B, 1, 1, span]`` keys each slot attends to;
+    span: cells attended (a prefix of the ring)."""
 
-    cells: Tensor
+    index: Tensor
     mask: Tensor
     span: int
-    index: Tensor
 
 
 @dataclass
@@ -80,7 +78,7 @@ class KVRings:
         span = capacity if self.static else self.filled
         batch, heads, _, head_dim = self.keys[0].shape
         index = cells.view(-1, 1, 1, 1).expand(batch, heads, 1, head_dim)
-        return RingStep(cells, self._mask(positions, span), span, index)
+        return RingStep(index, self._mask(positions, span), span)
 
     def _mask(self, positions: Tensor, span: int) -> Tensor:
         keys = self.positions[:, None, :span]  # [B, 1, S]
@@ -94,7 +92,7 @@ class KVRings:
         return allowed[:, None]
 
     def write(self, layer: int, step: RingStep, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store ``k``, ``v`` ``[B, H, 1, D]`` of ``layer`` at ``step.cells``; returns its keys and values
+        """Store ``k``, ``v`` ``[B, H, 1, D]`` of ``layer`` at the step's cells; returns its keys and values
         ``[B, H, span, D]`` to attend over (views of the ring: read them before the next write)."""
         keys, values = self.keys[layer], self.values[layer]
         keys.scatter_(2, step.index, k.to(keys.dtype))

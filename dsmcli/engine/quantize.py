@@ -151,8 +151,8 @@ class Int8Weight:
         if self._native is None:
             fits = (self.device.type == "cpu" and self.group_size % NATIVE_GROUP_MULTIPLE == 0
                     and self.group_size <= NATIVE_MAX_GROUP)
-            self._native = int8_linear_op() if self.kernel is not Int8Kernel.DEQUANTIZE and fits else None
-            self._native = self._native or False
+            op = int8_linear_op() if self.kernel is not Int8Kernel.DEQUANTIZE and fits else None
+            self._native = op or False
         return Int8Kernel.NATIVE if self._native else Int8Kernel.DEQUANTIZE
 
     def linear(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
