@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from dsmcli.codec import kernels
 from dsmcli.codec.config import QuantizerConfig
 from dsmcli.codec.quantizer import ResidualVQ
+from dsmcli.kernels import fp32_linear_op
 
 REL_TOL = 1e-5  # another float summation order: relative to the largest output
 
@@ -62,3 +63,78 @@ def test_quantizer_one_row_matches_cdist_including_exact_ties():
                 residual = residual - centroids[expected[-1]]
             assert rvq.encode(latent, 4)[0, :, 0].tolist() == expected
         assert rvq.encode(latents[0], 1).item() == 7  # the lower index of the tied pair
+
+
+needs_native = pytest.mark.skipif(fp32_linear_op() is None, reason="the native fp32 kernel cannot be built here")
+UNIT_ROUNDOFF = 2.0 ** -24
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 16])
+@pytest.mark.parametrize("out_features,in_features", [(5, 258), (37, 512), (600, 1000), (2048, 258)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_native_linear_within_float_rounding_of_exact(rows, out_features, in_features, bias):
+    torch.manual_seed(rows * 1000 + out_features + in_features)
+    x, weight = torch.randn(rows, in_features), torch.randn(out_features, in_features)
+    b = torch.randn(out_features) if bias else None
+    out = fp32_linear_op()(x, weight, b)
+    exact = x.double() @ weight.double().T + (0 if b is None else b.double())
+    bound = in_features * UNIT_ROUNDOFF * (x.double().abs() @ weight.double().abs().T + 1)  # |sum| rounding bound
+    assert out.shape == (rows, out_features)
+    assert torch.all((out.double() - exact).abs() <= bound)
+
+
+@needs_native
+def test_native_linear_rows_do_not_depend_on_batch_mates():
+    torch.manual_seed(1)
+    weight, x = torch.randn(300, 520), torch.randn(1, 520)
+    alone = fp32_linear_op()(x, weight, None)
+    for before, after in [(1, 0), (0, 3), (2, 5), (7, 8)]:
+        batch = torch.cat([torch.randn(before, 520), x, torch.randn(after, 520)])
+        assert torch.equal(fp32_linear_op()(batch, weight, None)[before], alone[0])
+
+
+@needs_native
+def test_linear_uses_native_only_for_few_rows_and_large_weights(monkeypatch):
+    torch.manual_seed(2)
+    large = torch.randn(1024, 512)  # 2 MB
+    small = torch.randn(64, 512)  # 128 KB: stays on BLAS
+    few, many = torch.randn(1, 2, 512), torch.randn(1, kernels.NATIVE_MAX_ROWS + 1, 512)
+    assert torch.equal(kernels.linear(few, large), fp32_linear_op()(few[0], large, None)[None])
+    assert torch.equal(kernels.linear(many, large), F.linear(many, large))
+    assert torch.equal(kernels.linear(few, small), F.linear(few, small))
+    assert torch.equal(kernels.linear(few.double(), large.double()), F.linear(few.double(), large.double()))
+    monkeypatch.setattr(kernels, "fp32_linear_op", lambda: None)  # no compiler / DSM_NO_NATIVE_KERNELS
+    assert torch.equal(kernels.linear(few, large), F.linear(few, large))
+
+
+@needs_native
+def test_quantizer_with_native_distances_matches_cdist_away_from_rounding_ties():
+    """Released sizes (256-d, 2048 bins: the native kernel computes the distance product). Codes equal
+    ``torch.cdist``'s nearest centroid wherever its top-2 gap exceeds float rounding; identical centroids still
+    resolve to the lower index."""
+    torch.manual_seed(3)
+    config = QuantizerConfig(dimension=256, n_q=4, bins=2048, input_dimension=256, output_dimension=256)
+    rvq = ResidualVQ(config, num_levels=4)
+    with torch.no_grad():
+        for level in rvq.vq.layers:
+            level._codebook.embedding_sum.normal_()
+        rvq.vq.layers[0]._codebook.embedding_sum[900] = rvq.vq.layers[0]._codebook.embedding_sum[11]  # a tie
+        rvq.input_proj.weight.copy_(torch.eye(256)[:, :, None])
+        rvq.refresh()
+        latents = [rvq.centroids(0)[11][None, :, None] + 1e-3 * torch.randn(1, 256, 1) for _ in range(4)]
+        latents += [torch.randn(1, 256, 1) for _ in range(28)]
+        checked = 0
+        for latent in latents:
+            codes = rvq.encode(latent, 4)[0, :, 0].tolist()
+            residual = latent[0, :, 0]
+            for level, code in enumerate(codes):
+                distances = torch.cdist(residual[None, None], rvq.centroids(level)[None])[0, 0]
+                two = distances.topk(2, largest=False)
+                if two.values[1] - two.values[0] > 1e-5 * residual.norm():
+                    assert code == two.indices[0].item()
+                    checked += 1
+                residual = residual - rvq.centroids(level)[code]
+            if latent is latents[0]:
+                assert codes[0] == 11
+        assert checked >= 120

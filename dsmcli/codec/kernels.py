@@ -1,4 +1,12 @@
-"""Valid 1-d convolution by the fastest CPU formulation for the shapes a streaming Mimi step sees.
+"""Mimi's products by the fastest CPU formulation for the shapes a streaming step sees: :func:`linear` and
+:func:`conv1d`.
+
+:func:`linear` sends a few rows (``<= NATIVE_MAX_ROWS``: a streaming step's time steps) against a float32 weight of
+at least ``NATIVE_MIN_WEIGHT_BYTES`` to the native kernel ``dsmcli/kernels/fp32_linear.cpp``, which streams the
+weight from memory in several concurrent runs per thread; BLAS reads these cache-cold weights at ~60 % of that
+speed (a streaming encode frame at batch 1: ~24 -> ~21.5 ms, A/B in one process on the project's 2-core VM).
+Each output is then one fixed-order dot product (~1e-6 relative from BLAS, independent of the other rows).
+Other shapes, devices and dtypes, or no compiler, go to ``F.linear``.
 
 A streaming encode step runs convs over 1920 samples with small weights down to 2 latent steps with
 weights of up to 33 MB. PyTorch's CPU ``conv1d`` picks oneDNN for the long inputs and its
@@ -7,7 +15,7 @@ short inputs (up to ~24 samples: the deep convs, where that product has only 2-4
 far below memory speed). Measured per layer (2-core Sapphire Rapids, released Mimi sizes, one thread),
 two matrix-product forms of the same conv win:
 
-* **rows** (output length ``T <= ROWS_MAX_STEPS``): ``F.linear`` of the unfolded input ``[B·T, C·K]``
+* **rows** (output length ``T <= ROWS_MAX_STEPS``): :func:`linear` of the unfolded input ``[B·T, C·K]``
   with the weight as ``[O, C·K]``, the GEMV-like kernel that streams the weight once (the 33 MB
   1024→512·16 stride-8 conv: 6.0 → 2.6 ms; 512→1024·3: 1.0 → 0.4 ms; decoder 512→1024·7: 2.3 → 0.9 ms).
 * **columns** (longer outputs): ``W [O, C·K] @ columns [C·K, T]``, im2col without the oneDNN call
@@ -16,7 +24,7 @@ two matrix-product forms of the same conv win:
 1×1 convs, grouped convs, convs with fewer than ``MIN_COLUMN_SIZE`` input values per output (the
 first 1-channel conv) and outputs longer than ``COLUMNS_MAX_STEPS`` keep ``F.conv1d``. All forms
 compute the same sums in another float order (~1e-6 relative), so a streaming Mimi's latents differ
-from the reference's by ~4e-7 (codes identical on the real-size test fixture, see the parity tests).
+from the reference's by ~3e-7 (codes identical on the real-size test fixture, see the parity tests).
 """
 
 from __future__ import annotations
@@ -25,9 +33,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dsmcli.kernels import fp32_linear_op
+
+NATIVE_MAX_ROWS = 16  # rows of x up to which the native kernel is used (streaming steps; one-shot calls use BLAS)
+NATIVE_MIN_WEIGHT_BYTES = 256 * 1024  # smaller weights stay in cache, where BLAS is as fast
 ROWS_MAX_STEPS = 4  # output steps up to which the unfolded-rows product is used
 COLUMNS_MAX_STEPS = 2048  # longer outputs (one-shot calls): the native kernel, without a huge im2col copy
 MIN_COLUMN_SIZE = 16  # C_in * kernel below this: the native kernel is as fast
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``: ``x`` ``[..., K]``, ``weight`` ``[N, K]`` -> ``[..., N]`` (see the module
+    docstring for when the native kernel runs)."""
+    rows = x.numel() // max(1, x.shape[-1])
+    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and 0 < rows <= NATIVE_MAX_ROWS
+            and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES and (op := fp32_linear_op()) is not None):
+        out = op(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)
+        return out.view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
 
 
 def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, dilation: int = 1,
@@ -45,7 +68,7 @@ def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, dila
     matrix = weight.reshape(out_channels, channels * kernel)
     if steps <= ROWS_MAX_STEPS:
         rows = windows.permute(0, 2, 1, 3).reshape(x.shape[0], steps, channels * kernel)
-        return F.linear(rows, matrix, bias).transpose(1, 2)
+        return linear(rows, matrix, bias).transpose(1, 2)
     columns = windows.permute(0, 1, 3, 2).reshape(x.shape[0], channels * kernel, steps)
     out = torch.matmul(matrix, columns)  # [B, O, T]
     return out if bias is None else out.add_(bias[:, None])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.codec.config import TransformerConfig
+from dsmcli.codec.kernels import linear
 from dsmcli.nn import (
     RingKVCache,
     attend,
@@ -57,12 +58,12 @@ class SelfAttention(nn.Module):
 
     def _qkv(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
         """``[B, T, d]`` → q, k, v ``[B, H, T, head_dim]`` (q and k rotated, in one op each)."""
-        qkv = F.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, D]
+        qkv = linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, D]
         qk = qkv[:, :, :2] if rope is None else rotate(qkv[:, :, :2], *rope)
         return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def _merge(self, out: Tensor) -> Tensor:
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        return linear(out.transpose(1, 2).flatten(2), self.out_proj.weight)
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         """One shot over ``x`` ``[B, T, d]`` at positions ``0..T-1``."""
@@ -113,7 +114,7 @@ class TransformerLayer(nn.Module):
         self.layer_scale_2 = nn.Identity() if scale is None else LayerScale(d, scale)
 
     def _feed_forward(self, x: Tensor) -> Tensor:
-        return x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
+        return x + self.layer_scale_2(linear(F.gelu(linear(self.norm2(x), self.linear1.weight)), self.linear2.weight))
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), rope))

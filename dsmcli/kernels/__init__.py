@@ -1,10 +1,13 @@
 """Native CPU kernels, compiled on first use with torch's C++ extension builder.
 
-``int8_linear_op()`` returns ``torch.ops.dsmcli_int8.linear`` (see ``int8_linear.cpp``) or None when it cannot be
-built here (no C++ compiler or ninja, an unsupported platform): callers then take a slower pure-torch path with
-the same numerics up to float rounding. The build goes to ``$XDG_CACHE_HOME/dsmcli/kernels`` (default
-``~/.cache/dsmcli/kernels``), keyed by the source, the torch version and the CPU flags, so it happens once per
-machine (~15 s). ``DSM_NO_NATIVE_KERNELS=1`` disables native kernels.
+* ``int8_linear_op()``: ``torch.ops.dsmcli_int8.linear`` (``int8_linear.cpp``), the LM's int8 weights.
+* ``fp32_linear_op()``: ``torch.ops.dsmcli_fp32.linear`` (``fp32_linear.cpp``), a few float32 rows against a
+  large float32 weight (Mimi's streaming steps).
+
+Each returns None when it cannot be built here (no C++ compiler or ninja, an unsupported platform): callers then
+take a slower pure-torch path with the same numerics up to float rounding. A build goes to
+``$XDG_CACHE_HOME/dsmcli/kernels`` (default ``~/.cache/dsmcli/kernels``), keyed by the source, the torch version
+and the CPU flags, so it happens once per machine (~15 s each). ``DSM_NO_NATIVE_KERNELS=1`` disables them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("int8_linear.cpp")
 DISABLE_ENV = "DSM_NO_NATIVE_KERNELS"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]  # at::parallel_for is inlined: needs OpenMP here
 LDFLAGS = ["-fopenmp"]
@@ -41,32 +43,45 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _build_key() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
+def _build_key(source: Path) -> str:
+    digest = hashlib.sha256(source.read_bytes())
     digest.update(f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}|{sys.version_info[:2]}|{CFLAGS}".encode())
     return digest.hexdigest()[:16]
+
+
+def _load(library: str, source_name: str, what: str) -> Callable | None:
+    """``torch.ops.<library>.linear`` built from ``source_name``, or None (the reason is printed once on stderr,
+    naming ``what`` falls back)."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    try:
+        return getattr(torch.ops, library).linear  # already loaded in this process (a library registers once)
+    except (AttributeError, RuntimeError):
+        pass
+    source = Path(__file__).with_name(source_name)
+    try:
+        from torch.utils.cpp_extension import load
+
+        build = cache_dir() / f"{source.stem}-{_build_key(source)}"
+        build.mkdir(parents=True, exist_ok=True)
+        load(name=library, sources=[str(source)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+             build_directory=str(build), is_python_module=False, verbose=False)
+        return getattr(torch.ops, library).linear
+    except Exception as error:  # noqa: BLE001 - any build failure means: use the portable path
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"dsm: warning: native {source.stem} kernel unavailable ({reason[:200]}); {what} runs on a slower "
+              f"pure-torch path", file=sys.stderr, flush=True)
+        return None
 
 
 @functools.cache
 def int8_linear_op() -> Callable | None:
     """The compiled ``linear(x [M, K] f32, w [N, K] i8, scales [N, G] f32, wsum [N, G] i32, group_size) -> [M, N]``
-    op, or None (the reason is printed once on stderr)."""
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
-        return None
-    try:
-        return torch.ops.dsmcli_int8.linear  # already loaded in this process (a library registers only once)
-    except (AttributeError, RuntimeError):
-        pass
-    try:
-        from torch.utils.cpp_extension import load
+    op, or None."""
+    return _load("dsmcli_int8", "int8_linear.cpp", "int8")
 
-        build = cache_dir() / f"int8_linear-{_build_key()}"
-        build.mkdir(parents=True, exist_ok=True)
-        load(name="dsmcli_int8", sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, build_directory=str(build),
-             is_python_module=False, verbose=False)
-        return torch.ops.dsmcli_int8.linear
-    except Exception as error:  # noqa: BLE001 - any build failure means: use the portable path
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"dsm: warning: native int8 kernel unavailable ({reason[:200]}); int8 runs on a slower "
-              f"pure-torch path", file=sys.stderr, flush=True)
-        return None
+
+@functools.cache
+def fp32_linear_op() -> Callable | None:
+    """The compiled ``linear(x [M, K] f32, w [N, K] f32, bias [N] f32 | None) -> [M, N]`` op, or None."""
+    return _load("dsmcli_fp32", "fp32_linear.cpp", "Mimi streaming")
