@@ -1,6 +1,6 @@
 """LM step speed, ours vs the reference (``moshi``), on one set of random weights, interleaved, in one run.
 
-    python benchmarks/lm_speed.py [--arch stt-1b-en_fr] [--batches 1,8,16] [--dtypes float32,bfloat16]
+    python benchmarks/lm_speed.py [--arch stt-1b-en_fr] [--batches 1,8,16] [--dtypes float32,bfloat16,int8]
                                   [--context fresh,full] [--rounds 3] [--steps 8] [--warmup 2] [--threads N]
                                   [--clock wall|cpu]
 
@@ -16,6 +16,9 @@ Context modes (ours): ``fresh`` = the first steps of a new stream, as ``vs_refer
 attend over the cells written so far, the reference always over its whole ring); ``full`` = steady state after
 ``context`` steps (every ring cell holds a key: the state is set up as if the stream had run that long).
 The reference's cost does not depend on how full its ring is, so it is timed once per batch size.
+
+``int8`` in ``--dtypes``: ours with ``quantize_lm(lm, "int8")`` (the default native kernel) against the float32
+reference, the comparison issue 6 asks for.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 
 from dsmcli.architectures import released_config
 from dsmcli.engine import LM, LMConfig, LMStream, SamplingOptions, StreamState
+from dsmcli.engine.quantize import quantize_lm
 
 NON_LM_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
                "lm_gen_config", "tts_config", "stt_config", "model_id")
@@ -65,7 +69,7 @@ class Row:
 
 def throughput_lines(rows: list[Row], ref_batch: int = THROUGHPUT_REF_BATCH) -> list[str]:
     """Issue 6's throughput figure: ours at the largest batch vs the float32 reference at ``ref_batch``."""
-    ref = [row for row in rows if row.dtype == "float32" and row.batch == ref_batch]
+    ref = [row for row in rows if row.dtype in ("float32", "int8") and row.batch == ref_batch]
     if not ref:
         return []
     ref_rate, ref_best = (ref_batch * MS / ms for ms in (ref[0].ref_ms, ref[0].ref_best_ms))
@@ -137,7 +141,7 @@ def our_run(lm: LM, codes: torch.Tensor, warmup: int, steps: int, full: bool) ->
     return timed(lambda i: stream.step(codes[i], state), warmup, steps)
 
 
-def compare(ref_lm: torch.nn.Module, ours: LM, batch: int, contexts: list[str], args) -> list[Row]:
+def compare(ref_lm: torch.nn.Module, ours: LM, label: str, batch: int, contexts: list[str], args) -> list[Row]:
     """Interleaved rounds of the reference and ours (each context mode) at ``batch``; medians in ms."""
     generator = torch.Generator().manual_seed(batch)
     codes = torch.randint(0, ours.config.card, (args.warmup + args.steps, batch, ours.config.n_q, 1),
@@ -153,11 +157,10 @@ def compare(ref_lm: torch.nn.Module, ours: LM, batch: int, contexts: list[str], 
             times = runs[name]()
             samples[name] += times
             best[name] = min(best[name], statistics.median(times))
-            print(f"  {ours.dtype} b{batch} round {round_index + 1} {name}: median {statistics.median(times):.1f} ms"
+            print(f"  {label} b{batch} round {round_index + 1} {name}: median {statistics.median(times):.1f} ms"
                   f" (load {os.getloadavg()[0]:.1f})", flush=True)
     ref_ms = statistics.median(samples["ref"])
-    dtype = str(ours.dtype).removeprefix("torch.")
-    return [Row(dtype, batch, context, ref_ms, statistics.median(samples[context]), best["ref"], best[context])
+    return [Row(label, batch, context, ref_ms, statistics.median(samples[context]), best["ref"], best[context])
             for context in contexts]
 
 
@@ -192,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     contexts = [c for c in args.context.split(",") if c]
     rows: list[Row] = []
     for dtype_name in args.dtypes.split(","):
-        dtype = getattr(torch, dtype_name)
+        dtype = torch.float32 if dtype_name == "int8" else getattr(torch, dtype_name)
         ref_lm = ref_lm.to(dtype)  # in place: float32 tensors are replaced, not kept
         ours = LM.from_state(LMConfig.from_dict(lm_kwargs), dict(ref_lm.state_dict()), dtype=dtype)
+        if dtype_name == "int8":
+            quantize_lm(ours, "int8")  # ours drops the shared float tensors; the reference keeps them
         for batch in (int(b) for b in args.batches.split(",")):
-            rows += compare(ref_lm, ours, batch, contexts, args)
+            rows += compare(ref_lm, ours, dtype_name, batch, contexts, args)
         del ours
     del ref_lm
     print(f"\n{args.arch}, random weights, {args.threads} threads, {args.clock} clock; medians of {args.rounds} "

@@ -10,14 +10,23 @@ holds and the attention mask. A layer then only writes its key/value row (:meth:
   ``filled`` cells only, not the whole (mostly empty) ring. ``static`` keeps the span at ``C`` (fixed shapes for
   ``torch.compile`` / CUDA graphs). Positions are those the caller passes (one per slot and step); they must
   count the steps each slot advanced since its last reset, as the step engine's offsets do.
+* :meth:`KVRings.attend`: SDPA over the attended cells, or with ``native_attention`` (float32 rings on CPU, head
+  dims a multiple of 16) the kernel ``dsmcli/kernels/decode_attention.cpp``, which reads a full 750-step stt-1b
+  ring at batch 1 ~2x faster than SDPA's 1-row GEMMs (same math in float32, another summation order: results
+  within float rounding of SDPA, so the default path keeps SDPA and stays bit-exact with the reference).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from dsmcli.kernels import decode_attention_op
 
 EMPTY_POSITION = -1
 SCRATCH_CELLS = 1
@@ -45,16 +54,21 @@ class KVRings:
     context: int | None  # attention window in steps (None = unbounded)
     static: bool = False
     filled: int = 0
+    native: Callable[..., Any] | None = None  # the native attention op, when used
 
     @classmethod
     def create(cls, num_layers: int, batch_size: int, num_heads: int, capacity: int, head_dim: int,
-               context: int | None, device: torch.device | str, dtype: torch.dtype, static: bool = False) -> KVRings:
+               context: int | None, device: torch.device | str, dtype: torch.dtype, static: bool = False,
+               native_attention: bool = False) -> KVRings:
         if capacity <= 0:
             raise ValueError(f"KV ring capacity must be positive, got {capacity}")
+        fits = (torch.device(device).type == "cpu" and dtype == torch.float32 and head_dim % 16 == 0
+                and head_dim <= 256)
+        native = decode_attention_op() if native_attention and fits else None
         shape = (batch_size, num_heads, capacity + SCRATCH_CELLS, head_dim)
         positions = torch.full((batch_size, capacity + SCRATCH_CELLS), EMPTY_POSITION, dtype=torch.long, device=device)
         keys, values = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)] for _ in range(2))
-        return cls(keys, values, positions, context, static)
+        return cls(keys, values, positions, context, static, native=native)
 
     @property
     def capacity(self) -> int:
@@ -98,6 +112,13 @@ class KVRings:
         keys.scatter_(2, step.index, k.to(keys.dtype))
         values.scatter_(2, step.index, v.to(values.dtype))
         return keys[:, :, : step.span], values[:, :, : step.span]
+
+    def attend(self, layer: int, step: RingStep, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        """Attention of the queries ``q`` ``[B, H, 1, D]`` over ``layer``'s ``keys``/``values`` (from :meth:`write`)
+        under the step's mask -> ``[B, H, 1, D]``."""
+        if self.native is not None and q.dtype == torch.float32:
+            return self.native(q.contiguous(), self.keys[layer], self.values[layer], step.mask)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
 
     def reset(self, mask: Tensor) -> None:
         """Empty the slots selected by ``mask`` ``[B]`` (their cells are forgotten; ``filled`` is kept)."""

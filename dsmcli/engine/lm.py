@@ -60,6 +60,9 @@ class LM(nn.Module):
         self.depformer = Depformer(config, device, dtype) if config.depformer is not None else None
         self.conditioning = (ConditionProvider(config.conditioners, config.fuser, dim, device)
                              if config.conditioners else None)
+        # the backbone's self-attention on the native CPU kernel instead of SDPA (float rounding apart, the same
+        # result; set by quantize_lm, whose path is not bit-exact anyway, see dsmcli.engine.kv_rings)
+        self.native_attention = False
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -112,7 +115,8 @@ class LM(nn.Module):
         context = self.config.transformer.context
         if context is None:  # LMConfig.from_dict refuses this; a hand-built config might not
             raise ValueError("the backbone needs an attention context to size its KV rings")
-        return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source, static)
+        return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source, static,
+                                           self.native_attention)
 
     def embed(self, tokens: Tensor, condition_sum: Tensor | None = None) -> Tensor:
         """``tokens`` ``[B, n_q + 1, T]`` (stream 0 text) -> summed input ``[B, T, D]``.

@@ -7,6 +7,8 @@ Group-wise scales follow the weights' local range: on the stt-1b architecture th
 0.999 of the float path, where one scale per output channel does not (see benchmarks/README.md). The weights are
 swapped for :class:`Int8Weight`, a tensor-like object that the model's own ``F.linear`` calls dispatch to
 (``__torch_function__``), so the network code is unchanged and the default (unquantized) path is untouched.
+A quantized LM also attends with the native CPU attention kernel (``LM.native_attention``, see
+:mod:`dsmcli.engine.kv_rings`): at a full 750-step context it halves the attention's time at batch 1.
 
 Kernels (:class:`Int8Kernel`), both reading the same int8 weights:
 
@@ -232,6 +234,8 @@ def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
     tensors = params = before = after = native = 0
     if method is QuantMethod.NONE:
         return QuantizeReport(method, kernel, 0, 0, 0, 0, group_size)
+    if hasattr(lm, "native_attention"):
+        lm.native_attention = True  # the int8 path is not bit-exact anyway: attention on the native kernel too
     for _name, module, attribute in list(_linear_weights(lm)):
         weight = module._parameters.pop(attribute)
         assert weight is not None

@@ -85,7 +85,7 @@ class SelfAttention(nn.Module):
         else:
             q, k = rope(qkv[:2])
         keys, values = rings.write(layer, step, k, qkv[2])
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
+        out = rings.attend(layer, step, q, keys, values)
         return linear(_merge_heads(out), self.out_proj[weight_set])
 
 
@@ -197,12 +197,14 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList([TransformerLayer(config, device, dtype) for _ in range(config.num_layers)])
 
     def init_state(self, batch_size: int, capacity: int, device: torch.device | str, dtype: torch.dtype,
-                   cross_source: Tensor | None = None, static: bool = False) -> TransformerState:
+                   cross_source: Tensor | None = None, static: bool = False,
+                   native_attention: bool = False) -> TransformerState:
         """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention; ``static``
-        always attends over the whole ring (fixed shapes, see :mod:`dsmcli.engine.kv_rings`)."""
+        always attends over the whole ring (fixed shapes), ``native_attention`` attends with the native CPU
+        kernel where it applies (see :mod:`dsmcli.engine.kv_rings`)."""
         cfg = self.config
         rings = KVRings.create(cfg.num_layers, batch_size, cfg.num_heads, capacity, cfg.head_dim, cfg.context,
-                               device, dtype, static)
+                               device, dtype, static, native_attention)
         return TransformerState(rings, self.cross_source(cross_source))
 
     def cross_source(self, source: Tensor | None) -> list[tuple[Tensor, Tensor]] | None:

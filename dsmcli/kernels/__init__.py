@@ -3,6 +3,8 @@
 * ``int8_linear_op()``: ``torch.ops.dsmcli_int8.linear`` (``int8_linear.cpp``), the LM's int8 weights.
 * ``fp32_linear_op()``: ``torch.ops.dsmcli_fp32.linear`` (``fp32_linear.cpp``), a few float32 rows against a
   large float32 weight (Mimi's streaming steps).
+* ``decode_attention_op()``: ``torch.ops.dsmcli_attn.decode`` (``decode_attention.cpp``), one query step per slot
+  and head over a float32 KV ring (the int8 LM's attention).
 
 Each returns None when it cannot be built here (no C++ compiler or ninja, an unsupported platform): callers then
 take a slower pure-torch path with the same numerics up to float rounding. A build goes to
@@ -49,13 +51,13 @@ def _build_key(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load(library: str, source_name: str, what: str) -> Callable | None:
-    """``torch.ops.<library>.linear`` built from ``source_name``, or None (the reason is printed once on stderr,
+def _load(library: str, source_name: str, what: str, op: str = "linear") -> Callable | None:
+    """``torch.ops.<library>.<op>`` built from ``source_name``, or None (the reason is printed once on stderr,
     naming ``what`` falls back)."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
     try:
-        return getattr(torch.ops, library).linear  # already loaded in this process (a library registers once)
+        return getattr(getattr(torch.ops, library), op)  # already loaded in this process (a library registers once)
     except (AttributeError, RuntimeError):
         pass
     source = Path(__file__).with_name(source_name)
@@ -66,7 +68,7 @@ def _load(library: str, source_name: str, what: str) -> Callable | None:
         build.mkdir(parents=True, exist_ok=True)
         load(name=library, sources=[str(source)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
              build_directory=str(build), is_python_module=False, verbose=False)
-        return getattr(torch.ops, library).linear
+        return getattr(getattr(torch.ops, library), op)
     except Exception as error:  # noqa: BLE001 - any build failure means: use the portable path
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"dsm: warning: native {source.stem} kernel unavailable ({reason[:200]}); {what} runs on a slower "
@@ -85,3 +87,10 @@ def int8_linear_op() -> Callable | None:
 def fp32_linear_op() -> Callable | None:
     """The compiled ``linear(x [M, K] f32, w [N, K] f32, bias [N] f32 | None) -> [M, N]`` op, or None."""
     return _load("dsmcli_fp32", "fp32_linear.cpp", "Mimi streaming")
+
+
+@functools.cache
+def decode_attention_op() -> Callable | None:
+    """The compiled ``decode(q [B, H, 1, D], keys [B, H, C, D], values [B, H, C, D], mask [B, 1, 1, S] bool)
+    -> [B, H, 1, D]`` op (all float32), or None."""
+    return _load("dsmcli_attn", "decode_attention.cpp", "int8 attention", "decode")

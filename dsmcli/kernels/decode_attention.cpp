@@ -1,0 +1,132 @@
+// Attention of one query step per (slot, head) over a float32 KV ring, on CPU: what a streaming LM step needs.
+//
+// softmax(q . k_s / sqrt(D)) . v_s over the cells s < span where mask[b, s] is true. At batch 1 and a full
+// 750-step ring this reads ~200 MB of keys and values per stt-1b step; torch's CPU flash attention runs each
+// head's scores as a 1-row GEMM and reached ~13 GB/s here. This kernel streams each head's keys, then its values,
+// as several concurrent memory streams with a software prefetch ahead of the reads (float32 throughout: exp, sums and products in float, so it agrees
+// with SDPA to float rounding). Heads and slots are independent tasks: a slot's result does not depend on its
+// batch mates.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define DSM_AVX512 1
+#endif
+
+namespace {
+
+constexpr int64_t kStreams = 8;    // cells read side by side (see cells())
+constexpr int64_t kAhead = 4;      // a stream's cells prefetched ahead of the one being read
+constexpr int64_t kMaxDim = 256;   // head dims up to this (a multiple of 16)
+
+#ifdef DSM_AVX512
+inline float dot(const float* a, const float* b, int64_t D) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t d = 0;
+  for (; d + 32 <= D; d += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d + 16), _mm512_loadu_ps(b + d + 16), acc1);
+  }
+  if (d < D) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc0);
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+#endif
+
+// The cells 0..span-1 visited as kStreams interleaved runs (cell j * run + i at step i of run j, then the tail):
+// kStreams sequential memory streams instead of one, which is what reaches this machine's bandwidth.
+template <typename F>
+inline void cells(int64_t span, F&& visit) {
+  const int64_t run = span / kStreams;
+  for (int64_t i = 0; i < run; ++i)
+    for (int64_t j = 0; j < kStreams; ++j) visit(j * run + i, i + kAhead < run ? j * run + i + kAhead : -1);
+  for (int64_t s = kStreams * run; s < span; ++s) visit(s, -1);
+}
+
+void one_head(const float* q, const float* k, const float* v, const bool* mask, int64_t span, int64_t D,
+              float scale, float* out, std::vector<float>& scores) {
+  float peak = -std::numeric_limits<float>::infinity();
+  cells(span, [&](int64_t s, int64_t ahead) {
+    if (ahead >= 0)
+      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(k + ahead * D + d, 0, 3);
+    if (!mask[s]) return;
+#ifdef DSM_AVX512
+    const float score = dot(q, k + s * D, D) * scale;
+#else
+    float score = 0.f;
+    for (int64_t d = 0; d < D; ++d) score += q[d] * k[s * D + d];
+    score *= scale;
+#endif
+    scores[s] = score;
+    peak = std::max(peak, score);
+  });
+  float total = 0.f;
+  for (int64_t s = 0; s < span; ++s) {
+    if (!mask[s]) continue;
+    scores[s] = std::exp(scores[s] - peak);
+    total += scores[s];
+  }
+#ifdef DSM_AVX512
+  __m512 acc[kMaxDim / 16];
+  const int64_t lanes = D / 16;
+  for (int64_t i = 0; i < lanes; ++i) acc[i] = _mm512_setzero_ps();
+  cells(span, [&](int64_t s, int64_t ahead) {
+    if (ahead >= 0)
+      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(v + ahead * D + d, 0, 3);
+    if (!mask[s]) return;
+    const __m512 p = _mm512_set1_ps(scores[s]);
+    for (int64_t i = 0; i < lanes; ++i) acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + s * D + i * 16), acc[i]);
+  });
+  const __m512 inv = _mm512_set1_ps(1.f / total);
+  for (int64_t i = 0; i < lanes; ++i) _mm512_storeu_ps(out + i * 16, _mm512_mul_ps(acc[i], inv));
+#else
+  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
+  for (int64_t s = 0; s < span; ++s) {
+    if (!mask[s]) continue;
+    for (int64_t d = 0; d < D; ++d) out[d] += scores[s] * v[s * D + d];
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] /= total;
+#endif
+}
+
+// q [B, H, 1, D]; keys, values [B, H, C, D] (the ring); mask [B, 1, 1, span] bool (span <= C) -> [B, H, 1, D].
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                            const at::Tensor& mask) {
+  TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat && q.is_contiguous(),
+              "q: contiguous float32 [B, H, 1, D]");
+  TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 4 && keys.scalar_type() == at::kFloat &&
+                  values.scalar_type() == at::kFloat && keys.is_contiguous() && values.is_contiguous(),
+              "keys, values: contiguous float32 [B, H, C, D]");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(3), C = keys.size(2);
+  TORCH_CHECK(keys.size(0) == B && keys.size(1) == H && keys.size(3) == D, "keys must be [B, H, C, D]");
+  TORCH_CHECK(D % 16 == 0 && D <= kMaxDim, "head dim must be a multiple of 16, at most 256");
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.is_contiguous() && mask.dim() == 4 && mask.size(0) == B &&
+                  mask.size(1) == 1 && mask.size(2) == 1 && mask.size(3) <= C,
+              "mask: contiguous bool [B, 1, 1, span <= C]");
+  const int64_t span = mask.size(3);
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  at::Tensor out = at::empty_like(q);
+  const float* qp = q.data_ptr<float>();
+  const float* kp = keys.data_ptr<float>();
+  const float* vp = values.data_ptr<float>();
+  const bool* mp = mask.data_ptr<bool>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scores(std::max<int64_t>(span, 1));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / H;
+      one_head(qp + i * D, kp + i * C * D, vp + i * C * D, mp + b * span, span, D, scale, op + i * D, scores);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(dsmcli_attn, m) { m.def("decode(Tensor q, Tensor keys, Tensor values, Tensor mask) -> Tensor"); }
+TORCH_LIBRARY_IMPL(dsmcli_attn, CPU, m) { m.impl("decode", &decode_attention); }

@@ -1,0 +1,75 @@
+"""The native decode attention (``dsmcli/kernels/decode_attention.cpp``) against SDPA, its batch independence,
+and its use by the LM's KV rings: only where asked (``LM.native_attention``, set by ``quantize_lm``), with the
+float path's results within float rounding, the ring wrapping included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dsmcli.codec import Mimi
+from dsmcli.engine import LM, LMStream, SamplingOptions
+from dsmcli.engine.quantize import quantize_lm
+from dsmcli.kernels import decode_attention_op
+
+REL_TOL = 1e-5  # another float summation order, relative to the largest output
+
+needs_native = pytest.mark.skipif(decode_attention_op() is None, reason="the native kernel cannot be built here")
+
+
+def _mask(batch: int, span: int, generator: torch.Generator) -> torch.Tensor:
+    mask = torch.rand(batch, 1, 1, span, generator=generator) > 0.4
+    mask[..., -1] = True  # every slot sees at least its newest key, as the rings guarantee
+    return mask
+
+
+@needs_native
+@pytest.mark.parametrize("batch,heads,cells,head_dim,span", [(1, 16, 751, 128, 751), (1, 16, 751, 128, 9),
+                                                              (3, 4, 41, 64, 40), (2, 2, 20, 16, 1),
+                                                              (2, 3, 100, 256, 77)])
+def test_native_attention_matches_sdpa(batch, heads, cells, head_dim, span):
+    generator = torch.Generator().manual_seed(span + head_dim)
+    q = torch.randn(batch, heads, 1, head_dim, generator=generator)
+    keys, values = (torch.randn(batch, heads, cells, head_dim, generator=generator) for _ in range(2))
+    mask = _mask(batch, span, generator)
+    out = decode_attention_op()(q, keys, values, mask)
+    expected = F.scaled_dot_product_attention(q, keys[:, :, :span], values[:, :, :span], attn_mask=mask)
+    assert out.shape == expected.shape
+    assert (out - expected).abs().max() <= REL_TOL * expected.abs().max()
+
+
+@needs_native
+def test_native_attention_slots_do_not_depend_on_batch_mates():
+    generator = torch.Generator().manual_seed(0)
+    q, keys, values = (torch.randn(4, 2, n, 32, generator=generator) for n in (1, 60, 60))
+    mask = _mask(4, 50, generator)
+    together = decode_attention_op()(q, keys, values, mask)
+    for slot in range(4):
+        alone = decode_attention_op()(q[slot:slot + 1].contiguous(), keys[slot:slot + 1].contiguous(),
+                                      values[slot:slot + 1].contiguous(), mask[slot:slot + 1].contiguous())
+        assert torch.equal(alone[0], together[slot])
+
+
+def _logits(lm: LM, codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    stream = LMStream(lm, SamplingOptions.greedy())
+    state = stream.init_state(1)
+    logits = [stream.step(codes[:, :, t:t + 1], state).text_logits[0].clone() for t in range(codes.shape[-1])]
+    return torch.stack(logits), state.backbone.rings.native is not None
+
+
+@needs_native
+def test_lm_uses_native_attention_only_when_asked(tiny_stt, bria_24k):
+    mimi = Mimi.load(tiny_stt)
+    codes = mimi.encode(torch.from_numpy(bria_24k(6.0))[None, None])  # 75 steps: the tiny ring wraps
+    model = LM.load(tiny_stt, dtype=torch.float32)
+    assert model.config.transformer.context < codes.shape[-1]
+    sdpa, used = _logits(model, codes)
+    assert not used
+    model.native_attention = True
+    native, used = _logits(model, codes)
+    assert used
+    assert (native - sdpa).abs().max() <= 1e-4 * sdpa.abs().max()
+    model.native_attention = False
+    quantize_lm(model, "int8")
+    assert model.native_attention and _logits(model, codes[..., :3])[1]
