@@ -104,8 +104,14 @@ def test_linear_uses_native_only_for_few_rows_and_large_weights(monkeypatch):
     assert torch.equal(kernels.linear(many, large), F.linear(many, large))
     assert torch.equal(kernels.linear(few, small), F.linear(few, small))
     assert torch.equal(kernels.linear(few.double(), large.double()), F.linear(few.double(), large.double()))
+    tables = torch.randn(2, 1024, 258)
+    assert kernels.rvq_encode(torch.randn(3, 256), tables) is not None
+    assert kernels.rvq_encode(torch.randn(kernels.NATIVE_MAX_ROWS + 1, 256), tables) is None
+    assert kernels.rvq_encode(torch.randn(3, 256), tables[:, :64]) is None  # 66 KB tables: the torch loop
     monkeypatch.setattr(kernels, "fp32_linear_op", lambda: None)  # no compiler / DSM_NO_NATIVE_KERNELS
+    monkeypatch.setattr(kernels, "rvq_encode_op", lambda: None)
     assert torch.equal(kernels.linear(few, large), F.linear(few, large))
+    assert kernels.rvq_encode(torch.randn(3, 256), tables) is None
 
 
 @needs_native
@@ -138,3 +144,5 @@ def test_quantizer_with_native_distances_matches_cdist_away_from_rounding_ties()
             if latent is latents[0]:
                 assert codes[0] == 11
         assert checked >= 120
+        steps = torch.cat(latents[4:8], dim=-1)  # 4 rows in one call: each row's codes as when alone
+        assert torch.equal(rvq.encode(steps, 4), torch.cat([rvq.encode(latent, 4) for latent in latents[4:8]], -1))

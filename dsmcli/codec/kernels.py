@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsmcli.kernels import fp32_linear_op
+from dsmcli.kernels import fp32_linear_op, rvq_encode_op
 
 NATIVE_MAX_ROWS = 16  # rows of x up to which the native kernel is used (streaming steps; one-shot calls use BLAS)
 NATIVE_MIN_WEIGHT_BYTES = 256 * 1024  # smaller weights stay in cache, where BLAS is as fast
@@ -46,11 +46,24 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``x`` ``[..., K]``, ``weight`` ``[N, K]`` -> ``[..., N]`` (see the module
     docstring for when the native kernel runs)."""
     rows = x.numel() // max(1, x.shape[-1])
-    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and 0 < rows <= NATIVE_MAX_ROWS
-            and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES and (op := fp32_linear_op()) is not None):
+    if _native_fits(x, weight, rows) and (op := fp32_linear_op()) is not None:
         out = op(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)
         return out.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
+
+
+def _native_fits(x: Tensor, weight: Tensor, rows: int) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and 0 < rows <= NATIVE_MAX_ROWS
+            and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES)
+
+
+def rvq_encode(residual: Tensor, tables: Tensor) -> Tensor | None:
+    """Codes ``[L, N]`` of the residual quantizer over ``tables`` ``[L, bins, dim + 2]`` (augmented centroid rows)
+    for ``residual`` ``[N, dim]``, by the native kernel (the arithmetic of :meth:`ResidualVQ.encode` with the
+    product of :func:`linear`, no Python round trip per level); None where :func:`linear` would not go native."""
+    if not _native_fits(residual, tables[0], residual.shape[0]) or (op := rvq_encode_op()) is None:
+        return None
+    return op(residual.contiguous(), tables.contiguous())
 
 
 def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, dilation: int = 1,

@@ -9,8 +9,9 @@ Distances use the augmented-matmul form ``[-2x, |x|², 1] · [e, 1, |e|²]`` (th
 that ``torch.cdist`` uses for large codebooks; the augmented table is precomputed once. Many rows (one-shot
 encoding) and small tables go through the same BLAS product as ``torch.cdist``, bit for bit; a streaming
 step's few rows against a released-size table go through :func:`dsmcli.codec.kernels.linear` (the table
-streamed at memory speed), whose distances differ from cdist's by float rounding: codes can then differ
-only where two centroids are within that rounding of each other (see tests/test_codec_kernels.py).
+streamed at memory speed; all levels in one native call, :func:`dsmcli.codec.kernels.rvq_encode`), whose
+distances differ from cdist's by float rounding: codes can then differ only where two centroids are within
+that rounding of each other (see tests/test_codec_kernels.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dsmcli.codec.config import QuantizerConfig
-from dsmcli.codec.kernels import linear
+from dsmcli.codec.kernels import linear, rvq_encode
 
 
 class Codebook(nn.Module):
@@ -93,6 +94,9 @@ class ResidualVQ(nn.Module):
         """
         batch, _, steps = latent.shape
         residual = self.input_proj(latent).transpose(1, 2).reshape(batch * steps, -1)  # [N, dim]
+        fused = rvq_encode(residual, self.augmented_table[:num_levels])
+        if fused is not None:
+            return fused.view(num_levels, batch, steps).transpose(0, 1)
         dim = self.dimension
         augmented = residual.new_ones(residual.shape[0], dim + 2)
         codes = residual.new_empty(num_levels, residual.shape[0], dtype=torch.long)

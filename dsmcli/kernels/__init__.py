@@ -2,7 +2,8 @@
 
 * ``int8_linear_op()``: ``torch.ops.dsmcli_int8.linear`` (``int8_linear.cpp``), the LM's int8 weights.
 * ``fp32_linear_op()``: ``torch.ops.dsmcli_fp32.linear`` (``fp32_linear.cpp``), a few float32 rows against a
-  large float32 weight (Mimi's streaming steps).
+  large float32 weight (Mimi's streaming steps); ``rvq_encode_op()``: ``torch.ops.dsmcli_fp32.rvq_encode`` from
+  the same file, Mimi's residual quantizer on that product.
 * ``decode_attention_op()``: ``torch.ops.dsmcli_attn.decode`` (``decode_attention.cpp``), one query step per slot
   and head over a float32 KV ring (the int8 LM's attention).
 
@@ -87,6 +88,12 @@ def int8_linear_op() -> Callable | None:
 def fp32_linear_op() -> Callable | None:
     """The compiled ``linear(x [M, K] f32, w [N, K] f32, bias [N] f32 | None) -> [M, N]`` op, or None."""
     return _load("dsmcli_fp32", "fp32_linear.cpp", "Mimi streaming")
+
+
+@functools.cache
+def rvq_encode_op() -> Callable | None:
+    """The compiled ``rvq_encode(x [M, D] f32, tables [L, bins, D + 2] f32) -> codes [L, M] i64`` op, or None."""
+    return None if fp32_linear_op() is None else torch.ops.dsmcli_fp32.rvq_encode
 
 
 @functools.cache

@@ -12,7 +12,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define DSM_AVX512 1
@@ -93,6 +95,21 @@ void weight_rows(const float* x, int64_t M, const float* w, const float* bias, f
 #endif
 }
 
+// y [M, N] = x [M, K] @ w [N, K].T (+ bias), on at::parallel_for threads.
+void product(const float* x, int64_t M, const float* w, const float* bias, float* y, int64_t N, int64_t K) {
+  const int64_t grain = std::max<int64_t>(kStreams, kBytesPerTask / std::max<int64_t>(1, K * 4));
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    // the task's rows as kStreams runs of `run` consecutive rows, read side by side (the rest one at a time)
+    const int64_t run = (n1 - n0) / kStreams;
+    int64_t rows[kStreams];
+    for (int64_t i = 0; i < run; ++i) {
+      for (int64_t j = 0; j < kStreams; ++j) rows[j] = n0 + j * run + i;
+      weight_rows(x, M, w, bias, y, N, rows, kStreams, K);
+    }
+    for (int64_t n = n0 + kStreams * run; n < n1; ++n) weight_rows(x, M, w, bias, y, N, &n, 1, K);
+  });
+}
+
 at::Tensor fp32_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous(), "w: contiguous float32 [N, K]");
@@ -105,24 +122,63 @@ at::Tensor fp32_linear(const at::Tensor& x, const at::Tensor& w, const c10::opti
     bp = bias->data_ptr<float>();
   }
   at::Tensor y = at::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(kStreams, kBytesPerTask / std::max<int64_t>(1, K * 4));
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    // the task's rows as kStreams runs of `run` consecutive rows, read side by side (the rest one at a time)
-    const int64_t run = (n1 - n0) / kStreams;
-    int64_t rows[kStreams];
-    for (int64_t i = 0; i < run; ++i) {
-      for (int64_t j = 0; j < kStreams; ++j) rows[j] = n0 + j * run + i;
-      weight_rows(xp, M, wp, bp, yp, N, rows, kStreams, K);
-    }
-    for (int64_t n = n0 + kStreams * run; n < n1; ++n) weight_rows(xp, M, wp, bp, yp, N, &n, 1, K);
-  });
+  product(x.data_ptr<float>(), M, w.data_ptr<float>(), bp, y.data_ptr<float>(), N, K);
   return y;
+}
+
+// Residual vector quantization of the rows of x [M, D] over tables [L, bins, D + 2] (rows [e, 1, |e|^2]):
+// level by level, code = argmin_e sqrt(max(0, [-2r, |r|^2, 1] . [e, 1, |e|^2])) (lowest index on ties), then
+// r -= e[code]. The arithmetic of dsmcli.codec.quantizer (the augmented product by the kernel above) without a
+// Python round trip per level. Returns codes [L, M] int64.
+at::Tensor rvq_encode(const at::Tensor& x, const at::Tensor& tables) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, D]");
+  TORCH_CHECK(tables.dim() == 3 && tables.scalar_type() == at::kFloat && tables.is_contiguous() &&
+                  tables.size(2) == x.size(1) + 2,
+              "tables: contiguous float32 [L, bins, D + 2]");
+  const int64_t M = x.size(0), D = x.size(1), L = tables.size(0), bins = tables.size(1), K = D + 2;
+  at::Tensor codes = at::empty({L, M}, x.options().dtype(at::kLong));
+  std::vector<float> residual(x.data_ptr<float>(), x.data_ptr<float>() + M * D);
+  std::vector<float> augmented(M * K), distances(M * bins);
+  int64_t* cp = codes.data_ptr<int64_t>();
+  for (int64_t level = 0; level < L; ++level) {
+    const float* table = tables.data_ptr<float>() + level * bins * K;
+    for (int64_t m = 0; m < M; ++m) {
+      float norm = 0.f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float r = residual[m * D + d];
+        augmented[m * K + d] = -2.f * r;
+        norm += r * r;
+      }
+      augmented[m * K + D] = norm;
+      augmented[m * K + D + 1] = 1.f;
+    }
+    product(augmented.data(), M, table, nullptr, distances.data(), bins, K);
+    for (int64_t m = 0; m < M; ++m) {
+      const float* row = distances.data() + m * bins;
+      int64_t best = 0;
+      float best_distance = std::sqrt(std::max(0.f, row[0]));
+      for (int64_t n = 1; n < bins; ++n) {
+        const float distance = std::sqrt(std::max(0.f, row[n]));
+        if (distance < best_distance) {
+          best_distance = distance;
+          best = n;
+        }
+      }
+      cp[level * M + m] = best;
+      const float* centroid = table + best * K;
+      for (int64_t d = 0; d < D; ++d) residual[m * D + d] -= centroid[d];
+    }
+  }
+  return codes;
 }
 
 }  // namespace
 
-TORCH_LIBRARY(dsmcli_fp32, m) { m.def("linear(Tensor x, Tensor w, Tensor? bias) -> Tensor"); }
-TORCH_LIBRARY_IMPL(dsmcli_fp32, CPU, m) { m.impl("linear", &fp32_linear); }
+TORCH_LIBRARY(dsmcli_fp32, m) {
+  m.def("linear(Tensor x, Tensor w, Tensor? bias) -> Tensor");
+  m.def("rvq_encode(Tensor x, Tensor tables) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(dsmcli_fp32, CPU, m) {
+  m.impl("linear", &fp32_linear);
+  m.impl("rvq_encode", &rvq_encode);
+}
