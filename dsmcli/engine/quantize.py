@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.engine.transformer import CrossAttention, SelfAttention
-from dsmcli.kernels import int8_linear_op
+from dsmcli.kernels import decode_attention_op, int8_linear_op
 
 INT8_MAX = 127  # symmetric range [-127, 127]: -128 is never produced
 GROUP_SIZE = 128  # input channels sharing one scale (per output channel)
@@ -234,8 +234,9 @@ def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
     tensors = params = before = after = native = 0
     if method is QuantMethod.NONE:
         return QuantizeReport(method, kernel, 0, 0, 0, 0, group_size)
-    if hasattr(lm, "native_attention"):
-        lm.native_attention = True  # the int8 path is not bit-exact anyway: attention on the native kernel too
+    if hasattr(lm, "native_attention"):  # the int8 path is not bit-exact anyway: attention on the native kernel
+        on_cpu = all(p.device.type == "cpu" for p in lm.parameters())
+        lm.native_attention = on_cpu and decode_attention_op() is not None  # built now, not at the first step
     for _name, module, attribute in list(_linear_weights(lm)):
         weight = module._parameters.pop(attribute)
         assert weight is not None
