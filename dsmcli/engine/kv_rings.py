@@ -10,23 +10,25 @@ holds and the attention mask. A layer then only writes its key/value row (:meth:
   ``filled`` cells only, not the whole (mostly empty) ring. ``static`` keeps the span at ``C`` (fixed shapes for
   ``torch.compile`` / CUDA graphs). Positions are those the caller passes (one per slot and step); they must
   count the steps each slot advanced since its last reset, as the step engine's offsets do.
-* :meth:`KVRings.attend`: SDPA over the attended cells, or with ``native_attention`` (float32 rings on CPU, head
-  dims a multiple of 16) the kernel ``dsmcli/kernels/decode_attention.cpp``, which reads a full 750-step stt-1b
-  ring at batch 1 ~2x faster than SDPA's 1-row GEMMs (same math in float32, another summation order: results
-  within float rounding of SDPA, so the default path keeps SDPA and stays bit-exact with the reference).
+* :meth:`KVRings.attend`: SDPA over the attended cells, or with ``native_attention`` (float32 models on CPU, head
+  dims a multiple of 16) the kernel ``dsmcli/kernels/decode_attention.cpp`` over rings stored in float16: half
+  the bytes of the KV reads that dominate a step once the window is full (~200 MB per stt-1b step at batch 1,
+  3.2 GB at batch 16), read as several concurrent streams (~2x SDPA's 1-row GEMMs on float32 rings, ~4x with
+  float16). Attention outputs then differ from float32 SDPA by ~3e-4 relative (float16 keys and values), so
+  only the int8 path uses it; the default path keeps SDPA and stays bit-exact with the reference.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsmcli.kernels import decode_attention_op
+from dsmcli.kernels import decode_attention_op, ring_write_op
 
 EMPTY_POSITION = -1
 SCRATCH_CELLS = 1
@@ -54,7 +56,7 @@ class KVRings:
     context: int | None  # attention window in steps (None = unbounded)
     static: bool = False
     filled: int = 0
-    native: Callable[..., Any] | None = None  # the native attention op, when used
+    native: Callable[..., Any] | None = None  # the native attention op, when used (then keys/values are float16)
 
     @classmethod
     def create(cls, num_layers: int, batch_size: int, num_heads: int, capacity: int, head_dim: int,
@@ -65,9 +67,10 @@ class KVRings:
         fits = (torch.device(device).type == "cpu" and dtype == torch.float32 and head_dim % 16 == 0
                 and head_dim <= 256)
         native = decode_attention_op() if native_attention and fits else None
+        storage = torch.float16 if native is not None else dtype  # the native kernel reads float16 rings
         shape = (batch_size, num_heads, capacity + SCRATCH_CELLS, head_dim)
         positions = torch.full((batch_size, capacity + SCRATCH_CELLS), EMPTY_POSITION, dtype=torch.long, device=device)
-        keys, values = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)] for _ in range(2))
+        keys, values = ([torch.zeros(shape, device=device, dtype=storage) for _ in range(num_layers)] for _ in range(2))
         return cls(keys, values, positions, context, static, native=native)
 
     @property
@@ -109,8 +112,12 @@ class KVRings:
         """Store ``k``, ``v`` ``[B, H, 1, D]`` of ``layer`` at the step's cells; returns its keys and values
         ``[B, H, span, D]`` to attend over (views of the ring: read them before the next write)."""
         keys, values = self.keys[layer], self.values[layer]
-        keys.scatter_(2, step.index, k.to(keys.dtype))
-        values.scatter_(2, step.index, v.to(values.dtype))
+        if self.native is not None:  # float16 rings: torch's scatter_ is slow there
+            cast(Callable[..., Any], ring_write_op())(keys, values, k.float().contiguous(), v.float().contiguous(),
+                                                      step.index[:, 0, 0, 0].contiguous())
+        else:
+            keys.scatter_(2, step.index, k.to(keys.dtype))
+            values.scatter_(2, step.index, v.to(values.dtype))
         return keys[:, :, : step.span], values[:, :, : step.span]
 
     def attend(self, layer: int, step: RingStep, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:

@@ -7,8 +7,9 @@ Group-wise scales follow the weights' local range: on the stt-1b architecture th
 0.999 of the float path, where one scale per output channel does not (see benchmarks/README.md). The weights are
 swapped for :class:`Int8Weight`, a tensor-like object that the model's own ``F.linear`` calls dispatch to
 (``__torch_function__``), so the network code is unchanged and the default (unquantized) path is untouched.
-A quantized LM also attends with the native CPU attention kernel (``LM.native_attention``, see
-:mod:`dsmcli.engine.kv_rings`): at a full 750-step context it halves the attention's time at batch 1.
+A quantized LM also attends with the native CPU attention kernel over float16 KV rings (``LM.native_attention``,
+see :mod:`dsmcli.engine.kv_rings`): with the 750-step window full, the KV reads cost more than the int8 weights
+at batch 16, and SDPA read them at half the machine's bandwidth.
 
 Kernels (:class:`Int8Kernel`), both reading the same int8 weights:
 

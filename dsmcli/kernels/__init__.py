@@ -5,7 +5,8 @@
   large float32 weight (Mimi's streaming steps); ``rvq_encode_op()``: ``torch.ops.dsmcli_fp32.rvq_encode`` from
   the same file, Mimi's residual quantizer on that product.
 * ``decode_attention_op()``: ``torch.ops.dsmcli_attn.decode`` (``decode_attention.cpp``), one query step per slot
-  and head over a float32 KV ring (the int8 LM's attention).
+  and head over a float32 or float16 KV ring (the int8 LM's attention); ``ring_write_op()``:
+  ``torch.ops.dsmcli_attn.write`` from the same file, a step's keys and values into such a ring.
 
 Each returns None when it cannot be built here (no C++ compiler or ninja, an unsupported platform): callers then
 take a slower pure-torch path with the same numerics up to float rounding. A build goes to
@@ -101,3 +102,10 @@ def decode_attention_op() -> Callable | None:
     """The compiled ``decode(q [B, H, 1, D], keys [B, H, C, D], values [B, H, C, D], mask [B, 1, 1, S] bool)
     -> [B, H, 1, D]`` op (all float32), or None."""
     return _load("dsmcli_attn", "decode_attention.cpp", "int8 attention", "decode")
+
+
+@functools.cache
+def ring_write_op() -> Callable | None:
+    """The compiled ``write(keys [B, H, C, D], values, k [B, H, 1, D] f32, v, cells [B] i64)`` op (in place), or
+    None."""
+    return None if decode_attention_op() is None else torch.ops.dsmcli_attn.write

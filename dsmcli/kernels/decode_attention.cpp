@@ -1,11 +1,12 @@
-// Attention of one query step per (slot, head) over a float32 KV ring, on CPU: what a streaming LM step needs.
+// Attention of one query step per (slot, head) over a KV ring, on CPU: what a streaming LM step needs. The ring
+// holds float32 or float16 keys and values (float16: half the bytes, converted exactly to float32 as read).
 //
 // softmax(q . k_s / sqrt(D)) . v_s over the cells s < span where mask[b, s] is true. At batch 1 and a full
-// 750-step ring this reads ~200 MB of keys and values per stt-1b step; torch's CPU flash attention runs each
-// head's scores as a 1-row GEMM and reached ~13 GB/s here. This kernel streams each head's keys, then its values,
-// as several concurrent memory streams with a software prefetch ahead of the reads (float32 throughout: exp, sums and products in float, so it agrees
-// with SDPA to float rounding). Heads and slots are independent tasks: a slot's result does not depend on its
-// batch mates.
+// 750-step ring this reads ~200 MB of float32 keys and values per stt-1b step; torch's CPU flash attention runs
+// each head's scores as a 1-row GEMM and reached ~13 GB/s here. This kernel streams each head's keys, then its
+// values, as several concurrent memory streams with a software prefetch ahead of the reads. The arithmetic is
+// float32 throughout (exp, sums, products), so on the same keys and values it agrees with SDPA to float
+// rounding. Heads and slots are independent tasks: a slot's result does not depend on its batch mates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,14 +27,20 @@ constexpr int64_t kAhead = 4;      // a stream's cells prefetched ahead of the o
 constexpr int64_t kMaxDim = 256;   // head dims up to this (a multiple of 16)
 
 #ifdef DSM_AVX512
-inline float dot(const float* a, const float* b, int64_t D) {
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::Half* p) {  // IEEE half -> float, exact
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+template <typename T>
+inline float dot(const float* a, const T* b, int64_t D) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t d = 0;
   for (; d + 32 <= D; d += 32) {
-    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d + 16), _mm512_loadu_ps(b + d + 16), acc1);
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), load16(b + d), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d + 16), load16(b + d + 16), acc1);
   }
-  if (d < D) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc0);
+  if (d < D) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), load16(b + d), acc0);
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 #endif
@@ -48,18 +55,20 @@ inline void cells(int64_t span, F&& visit) {
   for (int64_t s = kStreams * run; s < span; ++s) visit(s, -1);
 }
 
-void one_head(const float* q, const float* k, const float* v, const bool* mask, int64_t span, int64_t D,
+template <typename T>
+void one_head(const float* q, const T* k, const T* v, const bool* mask, int64_t span, int64_t D,
               float scale, float* out, std::vector<float>& scores) {
+  const int64_t line = 64 / sizeof(T);  // elements per cache line
   float peak = -std::numeric_limits<float>::infinity();
   cells(span, [&](int64_t s, int64_t ahead) {
     if (ahead >= 0)
-      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(k + ahead * D + d, 0, 3);
+      for (int64_t d = 0; d < D; d += line) __builtin_prefetch(k + ahead * D + d, 0, 3);
     if (!mask[s]) return;
 #ifdef DSM_AVX512
     const float score = dot(q, k + s * D, D) * scale;
 #else
     float score = 0.f;
-    for (int64_t d = 0; d < D; ++d) score += q[d] * k[s * D + d];
+    for (int64_t d = 0; d < D; ++d) score += q[d] * static_cast<float>(k[s * D + d]);
     score *= scale;
 #endif
     scores[s] = score;
@@ -77,10 +86,10 @@ void one_head(const float* q, const float* k, const float* v, const bool* mask, 
   for (int64_t i = 0; i < lanes; ++i) acc[i] = _mm512_setzero_ps();
   cells(span, [&](int64_t s, int64_t ahead) {
     if (ahead >= 0)
-      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(v + ahead * D + d, 0, 3);
+      for (int64_t d = 0; d < D; d += line) __builtin_prefetch(v + ahead * D + d, 0, 3);
     if (!mask[s]) return;
     const __m512 p = _mm512_set1_ps(scores[s]);
-    for (int64_t i = 0; i < lanes; ++i) acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + s * D + i * 16), acc[i]);
+    for (int64_t i = 0; i < lanes; ++i) acc[i] = _mm512_fmadd_ps(p, load16(v + s * D + i * 16), acc[i]);
   });
   const __m512 inv = _mm512_set1_ps(1.f / total);
   for (int64_t i = 0; i < lanes; ++i) _mm512_storeu_ps(out + i * 16, _mm512_mul_ps(acc[i], inv));
@@ -88,20 +97,22 @@ void one_head(const float* q, const float* k, const float* v, const bool* mask, 
   for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
   for (int64_t s = 0; s < span; ++s) {
     if (!mask[s]) continue;
-    for (int64_t d = 0; d < D; ++d) out[d] += scores[s] * v[s * D + d];
+    for (int64_t d = 0; d < D; ++d) out[d] += scores[s] * static_cast<float>(v[s * D + d]);
   }
   for (int64_t d = 0; d < D; ++d) out[d] /= total;
 #endif
 }
 
-// q [B, H, 1, D]; keys, values [B, H, C, D] (the ring); mask [B, 1, 1, span] bool (span <= C) -> [B, H, 1, D].
+// q [B, H, 1, D] float32; keys, values [B, H, C, D] (the ring), float32 or float16; mask [B, 1, 1, span] bool
+// (span <= C) -> [B, H, 1, D] float32.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
                             const at::Tensor& mask) {
   TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat && q.is_contiguous(),
               "q: contiguous float32 [B, H, 1, D]");
-  TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 4 && keys.scalar_type() == at::kFloat &&
-                  values.scalar_type() == at::kFloat && keys.is_contiguous() && values.is_contiguous(),
-              "keys, values: contiguous float32 [B, H, C, D]");
+  TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 4 && keys.scalar_type() == values.scalar_type() &&
+                  (keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kHalf) && keys.is_contiguous() &&
+                  values.is_contiguous(),
+              "keys, values: contiguous float32 or float16 [B, H, C, D]");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(3), C = keys.size(2);
   TORCH_CHECK(keys.size(0) == B && keys.size(1) == H && keys.size(3) == D, "keys must be [B, H, C, D]");
   TORCH_CHECK(D % 16 == 0 && D <= kMaxDim, "head dim must be a multiple of 16, at most 256");
@@ -112,21 +123,64 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   at::Tensor out = at::empty_like(q);
   const float* qp = q.data_ptr<float>();
-  const float* kp = keys.data_ptr<float>();
-  const float* vp = values.data_ptr<float>();
   const bool* mp = mask.data_ptr<bool>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scores(std::max<int64_t>(span, 1));
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / H;
-      one_head(qp + i * D, kp + i * C * D, vp + i * C * D, mp + b * span, span, D, scale, op + i * D, scores);
-    }
-  });
+  auto run = [&](auto* kp, auto* vp) {
+    at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<float> scores(std::max<int64_t>(span, 1));
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / H;
+        one_head(qp + i * D, kp + i * C * D, vp + i * C * D, mp + b * span, span, D, scale, op + i * D, scores);
+      }
+    });
+  };
+  if (keys.scalar_type() == at::kHalf)
+    run(keys.data_ptr<at::Half>(), values.data_ptr<at::Half>());
+  else
+    run(keys.data_ptr<float>(), values.data_ptr<float>());
   return out;
+}
+
+// Store one step: keys[b, h, cells[b]] = k[b, h, 0] (and values from v), converted to the ring's dtype. torch's
+// scatter_ into a float16 tensor takes a slow generic path (~0.5 ms per call here, vs ~10 us in float32).
+void ring_write(at::Tensor keys, at::Tensor values, const at::Tensor& k, const at::Tensor& v,
+                const at::Tensor& cells) {
+  TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 4 && keys.is_contiguous() && values.is_contiguous() &&
+                  keys.scalar_type() == values.scalar_type() &&
+                  (keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kHalf),
+              "keys, values: contiguous float32 or float16 [B, H, C, D]");
+  const int64_t B = keys.size(0), H = keys.size(1), C = keys.size(2), D = keys.size(3);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(2) == 1 &&
+                  k.size(3) == D && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
+                  k.is_contiguous() && v.is_contiguous(),
+              "k, v: contiguous float32 [B, H, 1, D]");
+  TORCH_CHECK(cells.dim() == 1 && cells.size(0) == B && cells.scalar_type() == at::kLong, "cells: int64 [B]");
+  const int64_t* cp = cells.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(cp[b] >= 0 && cp[b] < C, "cell out of range");
+  auto store = [&](auto* ring, const float* src) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        auto* dst = ring + ((b * H + h) * C + cp[b]) * D;
+        const float* from = src + (b * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) dst[d] = from[d];
+      }
+  };
+  if (keys.scalar_type() == at::kHalf) {
+    store(keys.data_ptr<at::Half>(), k.data_ptr<float>());
+    store(values.data_ptr<at::Half>(), v.data_ptr<float>());
+  } else {
+    store(keys.data_ptr<float>(), k.data_ptr<float>());
+    store(values.data_ptr<float>(), v.data_ptr<float>());
+  }
 }
 
 }  // namespace
 
-TORCH_LIBRARY(dsmcli_attn, m) { m.def("decode(Tensor q, Tensor keys, Tensor values, Tensor mask) -> Tensor"); }
-TORCH_LIBRARY_IMPL(dsmcli_attn, CPU, m) { m.impl("decode", &decode_attention); }
+TORCH_LIBRARY(dsmcli_attn, m) {
+  m.def("decode(Tensor q, Tensor keys, Tensor values, Tensor mask) -> Tensor");
+  m.def("write(Tensor(a!) keys, Tensor(b!) values, Tensor k, Tensor v, Tensor cells) -> ()");
+}
+TORCH_LIBRARY_IMPL(dsmcli_attn, CPU, m) {
+  m.impl("decode", &decode_attention);
+  m.impl("write", &ring_write);
+}
