@@ -85,6 +85,29 @@ def test_wav_is_finalized_on_ctrl_c(tmp_path):
     assert (info.frames, info.samplerate, info.channels) == (3 * 1920, SAMPLE_RATE, 1)
 
 
+def test_ctrl_c_between_a_write_and_its_count_still_sizes_the_header(tmp_path, monkeypatch):
+    """The interrupt can land after the bytes reached the file and before ``frames`` counted them (seen in the
+    speak Ctrl-C test); the header is sized from the file, and a trailing partial sample is cut."""
+    path = tmp_path / "late.wav"
+    writer = WavWriter(path, SAMPLE_RATE, channels=2)
+    writer.write(np.zeros((1920, 2), np.float32))
+    original = writer._put
+
+    def put_then_interrupt(data: bytes) -> None:
+        original(data)
+        raise KeyboardInterrupt  # after the bytes, before `self.frames += ...`
+
+    monkeypatch.setattr(writer, "_put", put_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write(np.ones((1920, 2), np.float32) * 0.5)
+    writer.stream.write(b"\x01\x02\x03")  # and a torn sample frame
+    writer.close()
+    data = path.read_bytes()
+    assert data[:44] == header(SAMPLE_RATE, 2, 2 * 1920 * 4) and len(data) == 44 + 2 * 1920 * 4
+    back, _ = soundfile.read(path, dtype="float32")
+    assert back.shape == (3840, 2) and np.allclose(back[1920:], 0.5, atol=1 / 32768)
+
+
 def test_streaming_header_on_a_pipe_and_read_back():
     read_fd, write_fd = os.pipe()
     received = bytearray()

@@ -184,8 +184,25 @@ class WavWriter(_ByteSink):
             raise OutputError(f"cannot write {self.name}: {error.strerror or error}") from error
 
     def _finalize(self) -> None:
+        self._count_written_frames()
         self._patch_sizes()
         self.stream.flush()
+
+    def _count_written_frames(self) -> None:
+        """Size the header by what the file holds: a Ctrl-C can land after a write and before ``frames`` counts
+        it. A trailing partial sample frame (an interrupted write) is cut."""
+        if self._header_at is None:
+            return
+        frame_bytes = self.channels * PCM16_BYTES
+        try:
+            self.stream.flush()
+            written = self.stream.seek(0, os.SEEK_END) - self._header_at - WAV_HEADER_BYTES
+            self.frames = max(0, written) // frame_bytes
+            if written % frame_bytes:
+                self.stream.truncate(self._header_at + WAV_HEADER_BYTES + self.frames * frame_bytes)
+                self.stream.seek(0, os.SEEK_END)
+        except OSError as error:
+            raise OutputError(f"cannot write {self.name}: {error.strerror or error}") from error
 
 
 class SoundfileWriter(AudioSink):
