@@ -13,7 +13,7 @@ holds and the attention mask. A layer then only writes its key/value row (:meth:
 * :meth:`KVRings.attend`: SDPA over the attended cells, or with ``native_attention`` (float32 models on CPU, head
   dims a multiple of 16) the kernel ``dsmcli/kernels/decode_attention.cpp`` over rings stored in float16: half
   the bytes of the KV reads that dominate a step once the window is full (~200 MB per stt-1b step at batch 1,
-  3.2 GB at batch 16), read as several concurrent streams (~2x SDPA's 1-row GEMMs on float32 rings, ~4x with
+  3.2 GB at batch 16), read as several concurrent streams (~2x SDPA's 1-row GEMMs on float32 rings, 2.5-3x with
   float16). Attention outputs then differ from float32 SDPA by ~3e-4 relative (float16 keys and values), so
   only the int8 path uses it; the default path keeps SDPA and stays bit-exact with the reference.
 """
