@@ -7,11 +7,12 @@ derived tables, rebuilt whenever a state dict is loaded (or by :meth:`ResidualVQ
 
 Distances use the augmented-matmul form ``[-2x, |x|², 1] · [e, 1, |e|²]`` (then clamp ≥ 0, sqrt)
 that ``torch.cdist`` uses for large codebooks; the augmented table is precomputed once. Many rows (one-shot
-encoding) and small tables go through the same BLAS product as ``torch.cdist``, bit for bit; a streaming
-step's few rows against a released-size table go through :func:`dsmcli.codec.kernels.linear` (the table
-streamed at memory speed; all levels in one native call, :func:`dsmcli.codec.kernels.rvq_encode`), whose
-distances differ from cdist's by float rounding: codes can then differ only where two centroids are within
-that rounding of each other (see tests/test_codec_kernels.py).
+encoding), small tables and machines without the native kernels go through the same BLAS product as
+``torch.cdist``, bit for bit; a streaming step's few rows against a released-size table go through
+:func:`dsmcli.codec.kernels.rvq_encode` (all levels in one native call, the table streamed at memory speed by
+the product of :func:`dsmcli.codec.kernels.linear`), whose distances differ from cdist's by float rounding:
+codes can then differ only where two centroids are within that rounding of each other (see
+tests/test_codec_kernels.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from dsmcli.codec.config import QuantizerConfig
-from dsmcli.codec.kernels import linear, rvq_encode
+from dsmcli.codec.kernels import rvq_encode
 
 
 class Codebook(nn.Module):
@@ -89,8 +90,8 @@ class ResidualVQ(nn.Module):
 
         Each level writes the augmented rows ``[-2x, |x|², 1]`` ``[N, dim + 2]`` into one preallocated
         buffer, multiplies them by the level's augmented table and takes the argmin of the clamped
-        square roots (ties: lowest index): the reference's ``torch.cdist`` arithmetic (see the module docstring
-        for the product).
+        square roots (ties: lowest index): the reference's ``torch.cdist`` arithmetic, bit for bit, unless
+        :func:`~dsmcli.codec.kernels.rvq_encode` takes the step (see the module docstring).
         """
         batch, _, steps = latent.shape
         residual = self.input_proj(latent).transpose(1, 2).reshape(batch * steps, -1)  # [N, dim]
@@ -99,12 +100,13 @@ class ResidualVQ(nn.Module):
             return fused.view(num_levels, batch, steps).transpose(0, 1)
         dim = self.dimension
         augmented = residual.new_ones(residual.shape[0], dim + 2)
+        distances = residual.new_empty(residual.shape[0], self.bins)
         codes = residual.new_empty(num_levels, residual.shape[0], dtype=torch.long)
         for level in range(num_levels):
             torch.mul(residual, -2.0, out=augmented[:, :dim])
             augmented[:, dim] = residual.pow(2).sum(-1)
             table = self.augmented_table[level]
-            distances = linear(augmented, table)  # = augmented @ table.T
+            torch.mm(augmented, table.t(), out=distances)
             torch.argmin(distances.clamp_min_(0.0).sqrt_(), dim=-1, out=codes[level])
             if level + 1 < num_levels:
                 residual = residual - table[:, :dim].index_select(0, codes[level])
