@@ -49,6 +49,8 @@ def _cpu_flags() -> str:
 
 def _build_key(source: Path) -> str:
     digest = hashlib.sha256(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):  # the shared headers the sources include
+        digest.update(header.read_bytes())
     digest.update(f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}|{sys.version_info[:2]}|{CFLAGS}".encode())
     return digest.hexdigest()[:16]
 

@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <limits>
 #include <vector>
+
+#include "streams.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define DSM_AVX512 1
@@ -22,7 +24,7 @@
 
 namespace {
 
-constexpr int64_t kStreams = 8;    // cells read side by side (see cells())
+using dsm::kStreams;               // cells read side by side (see cells() and streams.h)
 constexpr int64_t kAhead = 4;      // a stream's cells prefetched ahead of the one being read
 constexpr int64_t kMaxDim = 256;   // head dims up to this (a multiple of 16)
 

@@ -15,6 +15,8 @@
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include "streams.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define DSM_AVX512 1
@@ -22,7 +24,7 @@
 
 namespace {
 
-constexpr int64_t kStreams = 8;               // weight rows read side by side (see int8_linear.cpp)
+using dsm::kStreams;                          // weight rows read side by side (streams.h)
 constexpr int64_t kBytesPerTask = 512 * 1024;  // parallel grain: long runs per thread stream best
 
 #ifdef DSM_AVX512
@@ -98,15 +100,8 @@ void weight_rows(const float* x, int64_t M, const float* w, const float* bias, f
 // y [M, N] = x [M, K] @ w [N, K].T (+ bias), on at::parallel_for threads.
 void product(const float* x, int64_t M, const float* w, const float* bias, float* y, int64_t N, int64_t K) {
   const int64_t grain = std::max<int64_t>(kStreams, kBytesPerTask / std::max<int64_t>(1, K * 4));
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    // the task's rows as kStreams runs of `run` consecutive rows, read side by side (the rest one at a time)
-    const int64_t run = (n1 - n0) / kStreams;
-    int64_t rows[kStreams];
-    for (int64_t i = 0; i < run; ++i) {
-      for (int64_t j = 0; j < kStreams; ++j) rows[j] = n0 + j * run + i;
-      weight_rows(x, M, w, bias, y, N, rows, kStreams, K);
-    }
-    for (int64_t n = n0 + kStreams * run; n < n1; ++n) weight_rows(x, M, w, bias, y, N, &n, 1, K);
+  dsm::for_row_streams(N, grain, [&](const int64_t* rows, int64_t count) {
+    weight_rows(x, M, w, bias, y, N, rows, count, K);
   });
 }
 

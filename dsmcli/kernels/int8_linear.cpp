@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+
+#include "streams.h"
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 #define DSM_VNNI 1
@@ -22,11 +24,7 @@
 
 namespace {
 
-// Weight rows are read kStreams at a time, one from each of kStreams far-apart runs of consecutive rows, so each
-// thread keeps kStreams long sequential memory streams going. That is what lets the hardware prefetchers reach
-// the machine's bandwidth: adjacent rows read side by side (2-6 KB apart) looked like one or two streams and
-// got ~60 % of it (an A/B on the stt-1b layer shapes, batch 1, 2 threads: 38 -> 31 ms, bit-identical output).
-constexpr int64_t kStreams = 8;
+using dsm::kStreams;  // weight rows read side by side (streams.h)
 constexpr int64_t kRowsPerTask = 512;  // parallel grain: long runs per thread stream best
 constexpr int64_t kMaxGroup = 256;    // keeps every intermediate of a group's integer dot product in int32
 constexpr int64_t kGroupMultiple = 64;
@@ -169,15 +167,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const float* sp = scales.data_ptr<float>();
   const int32_t* ws = wsum.data_ptr<int32_t>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, kRowsPerTask, [&](int64_t n0, int64_t n1) {
-    // the task's rows as kStreams runs of `run` consecutive rows, read side by side (the rest one at a time)
-    const int64_t run = (n1 - n0) / kStreams;
-    int64_t rows[kStreams];
-    for (int64_t i = 0; i < run; ++i) {
-      for (int64_t j = 0; j < kStreams; ++j) rows[j] = n0 + j * run + i;
-      weight_rows(x_rows, M, wp, sp, ws, yp, N, rows, kStreams, K, group_size);
-    }
-    for (int64_t n = n0 + kStreams * run; n < n1; ++n) weight_rows(x_rows, M, wp, sp, ws, yp, N, &n, 1, K, group_size);
+  dsm::for_row_streams(N, kRowsPerTask, [&](const int64_t* rows, int64_t count) {
+    weight_rows(x_rows, M, wp, sp, ws, yp, N, rows, count, K, group_size);
   });
   return y;
 }
