@@ -42,16 +42,24 @@ def test_conv1d_keeps_native_for_grouped_and_thin_inputs():
     assert torch.equal(kernels.conv1d(x[:, :1], thin, None), F.conv1d(x[:, :1], thin, None))
 
 
-def test_quantizer_one_row_matches_cdist_including_exact_ties():
-    torch.manual_seed(0)
-    config = QuantizerConfig(dimension=16, n_q=4, bins=64, input_dimension=16, output_dimension=16)
+def _random_rvq(dim: int, bins: int, tie: tuple[int, int]) -> ResidualVQ:
+    """4 levels of random centroids, level 0's ``tie[1]`` a copy of its ``tie[0]``; identity input projection."""
+    config = QuantizerConfig(dimension=dim, n_q=4, bins=bins, input_dimension=dim, output_dimension=dim)
     rvq = ResidualVQ(config, num_levels=4)
     with torch.no_grad():
         for level in rvq.vq.layers:
             level._codebook.embedding_sum.normal_()
-        rvq.vq.layers[0]._codebook.embedding_sum[40] = rvq.vq.layers[0]._codebook.embedding_sum[7]  # a tie
-        rvq.input_proj.weight.copy_(torch.eye(16)[:, :, None])
+        first = rvq.vq.layers[0]._codebook.embedding_sum
+        first[tie[1]] = first[tie[0]]
+        rvq.input_proj.weight.copy_(torch.eye(dim)[:, :, None])
         rvq.refresh()
+    return rvq
+
+
+def test_quantizer_one_row_matches_cdist_including_exact_ties():
+    torch.manual_seed(0)
+    rvq = _random_rvq(16, 64, tie=(7, 40))
+    with torch.no_grad():
         first = rvq.centroids(0)
         latents = [first[7][None, :, None] + 1e-3 * torch.randn(1, 16, 1) for _ in range(8)]
         latents += [torch.randn(1, 16, 1) for _ in range(32)]
@@ -120,14 +128,8 @@ def test_quantizer_with_native_distances_matches_cdist_away_from_rounding_ties()
     ``torch.cdist``'s nearest centroid wherever its top-2 gap exceeds float rounding; identical centroids still
     resolve to the lower index."""
     torch.manual_seed(3)
-    config = QuantizerConfig(dimension=256, n_q=4, bins=2048, input_dimension=256, output_dimension=256)
-    rvq = ResidualVQ(config, num_levels=4)
+    rvq = _random_rvq(256, 2048, tie=(11, 900))
     with torch.no_grad():
-        for level in rvq.vq.layers:
-            level._codebook.embedding_sum.normal_()
-        rvq.vq.layers[0]._codebook.embedding_sum[900] = rvq.vq.layers[0]._codebook.embedding_sum[11]  # a tie
-        rvq.input_proj.weight.copy_(torch.eye(256)[:, :, None])
-        rvq.refresh()
         latents = [rvq.centroids(0)[11][None, :, None] + 1e-3 * torch.randn(1, 256, 1) for _ in range(4)]
         latents += [torch.randn(1, 256, 1) for _ in range(28)]
         checked = 0
