@@ -17,7 +17,10 @@ from torch import Tensor, nn
 
 from dsmcli.codec.config import TransformerConfig
 from dsmcli.codec.kernels import linear
+from dsmcli.kernels import mimi_transformer_op
+from dsmcli.nn.norms import LAYER_NORM_EPS
 from dsmcli.nn import (
+    NormKind,
     RingKVCache,
     attend,
     causal_attend,
@@ -152,6 +155,23 @@ class MimiTransformer(nn.Module):
         cos, sin = rope_angles(positions, self.config.head_dim, self.config.max_period)  # [B, 1, T, D/2]
         return cos.transpose(1, 2)[:, :, None], sin.transpose(1, 2)[:, :, None]
 
+    def _native_fits(self, x: Tensor, state: TransformerState) -> bool:
+        keys = state.caches[0].keys
+        return (x.device.type == "cpu" and x.dtype == keys.dtype == torch.float32 and self.config.norm is NormKind.LAYER_NORM
+                and self.transformer.layers[0].self_attn.in_proj_weight.dtype == torch.float32)
+
+    def _native_weights(self) -> list[Tensor]:
+        """Per layer, in the native op's order: in_proj, out_proj, linear1, linear2, norm1 w/b, norm2 w/b, layer
+        scales (ones where the model has none)."""
+        weights = []
+        for layer in self.transformer.layers:
+            ones = torch.ones(self.config.d_model)
+            scales = [ls.scale if isinstance(ls, LayerScale) else ones for ls in (layer.layer_scale_1, layer.layer_scale_2)]
+            weights += [layer.self_attn.in_proj_weight, layer.self_attn.out_proj.weight, layer.linear1.weight,
+                        layer.linear2.weight, layer.norm1.weight, layer.norm1.bias, layer.norm2.weight,
+                        layer.norm2.bias, *scales]
+        return [w.detach() for w in weights]
+
     def _project_in(self, x: Tensor) -> Tensor:
         x = x.transpose(1, 2)
         return x if self.input_proj is None else self.input_proj(x)
@@ -177,11 +197,21 @@ class MimiTransformer(nn.Module):
         return TransformerState(caches, torch.zeros(batch_size, dtype=torch.long, device=weight.device))
 
     def step(self, x: Tensor, state: TransformerState, active: Tensor | None = None) -> Tensor:
-        """Streaming step over ``x`` ``[B, C, T]``; inactive slots keep their state."""
+        """Streaming step over ``x`` ``[B, C, T]``; inactive slots keep their state. On CPU in float32 the whole
+        step is one native call (``dsmcli/kernels/mimi_transformer.cpp``: the same arithmetic up to float
+        rounding), else it runs layer by layer."""
         x = self._project_in(x)
         steps = x.shape[1]
         slots = state.caches[0].claim(steps)  # every layer's ring is at the same place
         rope = self._rope(slots[1])
+        if self._native_fits(x, state) and (op := mimi_transformer_op()) is not None:
+            cos, sin = (None, None) if rope is None else (r.reshape(x.shape[0], steps, -1) for r in rope)
+            caches = state.caches
+            x = op(x, cos, sin, slots[1], slots[0], active, self._native_weights(),
+                   [c.keys for c in caches], [c.values for c in caches], [c.positions for c in caches],
+                   [c.end for c in caches], self.config.num_heads, self.config.context, LAYER_NORM_EPS)
+            state.offset.add_(steps if active is None else active.long() * steps)
+            return self._project_out(x)
         mask = None
         for layer, cache in zip(self.transformer.layers, state.caches):
             x, mask = layer.step(x, rope, slots, cache, mask, active)

@@ -4,6 +4,8 @@
 * ``fp32_linear_op()``: ``torch.ops.dsmcli_fp32.linear`` (``fp32_linear.cpp``), a few float32 rows against a
   large float32 weight (Mimi's streaming steps); ``rvq_encode_op()``: ``torch.ops.dsmcli_fp32.rvq_encode`` from
   the same file, Mimi's residual quantizer on that product.
+* ``mimi_transformer_op()``: ``torch.ops.dsmcli_mimi.transformer_step`` (``mimi_transformer.cpp``), a whole
+  streaming step of Mimi's transformer in one call.
 * ``decode_attention_op()``: ``torch.ops.dsmcli_attn.decode`` (``decode_attention.cpp``), one query step per slot
   and head over a float32 or float16 KV ring (the int8 LM's attention); ``ring_write_op()``:
   ``torch.ops.dsmcli_attn.write`` from the same file, a step's keys and values into such a ring.
@@ -97,6 +99,13 @@ def fp32_linear_op() -> Callable | None:
 def rvq_encode_op() -> Callable | None:
     """The compiled ``rvq_encode(x [M, D] f32, tables [L, bins, D + 2] f32) -> codes [L, M] i64`` op, or None."""
     return None if fp32_linear_op() is None else torch.ops.dsmcli_fp32.rvq_encode
+
+
+@functools.cache
+def mimi_transformer_op() -> Callable | None:
+    """The compiled ``transformer_step(x [B, T, d], cos, sin, q_pos, cells, active, weights, keys, values, positions,
+    ends, num_heads, context, eps) -> [B, T, d]`` op (see ``mimi_transformer.cpp``), or None."""
+    return _load("dsmcli_mimi", "mimi_transformer.cpp", "Mimi streaming", "transformer_step")
 
 
 @functools.cache
