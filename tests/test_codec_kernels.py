@@ -148,3 +148,32 @@ def test_quantizer_with_native_distances_matches_cdist_away_from_rounding_ties()
         assert checked >= 120
         steps = torch.cat(latents[4:8], dim=-1)  # 4 rows in one call: each row's codes as when alone
         assert torch.equal(rvq.encode(steps, 4), torch.cat([rvq.encode(latent, 4) for latent in latents[4:8]], -1))
+
+
+@needs_native
+def test_screened_quantizer_gives_the_exact_kernels_codes_bit_for_bit():
+    """The bfloat16 screen only skips centroids that cannot win: its codes equal the all-float32 kernel's on
+    exact ties, one-ulp near-ties, midpoints between centroids, zero and tiny or huge residuals, 1-16 rows."""
+    torch.manual_seed(5)
+    rvq = _random_rvq(256, 2048, tie=(11, 900))
+    with torch.no_grad():
+        table = rvq.vq.layers[1]._codebook.embedding_sum
+        table[6] = table[5]
+        table[6, 0] = torch.nextafter(table[5, 0], torch.tensor(float("inf")))  # a one-ulp neighbour
+        rvq.refresh()
+        tables = rvq.augmented_table
+        screen = kernels.screen_tables(tables)
+        centroids = [rvq.centroids(level) for level in range(4)]
+        rows = [torch.zeros(256), centroids[0][11] + 1e-4 * torch.randn(256), centroids[1][5].clone()]
+        rows += [(centroids[0][a] + centroids[0][b]) / 2 for a, b in torch.randint(0, 2048, (40, 2)).tolist()]
+        rows += [(centroids[0][a] + centroids[0][b]) / 2 + centroids[1][5] for a, b in [(3, 4), (11, 12)]]
+        rows += [scale * torch.randn(256) for scale in (1e-6, 1e-3, 0.03, 1.0, 100.0) for _ in range(6)]
+        x = torch.stack(rows)
+        for count in (1, 3, 16):
+            for start in range(0, len(rows) - count + 1, count):
+                chunk = x[start : start + count].contiguous()
+                assert torch.equal(torch.ops.dsmcli_fp32.rvq_encode_screened(chunk, tables, *screen),
+                                   torch.ops.dsmcli_fp32.rvq_encode(chunk, tables)), (count, start)
+        # ResidualVQ.encode takes the screened kernel for a streaming step's rows
+        latent = x[3:4].t()[None]  # [1, 256, 1]
+        assert torch.equal(rvq.encode(latent, 4)[0, :, 0], torch.ops.dsmcli_fp32.rvq_encode(x[3:4], tables)[:, 0])

@@ -29,6 +29,8 @@ from the reference's by ~3e-7 (codes identical on the real-size test fixture, se
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,13 +59,33 @@ def _native_fits(x: Tensor, weight: Tensor, rows: int) -> bool:
             and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES)
 
 
-def rvq_encode(residual: Tensor, tables: Tensor) -> Tensor | None:
+def rvq_encode(residual: Tensor, tables: Tensor, screen: Callable[[], tuple[Tensor, ...]] | None = None) -> Tensor | None:
     """Codes ``[L, N]`` of the residual quantizer over ``tables`` ``[L, bins, dim + 2]`` (augmented centroid rows)
     for ``residual`` ``[N, dim]``, by the native kernel (the arithmetic of :meth:`ResidualVQ.encode` with the
-    product of :func:`linear`, no Python round trip per level); None where :func:`linear` would not go native."""
+    product of :func:`linear`, no Python round trip per level); None where :func:`linear` would not go native.
+
+    With ``screen`` (returning :func:`screen_tables` of the tables, or of more levels) the kernel reads the centroids as bfloat16 first and
+    computes exact distances only for the centroids that rounding leaves in the running: the same codes, bit for
+    bit, from about half the memory traffic."""
     if not _native_fits(residual, tables[0], residual.shape[0]) or (op := rvq_encode_op()) is None:
         return None
+    if screen is not None and residual.shape[-1] % 16 == 0:
+        levels = tables.shape[0]
+        return torch.ops.dsmcli_fp32.rvq_encode_screened(residual.contiguous(), tables.contiguous(),
+                                                         *(t[:levels] for t in screen()))
     return op(residual.contiguous(), tables.contiguous())
+
+
+def screen_tables(tables: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For augmented ``tables`` ``[L, bins, dim + 2]``: the centroids as bfloat16 ``[L, bins, dim]``, the norm of
+    their rounding error and the centroids' norms ``[L, bins]`` (float32, rounded up: upper bounds), and the tables'
+    ``|e|^2`` column ``[L, bins]``."""
+    centroids = tables[..., :-2]
+    rounded = centroids.to(torch.bfloat16)
+    up = 1 + 1e-6
+    slack = ((centroids.double() - rounded.double()).norm(dim=-1) * up).float()
+    norms = (centroids.double().norm(dim=-1) * up).float()
+    return rounded.contiguous(), slack.contiguous(), norms.contiguous(), tables[..., -1].contiguous()
 
 
 def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, dilation: int = 1,

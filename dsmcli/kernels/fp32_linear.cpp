@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "fp32_product.h"
@@ -83,13 +84,142 @@ at::Tensor rvq_encode(const at::Tensor& x, const at::Tensor& tables) {
   return codes;
 }
 
+#ifdef DSM_AVX512
+// x [D] . e16[row] for the weight rows rows[0..NB) side by side (e16: bfloat16 [N, D], widened to float32 exactly).
+template <int NB>
+inline void screen_tile(const float* x, const uint16_t* e16, int64_t D, int64_t N, const int64_t* rows, float* out) {
+  const uint16_t* er[NB];
+  const char* next[NB];
+  __m512 acc[NB];
+  for (int j = 0; j < NB; ++j) {
+    er[j] = e16 + rows[j] * D;
+    next[j] = reinterpret_cast<const char*>(e16 + std::min(rows[j] + 1, N - 1) * D);
+    acc[j] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < D; k += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    for (int j = 0; j < NB; ++j) {
+      if ((k & 31) == 0) _mm_prefetch(next[j] + k * 2, _MM_HINT_T0);
+      const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(er[j] + k));
+      acc[j] = _mm512_fmadd_ps(xv, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16)), acc[j]);
+    }
+  }
+  for (int j = 0; j < NB; ++j) out[rows[j]] = _mm512_reduce_add_ps(acc[j]);
+}
+
+// out[m, n] = x[m] . e16[n] (x [M, D]: the float32 rows -2r) for the weight rows rows[0..count).
+void screen_rows(const float* x, int64_t M, const uint16_t* e16, int64_t D, const int64_t* rows, int64_t count,
+                 float* out, int64_t N) {
+  for (int64_t m = 0; m < M; ++m) {
+    if (count == dsm::kStreams)
+      screen_tile<dsm::kStreams>(x + m * D, e16, D, N, rows, out + m * N);
+    else
+      for (int64_t j = 0; j < count; ++j) screen_tile<1>(x + m * D, e16, D, N, rows + j, out + m * N);
+  }
+}
+#endif
+
+// rvq_encode's codes, bit for bit, reading the centroids mostly as bfloat16 (half the bytes). Per level and row:
+// approximate distances a[n] from the bfloat16 table `screen` [L, bins, D], each within
+//   bound[n] = 2 |r| |e[n] - e16[n]| + 2 K 2^-24 (2 |r| |e[n]| (1 + 2^-8) + |r|^2 + |e[n]|^2)
+// of the exact real value (the table's rounding error, whose norm `slack` [L, bins] holds, by Cauchy-Schwarz;
+// then float32 summation error, generously, for this sum and for rvq_encode's); `norms` [L, bins] holds |e[n]|,
+// `squares` [L, bins] the tables' |e[n]|^2 column (contiguous: read from the tables it costs a cache miss a row).
+// Only the centroids with a[n] - bound[n] <= max(0, min(a + bound)) (1 + 2^-20) can be rvq_encode's choice (the
+// widening covers distances that differ but whose clamped square roots round equal); their distances are then
+// computed exactly as rvq_encode does (the same tile, the same float order) and the same rule picks the code.
+at::Tensor rvq_encode_screened(const at::Tensor& x, const at::Tensor& tables, const at::Tensor& screen,
+                               const at::Tensor& slack, const at::Tensor& norms, const at::Tensor& squares) {
+#ifdef DSM_AVX512
+  const int64_t M = x.size(0), D = x.size(1), L = tables.size(0), bins = tables.size(1), K = D + 2;
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && M <= 16, "x: float32 [M <= 16, D]");
+  TORCH_CHECK(tables.dim() == 3 && tables.scalar_type() == at::kFloat && tables.is_contiguous() && tables.size(2) == K,
+              "tables: contiguous float32 [L, bins, D + 2]");
+  TORCH_CHECK(screen.scalar_type() == at::kBFloat16 && screen.is_contiguous() && D % 16 == 0 &&
+                  screen.numel() == L * bins * D && slack.numel() == L * bins && norms.numel() == L * bins &&
+                  slack.scalar_type() == at::kFloat && norms.scalar_type() == at::kFloat && slack.is_contiguous() &&
+                  norms.is_contiguous() && squares.scalar_type() == at::kFloat && squares.is_contiguous() &&
+                  squares.numel() == L * bins,
+              "screen: bfloat16 [L, bins, D] (D a multiple of 16); slack, norms, squares: float32 [L, bins]");
+  at::Tensor codes = at::empty({L, M}, x.options().dtype(at::kLong));
+  std::vector<float> residual(x.data_ptr<float>(), x.data_ptr<float>() + M * D);
+  std::vector<float> scaled(M * D), augmented(K), approx(M * bins), exact(bins), s(M), low(bins), high(bins);
+  std::vector<int64_t> candidates;
+  int64_t* cp = codes.data_ptr<int64_t>();
+  const float summation = 2.f * static_cast<float>(K) * std::ldexp(1.f, -24);
+  const int64_t grain = std::max<int64_t>(dsm::kStreams, 512 * 1024 / (D * 2));
+  for (int64_t level = 0; level < L; ++level) {
+    const float* table = tables.data_ptr<float>() + level * bins * K;
+    const uint16_t* e16 = reinterpret_cast<const uint16_t*>(screen.data_ptr<at::BFloat16>()) + level * bins * D;
+    const float* error = slack.data_ptr<float>() + level * bins;
+    const float* norm = norms.data_ptr<float>() + level * bins;
+    const float* q = squares.data_ptr<float>() + level * bins;
+    for (int64_t m = 0; m < M; ++m) {
+      float total = 0.f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float r = residual[m * D + d];
+        scaled[m * D + d] = -2.f * r;
+        total += r * r;
+      }
+      s[m] = total;
+    }
+    dsm::for_row_streams(bins, grain, [&](const int64_t* rows, int64_t count) {
+      screen_rows(scaled.data(), M, e16, D, rows, count, approx.data(), bins);
+    });
+    for (int64_t m = 0; m < M; ++m) {
+      const float r_norm = std::sqrt(s[m]);
+      const float* dots = approx.data() + m * bins;
+      for (int64_t n = 0; n < bins; ++n) {  // a +- bound (plain loops: vectorized by the compiler)
+        const float a = dots[n] + s[m] + q[n];
+        const float bound = 2.f * r_norm * error[n] + summation * (2.f * r_norm * norm[n] * (1.f + 1.f / 256.f) +
+                                                                  s[m] + q[n]);
+        low[n] = a - bound;
+        high[n] = a + bound;
+      }
+      __m512 least = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+      int64_t n = 0;
+      for (; n + 16 <= bins; n += 16) least = _mm512_min_ps(least, _mm512_loadu_ps(high.data() + n));
+      float upper = _mm512_reduce_min_ps(least);
+      for (; n < bins; ++n) upper = std::min(upper, high[n]);
+      const float threshold = std::max(upper, 0.f) * (1.f + std::ldexp(1.f, -20));
+      candidates.clear();
+      for (n = 0; n < bins; ++n)
+        if (low[n] <= threshold) candidates.push_back(n);
+      // the exact distances of the candidates: rvq_encode's augmented row and tile
+      for (int64_t d = 0; d < D; ++d) augmented[d] = scaled[m * D + d];
+      augmented[D] = s[m];
+      augmented[D + 1] = 1.f;
+      int64_t best = -1;
+      float best_distance = 0.f;
+      for (const int64_t n : candidates) {  // ascending: ties keep the lowest index
+        dsm::fp32::tile<1, 1>(augmented.data(), 0, table, nullptr, exact.data(), bins, &n, K);
+        const float distance = std::sqrt(std::max(0.f, exact[n]));
+        if (best < 0 || distance < best_distance) {
+          best_distance = distance;
+          best = n;
+        }
+      }
+      cp[level * M + m] = best;
+      const float* centroid = table + best * K;
+      for (int64_t d = 0; d < D; ++d) residual[m * D + d] -= centroid[d];
+    }
+  }
+  return codes;
+#else
+  return rvq_encode(x, tables);
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dsmcli_fp32, m) {
   m.def("linear(Tensor x, Tensor w, Tensor? bias) -> Tensor");
   m.def("rvq_encode(Tensor x, Tensor tables) -> Tensor");
+  m.def("rvq_encode_screened(Tensor x, Tensor tables, Tensor screen, Tensor slack, Tensor norms, Tensor squares) "
+        "-> Tensor");
 }
 TORCH_LIBRARY_IMPL(dsmcli_fp32, CPU, m) {
   m.impl("linear", &fp32_linear);
   m.impl("rvq_encode", &rvq_encode);
+  m.impl("rvq_encode_screened", &rvq_encode_screened);
 }
