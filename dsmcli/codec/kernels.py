@@ -47,11 +47,17 @@ MIN_COLUMN_SIZE = 16  # C_in * kernel below this: the native kernel is as fast
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``x`` ``[..., K]``, ``weight`` ``[N, K]`` -> ``[..., N]`` (see the module
     docstring for when the native kernel runs)."""
+    out = native_linear(x, weight, bias)
+    return F.linear(x, weight, bias) if out is None else out
+
+
+def native_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | None:
+    """:func:`linear` by the native kernel, or None where :func:`linear` would use ``F.linear``."""
     rows = x.numel() // max(1, x.shape[-1])
-    if _native_fits(x, weight, rows) and (op := fp32_linear_op()) is not None:
-        out = op(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)
-        return out.view(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight, bias)
+    if not _native_fits(x, weight, rows) or (op := fp32_linear_op()) is None:
+        return None
+    out = op(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def _native_fits(x: Tensor, weight: Tensor, rows: int) -> bool:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
-from dsmcli.codec.config import SEANetConfig
+from dsmcli.codec.config import PadMode, SEANetConfig
 from dsmcli.codec.conv import CausalConv1d, CausalConvTranspose1d, ConvState, SlotState
+from dsmcli.kernels import seanet_step_op
+
+ELU, CONV, PUSH, ADD = 0, 1, 2, 3  # the native step's program (dsmcli/kernels/seanet_step.cpp)
 
 
 @dataclass
@@ -99,7 +103,7 @@ class SEANetEncoder(_LayerStack):
 
     def __init__(self, config: SEANetConfig):
         super().__init__()
-        c = config
+        self.config = c = config
         width = c.n_filters
         layers: list[nn.Module] = [CausalConv1d(c.channels, width, c.kernel_size, pad_mode=c.pad_mode)]
         for ratio in reversed(c.ratios):
@@ -109,6 +113,54 @@ class SEANetEncoder(_LayerStack):
             width *= 2
         layers += [nn.ELU(c.elu_alpha), CausalConv1d(width, c.dimension, c.last_kernel_size, pad_mode=c.pad_mode)]
         self.model = nn.ModuleList(layers)
+
+    def step(self, x: Tensor, state: LayerStates, active: Tensor | None = None) -> Tensor:
+        """Streaming step; on CPU in float32 one native call (``dsmcli/kernels/seanet_step.cpp``: the same
+        arithmetic up to float rounding), else layer by layer."""
+        if x.device.type == "cpu" and x.dtype == torch.float32 and (plan := self._native_plan()) is not None:
+            if (op := seanet_step_op()) is not None:
+                program, convs = plan
+                tails = [conv_state.previous for conv_state in _conv_states(self.model, state)]
+                layers = [conv.layer for conv in convs]
+                return op(x, program, [layer.weight for layer in layers], [layer.bias for layer in layers], tails,
+                          [conv.stride for conv in convs], [conv.dilation for conv in convs], active,
+                          self.config.elu_alpha)
+        return super().step(x, state, active)
+
+    def _native_plan(self) -> tuple[list[int], list[CausalConv1d]] | None:
+        """The layers as the native step's program and its convs in order, or None if a layer does not fit it
+        (a residual shortcut conv, the replicate pad mode, grouped convs, another activation)."""
+        program: list[int] = []
+        convs: list[CausalConv1d] = []
+
+        def add(layer: nn.Module) -> bool:
+            if isinstance(layer, nn.ELU) and layer.alpha == self.config.elu_alpha:
+                program.append(ELU)
+            elif (isinstance(layer, CausalConv1d) and layer.pad_mode is PadMode.CONSTANT and layer.layer.groups == 1
+                  and layer.layer.weight.dtype == torch.float32):
+                program.append(CONV)
+                convs.append(layer)
+            elif isinstance(layer, ResidualUnit) and layer.shortcut is None:
+                program.append(PUSH)
+                if not all(add(inner) for inner in layer.block):
+                    return False
+                program.append(ADD)
+            else:
+                return False
+            return True
+
+        return (program, convs) if all(add(layer) for layer in self.model) else None
+
+
+def _conv_states(layers: nn.ModuleList, states: LayerStates) -> list[ConvState]:
+    """The conv states of ``layers`` in order (residual units' blocks included)."""
+    found: list[ConvState] = []
+    for layer, item in zip(layers, states.items):
+        if isinstance(layer, ResidualUnit):
+            found += _conv_states(layer.block, item.block)
+        elif isinstance(layer, CausalConv1d):
+            found.append(item)
+    return found
 
 
 class SEANetDecoder(_LayerStack):

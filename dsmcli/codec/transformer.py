@@ -162,15 +162,15 @@ class MimiTransformer(nn.Module):
 
     def _native_weights(self) -> list[Tensor]:
         """Per layer, in the native op's order: in_proj, out_proj, linear1, linear2, norm1 w/b, norm2 w/b, layer
-        scales (ones where the model has none)."""
+        scales (ones where the model has none). Steps run under ``no_grad``: parameters go as they are."""
         weights = []
         for layer in self.transformer.layers:
-            ones = torch.ones(self.config.d_model)
-            scales = [ls.scale if isinstance(ls, LayerScale) else ones for ls in (layer.layer_scale_1, layer.layer_scale_2)]
+            scales = [ls.scale if isinstance(ls, LayerScale) else torch.ones_like(layer.norm1.weight)
+                      for ls in (layer.layer_scale_1, layer.layer_scale_2)]
             weights += [layer.self_attn.in_proj_weight, layer.self_attn.out_proj.weight, layer.linear1.weight,
                         layer.linear2.weight, layer.norm1.weight, layer.norm1.bias, layer.norm2.weight,
                         layer.norm2.bias, *scales]
-        return [w.detach() for w in weights]
+        return weights
 
     def _project_in(self, x: Tensor) -> Tensor:
         x = x.transpose(1, 2)

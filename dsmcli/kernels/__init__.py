@@ -6,6 +6,8 @@
   the same file, Mimi's residual quantizer on that product.
 * ``mimi_transformer_op()``: ``torch.ops.dsmcli_mimi.transformer_step`` (``mimi_transformer.cpp``), a whole
   streaming step of Mimi's transformer in one call.
+* ``seanet_step_op()``: ``torch.ops.dsmcli_seanet.step`` (``seanet_step.cpp``), a whole streaming step of Mimi's
+  SEANet encoder in one call.
 * ``decode_attention_op()``: ``torch.ops.dsmcli_attn.decode`` (``decode_attention.cpp``), one query step per slot
   and head over a float32 or float16 KV ring (the int8 LM's attention); ``ring_write_op()``:
   ``torch.ops.dsmcli_attn.write`` from the same file, a step's keys and values into such a ring.
@@ -106,6 +108,13 @@ def mimi_transformer_op() -> Callable | None:
     """The compiled ``transformer_step(x [B, T, d], cos, sin, q_pos, cells, active, weights, keys, values, positions,
     ends, num_heads, context, eps) -> [B, T, d]`` op (see ``mimi_transformer.cpp``), or None."""
     return _load("dsmcli_mimi", "mimi_transformer.cpp", "Mimi streaming", "transformer_step")
+
+
+@functools.cache
+def seanet_step_op() -> Callable | None:
+    """The compiled ``step(x [B, C, N], program, weights, biases, tails, strides, dilations, active, alpha)`` op (see
+    ``seanet_step.cpp``), or None."""
+    return _load("dsmcli_seanet", "seanet_step.cpp", "Mimi streaming", "step")
 
 
 @functools.cache

@@ -1,0 +1,240 @@
+// One streaming step of Mimi's SEANet encoder (dsmcli/codec/seanet.py) in a single call, on CPU, float32.
+//
+// A batch-1 step turns 1920 samples into 2 latent steps through 14 causal convs, 13 ELUs and 4 residual adds.
+// Run module by module from Python, each conv also concatenated its input tail, committed the new tail, unfolded
+// its input and added its bias as separate torch ops (~3-4 ms of a ~9 ms step besides the products). Here the
+// layers run as a small program of ops over per-sample buffers:
+//   ELU (in place), CONV (the next conv: input tail ++ input -> output; the tail kept for the next step),
+//   PUSH (save the activation for a residual), ADD (add the saved activation back).
+// Each conv runs in the formulation that is fastest for its shape, as in dsmcli/codec/kernels.py: a direct loop
+// for tiny inputs (one channel), the native few-row product (fp32_product.h) for outputs of <= 4 steps, else a
+// BLAS product of the weight [O, C*K] with the unfolded input [C*K, T]. Sums run in other orders than
+// torch's conv1d (float rounding). Samples are computed one at a time, so a slot's result does not depend on its
+// batch mates; slots with active false keep their tails (their output is garbage), as in the torch path.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "fp32_product.h"
+
+#ifdef DSM_AVX512
+extern "C" __m512 Sleef_expf16_u10(__m512);  // exported by libtorch_cpu (torch's vectorized math)
+#endif
+
+namespace {
+
+enum Op : int64_t { kElu = 0, kConv = 1, kPush = 2, kAdd = 3 };
+constexpr int64_t kRowsMaxSteps = 4;    // outputs up to this many steps: the few-row product
+constexpr int64_t kMinColumnSize = 16;  // C * K below this: a direct loop
+constexpr int64_t kGrain = 16384;       // values per task of the elementwise loops
+
+struct Conv {
+  const float* w;  // [O, C, K]
+  const float* b;  // [O] or null
+  int64_t O, C, K, stride, dilation, P;
+  float* tail;  // [B, C, P]: the last P inputs of each slot
+};
+
+#ifdef DSM_AVX512
+// expm1(x) for x <= 0 within ~2 ulp: exp(x) - 1 below -1/2 (exact subtraction or nearly, |result| > 0.39), a
+// degree-9 Taylor polynomial above (truncation < 1e-9 relative). Sleef's expm1 is ~6x slower than its exp here.
+inline __m512 expm1_negative(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 far = _mm512_sub_ps(Sleef_expf16_u10(x), one);
+  __m512 p = _mm512_set1_ps(1.f / 362880.f);
+  for (const float c : {1.f / 40320.f, 1.f / 5040.f, 1.f / 720.f, 1.f / 120.f, 1.f / 24.f, 1.f / 6.f, 0.5f})
+    p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(c));
+  const __m512 near = _mm512_fmadd_ps(_mm512_mul_ps(x, x), p, x);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-0.5f), _CMP_GT_OQ), far, near);
+}
+#endif
+
+// x = x > 0 ? x : alpha * expm1(x), in place.
+void elu(float* x, int64_t n, float alpha) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+#ifdef DSM_AVX512
+    const __m512 a = _mm512_set1_ps(alpha), zero = _mm512_setzero_ps();
+    for (; i + 16 <= end; i += 16) {
+      const __m512 v = _mm512_loadu_ps(x + i);
+      const __mmask16 negative = _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ);
+      if (negative) _mm512_storeu_ps(x + i, _mm512_mask_mul_ps(v, negative, expm1_negative(_mm512_min_ps(v, zero)), a));
+    }
+#endif
+    for (; i < end; ++i)
+      if (x[i] < 0.f) x[i] = alpha * std::expm1(x[i]);
+  });
+}
+
+// A conv's input: the slot's tail [C, P] followed by the step's input [C, S], read in place (no concatenation).
+struct Input {
+  const float* tail;
+  const float* x;
+  int64_t P, S;
+
+  float at(int64_t ch, int64_t j) const { return j < P ? tail[ch * P + j] : x[ch * S + j - P]; }
+
+  // dst[t] = at(ch, start + t * stride) for t < T
+  void gather(int64_t ch, int64_t start, int64_t stride, int64_t T, float* dst) const {
+    int64_t t = 0;
+    for (; t < T && start + t * stride < P; ++t) dst[t] = tail[ch * P + start + t * stride];
+    const float* row = x + ch * S - P;
+    if (stride == 1) {
+      std::memcpy(dst + t, row + start + t, (T - t) * sizeof(float));
+    } else {
+      for (; t < T; ++t) dst[t] = row[start + t * stride];
+    }
+  }
+};
+
+// A float buffer that only grows (no zeroing on reuse), one per role and thread.
+float* buffer(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+// out [O, T] = the conv (valid, with its stride and dilation) of the input.
+void convolve(const Conv& c, const Input& in, float* out, int64_t T) {
+  thread_local std::vector<float> scratch, result;
+  const int64_t CK = c.C * c.K;
+  if (CK < kMinColumnSize) {
+    std::vector<float> x(in.P + in.S);
+    for (int64_t o = 0; o < c.O; ++o) std::fill(out + o * T, out + (o + 1) * T, c.b ? c.b[o] : 0.f);
+    for (int64_t ch = 0; ch < c.C; ++ch) {
+      in.gather(ch, 0, 1, in.P + in.S, x.data());
+      for (int64_t o = 0; o < c.O; ++o)
+        for (int64_t k = 0; k < c.K; ++k) {
+          const float w = c.w[(o * c.C + ch) * c.K + k];
+          const float* xk = x.data() + k * c.dilation;
+          float* y = out + o * T;
+          for (int64_t t = 0; t < T; ++t) y[t] += w * xk[t * c.stride];
+        }
+    }
+    return;
+  }
+  if (T <= kRowsMaxSteps) {  // rows [T, C*K] against the weight [O, C*K]: reads the weight once
+    float* rows = buffer(scratch, T * CK);
+    float* y = buffer(result, T * c.O);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t ch = 0; ch < c.C; ++ch)
+        for (int64_t k = 0; k < c.K; ++k) rows[t * CK + ch * c.K + k] = in.at(ch, t * c.stride + k * c.dilation);
+    dsm::fp32::product(rows, T, c.w, c.b, y, c.O, CK);
+    for (int64_t o = 0; o < c.O; ++o)
+      for (int64_t t = 0; t < T; ++t) out[o * T + t] = y[t * c.O + o];
+    return;
+  }
+  const float* columns = in.x;  // a 1x1 conv (no tail) reads its input as is
+  if (!(c.K == 1 && c.stride == 1 && in.P == 0)) {
+    float* cols = buffer(scratch, CK * T);
+    at::parallel_for(0, CK, std::max<int64_t>(1, kGrain / T), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row)
+        in.gather(row / c.K, (row % c.K) * c.dilation, c.stride, T, cols + row * T);
+    });
+    columns = cols;
+  }
+  const auto options = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor y = at::from_blob(out, {c.O, T}, options);
+  at::mm_out(y, at::from_blob(const_cast<float*>(c.w), {c.O, CK}, options),
+             at::from_blob(const_cast<float*>(columns), {CK, T}, options));
+  if (c.b)
+    for (int64_t o = 0; o < c.O; ++o)
+      for (int64_t t = 0; t < T; ++t) out[o * T + t] += c.b[o];
+}
+
+// The tail [C, P] becomes the last P values of tail ++ x [C, S].
+void advance_tail(float* tail, const float* x, int64_t C, int64_t P, int64_t S) {
+  for (int64_t ch = 0; ch < C; ++ch) {
+    float* t = tail + ch * P;
+    const int64_t kept = std::max<int64_t>(0, P - S);  // old values that stay (S < P)
+    std::memmove(t, t + P - kept, kept * sizeof(float));
+    std::memcpy(t + kept, x + ch * S + S - (P - kept), (P - kept) * sizeof(float));
+  }
+}
+
+// x [B, C0, N] -> [B, C_last, N / hop]. program: Op codes; weights, biases (undefined: none), tails: one per CONV,
+// in program order; strides, dilations: per CONV.
+at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::TensorList weights,
+                       const c10::List<c10::optional<at::Tensor>>& biases, at::TensorList tails,
+                       at::IntArrayRef strides, at::IntArrayRef dilations, const c10::optional<at::Tensor>& active,
+                       double alpha) {
+  TORCH_CHECK(x_in.dim() == 3 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(), "x: float32 [B, C, N]");
+  const int64_t B = x_in.size(0);
+  const size_t convs = weights.size();
+  TORCH_CHECK(biases.size() == convs && tails.size() == convs && strides.size() == convs &&
+                  dilations.size() == convs,
+              "one weight, bias, tail, stride and dilation per conv");
+  std::vector<Conv> layers;
+  for (size_t i = 0; i < convs; ++i) {
+    const at::Tensor& w = weights[i];
+    TORCH_CHECK(w.dim() == 3 && w.scalar_type() == at::kFloat && w.is_contiguous(), "conv weight: float32 [O, C, K]");
+    const c10::optional<at::Tensor> bias = biases.get(i);
+    const float* b = nullptr;
+    if (bias && bias->defined()) {
+      TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == w.size(0), "bias");
+      b = bias->data_ptr<float>();
+    }
+    const int64_t K = w.size(2), P = (K - 1) * dilations[i] + 1 - strides[i];
+    TORCH_CHECK(P >= 0 && tails[i].scalar_type() == at::kFloat && tails[i].is_contiguous() &&
+                    tails[i].numel() == B * w.size(1) * P,
+                "conv tail: float32 [B, C, P]");
+    layers.push_back({w.data_ptr<float>(), b, w.size(0), w.size(1), K, strides[i], dilations[i], P,
+                      tails[i].data_ptr<float>()});
+  }
+  at::Tensor active_c;
+  const bool* ap = nullptr;
+  if (active && active->defined()) {
+    TORCH_CHECK(active->scalar_type() == at::kBool && active->numel() == B, "active: bool [B]");
+    active_c = active->contiguous();
+    ap = active_c.data_ptr<bool>();
+  }
+  const at::Tensor x = x_in.contiguous();
+  std::vector<at::Tensor> outputs;
+  std::vector<float> current, output;
+  std::vector<std::vector<float>> saved;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t channels = x.size(1), steps = x.size(2);
+    current.assign(x.data_ptr<float>() + b * channels * steps, x.data_ptr<float>() + (b + 1) * channels * steps);
+    size_t next = 0;
+    for (const int64_t op : program) {
+      if (op == kElu) {
+        elu(current.data(), channels * steps, static_cast<float>(alpha));
+      } else if (op == kPush) {
+        saved.push_back(current);
+      } else if (op == kAdd) {
+        TORCH_CHECK(!saved.empty() && saved.back().size() == current.size(), "ADD without a matching PUSH");
+        const float* skip = saved.back().data();
+        for (size_t i = 0; i < current.size(); ++i) current[i] += skip[i];
+        saved.pop_back();
+      } else {
+        TORCH_CHECK(op == kConv && next < layers.size(), "bad program");
+        const Conv& c = layers[next++];
+        TORCH_CHECK(channels == c.C && steps % c.stride == 0, "conv input of ", channels, " channels and ", steps,
+                    " steps does not fit a conv of ", c.C, " channels, stride ", c.stride);
+        const int64_t T = steps / c.stride;
+        float* tail = c.tail + b * c.C * c.P;
+        output.resize(c.O * T);
+        convolve(c, Input{tail, current.data(), c.P, steps}, output.data(), T);
+        if (!ap || ap[b]) advance_tail(tail, current.data(), c.C, c.P, steps);
+        std::swap(current, output);
+        channels = c.O;
+        steps = T;
+      }
+    }
+    TORCH_CHECK(next == layers.size() && saved.empty(), "the program must use every conv and close every PUSH");
+    outputs.push_back(at::from_blob(current.data(), {channels, steps}, x.options()).clone());
+  }
+  return at::stack(outputs);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(dsmcli_seanet, m) {
+  m.def("step(Tensor x, int[] program, Tensor[] weights, Tensor?[] biases, Tensor[] tails, int[] strides, "
+        "int[] dilations, Tensor? active, float alpha) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(dsmcli_seanet, CPU, m) { m.impl("step", &seanet_step); }
