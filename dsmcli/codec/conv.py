@@ -22,6 +22,9 @@ from torch import Tensor, nn
 
 from dsmcli.codec import kernels
 from dsmcli.codec.config import PadMode
+from dsmcli.kernels import seanet_step_op
+
+CONV_PROGRAM = [1]  # the native SEANet step's program for one conv (dsmcli/kernels/seanet_step.cpp)
 
 
 class SlotState(Protocol):
@@ -108,9 +111,22 @@ class CausalConv1d(nn.Module):
                                dtype=weight.dtype)
         return ConvState(previous, torch.ones(batch_size, device=weight.device, dtype=torch.bool))
 
+    def native_fits(self, x: Tensor) -> bool:
+        """Whether the native SEANet step (``dsmcli/kernels/seanet_step.cpp``) can run this conv on ``x``."""
+        return x.device.type == "cpu" and x.dtype == self.layer.weight.dtype == torch.float32 and self.layer.groups == 1
+
+    def native_fresh(self, state: ConvState) -> Tensor | None:
+        """The native step's ``fresh`` argument: the flags in the replicate pad mode, else None (zeros)."""
+        return state.fresh if self.pad_mode is PadMode.REPLICATE else None
+
     def step(self, x: Tensor, state: ConvState, active: Tensor | None = None) -> Tensor:
-        """One streaming step; slots with ``active`` False keep their state (their output is garbage)."""
+        """One streaming step; slots with ``active`` False keep their state (their output is garbage). On CPU in
+        float32 one native call (the formulations of :mod:`.kernels` without the Python round trips)."""
         self._check(x)
+        if self.native_fits(x) and (op := seanet_step_op()) is not None:
+            layer = self.layer
+            return op(x, CONV_PROGRAM, [layer.weight], [layer.bias], [state.previous], [self.stride], [self.dilation],
+                      [self.native_fresh(state)], active, 1.0)
         if not self.context:
             return self._convolve(x)
         previous = state.previous

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
-from dsmcli.codec.config import PadMode, SEANetConfig
+from dsmcli.codec.config import SEANetConfig
 from dsmcli.codec.conv import CausalConv1d, CausalConvTranspose1d, ConvState, SlotState
 from dsmcli.kernels import seanet_step_op
 
@@ -117,27 +116,27 @@ class SEANetEncoder(_LayerStack):
     def step(self, x: Tensor, state: LayerStates, active: Tensor | None = None) -> Tensor:
         """Streaming step; on CPU in float32 one native call (``dsmcli/kernels/seanet_step.cpp``: the same
         arithmetic up to float rounding), else layer by layer."""
-        if x.device.type == "cpu" and x.dtype == torch.float32 and (plan := self._native_plan()) is not None:
-            if (op := seanet_step_op()) is not None:
-                program, convs = plan
-                tails = [conv_state.previous for conv_state in _conv_states(self.model, state)]
-                layers = [conv.layer for conv in convs]
-                return op(x, program, [layer.weight for layer in layers], [layer.bias for layer in layers], tails,
-                          [conv.stride for conv in convs], [conv.dilation for conv in convs], active,
-                          self.config.elu_alpha)
+        plan = self._native_plan()
+        if plan is not None and plan.convs[0].native_fits(x) and (op := seanet_step_op()) is not None:
+            states = _conv_states(self.model, state)
+            return op(x, plan.program, plan.weights, plan.biases, [s.previous for s in states], plan.strides,
+                      plan.dilations, [conv.native_fresh(s) for conv, s in zip(plan.convs, states)], active,
+                      self.config.elu_alpha)
         return super().step(x, state, active)
 
-    def _native_plan(self) -> tuple[list[int], list[CausalConv1d]] | None:
-        """The layers as the native step's program and its convs in order, or None if a layer does not fit it
-        (a residual shortcut conv, the replicate pad mode, grouped convs, another activation)."""
+    def _native_plan(self) -> NativePlan | None:
+        """The layers as the native step's program (built once), or None if a layer does not fit it (a residual
+        shortcut conv, a grouped conv, another activation)."""
+        cached = getattr(self, "_plan", None)
+        if cached is not None and cached.weights[0] is cached.convs[0].layer.weight:
+            return cached
         program: list[int] = []
         convs: list[CausalConv1d] = []
 
         def add(layer: nn.Module) -> bool:
             if isinstance(layer, nn.ELU) and layer.alpha == self.config.elu_alpha:
                 program.append(ELU)
-            elif (isinstance(layer, CausalConv1d) and layer.pad_mode is PadMode.CONSTANT and layer.layer.groups == 1
-                  and layer.layer.weight.dtype == torch.float32):
+            elif isinstance(layer, CausalConv1d) and layer.layer.groups == 1:
                 program.append(CONV)
                 convs.append(layer)
             elif isinstance(layer, ResidualUnit) and layer.shortcut is None:
@@ -149,7 +148,24 @@ class SEANetEncoder(_LayerStack):
                 return False
             return True
 
-        return (program, convs) if all(add(layer) for layer in self.model) else None
+        if not all(add(layer) for layer in self.model) or not convs:
+            return None
+        self._plan = NativePlan(program, convs, [c.layer.weight for c in convs], [c.layer.bias for c in convs],
+                                [c.stride for c in convs], [c.dilation for c in convs])
+        return self._plan
+
+
+@dataclass
+class NativePlan:
+    """The native SEANet step's static arguments: its program and, per conv in program order, the module, weight,
+    bias, stride and dilation."""
+
+    program: list[int]
+    convs: list[CausalConv1d]
+    weights: list[Tensor]
+    biases: list[Tensor | None]
+    strides: list[int]
+    dilations: list[int]
 
 
 def _conv_states(layers: nn.ModuleList, states: LayerStates) -> list[ConvState]:

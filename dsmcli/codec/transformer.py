@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from dsmcli.codec.config import TransformerConfig
 from dsmcli.codec.kernels import linear
 from dsmcli.kernels import mimi_transformer_op
-from dsmcli.nn.norms import LAYER_NORM_EPS
 from dsmcli.nn import (
     NormKind,
     RingKVCache,
@@ -29,6 +28,7 @@ from dsmcli.nn import (
     rope_angles,
     rotate,
 )
+from dsmcli.nn.norms import LAYER_NORM_EPS
 
 Rope = tuple[Tensor, Tensor] | None  # (cos, sin) [B|1, T, 1, 1, D/2] (for [B, T, 2, H, D] q|k), or None
 Slots = tuple[Tensor, Tensor]  # ring cells and absolute positions [B, T] of a streaming step (RingKVCache.claim)
@@ -162,7 +162,11 @@ class MimiTransformer(nn.Module):
 
     def _native_weights(self) -> list[Tensor]:
         """Per layer, in the native op's order: in_proj, out_proj, linear1, linear2, norm1 w/b, norm2 w/b, layer
-        scales (ones where the model has none). Steps run under ``no_grad``: parameters go as they are."""
+        scales (ones where the model has none). Built once (steps run under ``no_grad``: parameters go as they
+        are); rebuilt if the parameters were replaced."""
+        cached = getattr(self, "_native_weight_list", None)
+        if cached is not None and cached[0] is self.transformer.layers[0].self_attn.in_proj_weight:
+            return cached
         weights = []
         for layer in self.transformer.layers:
             scales = [ls.scale if isinstance(ls, LayerScale) else torch.ones_like(layer.norm1.weight)
@@ -170,6 +174,7 @@ class MimiTransformer(nn.Module):
             weights += [layer.self_attn.in_proj_weight, layer.self_attn.out_proj.weight, layer.linear1.weight,
                         layer.linear2.weight, layer.norm1.weight, layer.norm1.bias, layer.norm2.weight,
                         layer.norm2.bias, *scales]
+        self._native_weight_list = weights
         return weights
 
     def _project_in(self, x: Tensor) -> Tensor:
@@ -202,16 +207,14 @@ class MimiTransformer(nn.Module):
         rounding), else it runs layer by layer."""
         x = self._project_in(x)
         steps = x.shape[1]
+        if self._native_fits(x, state) and (op := mimi_transformer_op()) is not None:
+            c, caches = self.config, state.caches
+            x = op(x, active, self._native_weights(), [r.keys for r in caches], [r.values for r in caches],
+                   [r.positions for r in caches], [r.end for r in caches], state.offset, c.num_heads, c.context,
+                   c.max_period if c.rope else 0.0, LAYER_NORM_EPS)
+            return self._project_out(x)
         slots = state.caches[0].claim(steps)  # every layer's ring is at the same place
         rope = self._rope(slots[1])
-        if self._native_fits(x, state) and (op := mimi_transformer_op()) is not None:
-            cos, sin = (None, None) if rope is None else (r.reshape(x.shape[0], steps, -1) for r in rope)
-            caches = state.caches
-            x = op(x, cos, sin, slots[1], slots[0], active, self._native_weights(),
-                   [c.keys for c in caches], [c.values for c in caches], [c.positions for c in caches],
-                   [c.end for c in caches], self.config.num_heads, self.config.context, LAYER_NORM_EPS)
-            state.offset.add_(steps if active is None else active.long() * steps)
-            return self._project_out(x)
         mask = None
         for layer, cache in zip(self.transformer.layers, state.caches):
             x, mask = layer.step(x, rope, slots, cache, mask, active)

@@ -194,15 +194,16 @@ int64_t* i64(const at::Tensor& t, int64_t numel, const char* what) {
   return t.data_ptr<int64_t>();
 }
 
-// x [B, T, d] -> [B, T, d] after all layers. cos/sin [B, T, D/2] (or undefined: no RoPE); q_pos, cells [B, T]
-// from RingKVCache.claim; active [B] bool or undefined; weights: kWeightsPerLayer per layer in Layer's order
-// (in_proj [3d, d] with rows [q | k | v] each (head, D), linear1 [ffn, d], linear2 [d, ffn]; layer scales as
-// ones when the model has none); keys, values, positions, ends: each layer's ring.
-at::Tensor transformer_step(const at::Tensor& x_in, const c10::optional<at::Tensor>& cos,
-                            const c10::optional<at::Tensor>& sin, const at::Tensor& q_pos, const at::Tensor& cells,
-                            const c10::optional<at::Tensor>& active, at::TensorList weights, at::TensorList keys,
-                            at::TensorList values, at::TensorList positions, at::TensorList ends, int64_t num_heads,
-                            int64_t context, double eps) {
+// x [B, T, d] -> [B, T, d] after all layers. active [B] bool or undefined; weights: kWeightsPerLayer per layer in
+// Layer's order (in_proj [3d, d] with rows [q | k | v] each (head, D), linear1 [ffn, d], linear2 [d, ffn]; layer
+// scales as ones when the model has none); keys, values, positions, ends: each layer's ring (all at the same
+// place: the step's positions are ends[0] + t, its cells those modulo the capacity, like RingKVCache.claim);
+// offset [B] advances with the rings. RoPE (interleaved pairs, frequencies max_period^(-2i/D)) unless
+// max_period <= 0.
+at::Tensor transformer_step(const at::Tensor& x_in, const c10::optional<at::Tensor>& active, at::TensorList weights,
+                            at::TensorList keys, at::TensorList values, at::TensorList positions, at::TensorList ends,
+                            const at::Tensor& offset, int64_t num_heads, int64_t context, double max_period,
+                            double eps) {
   TORCH_CHECK(x_in.dim() == 3, "x: [B, T, d]");
   const int64_t L = static_cast<int64_t>(keys.size());
   TORCH_CHECK(L > 0 && static_cast<int64_t>(weights.size()) == kWeightsPerLayer * L && values.size() == keys.size() &&
@@ -210,13 +211,34 @@ at::Tensor transformer_step(const at::Tensor& x_in, const c10::optional<at::Tens
               "one ring and ", kWeightsPerLayer, " weights per layer");
   Shape s{x_in.size(0), x_in.size(1), x_in.size(2), num_heads, x_in.size(2) / num_heads, keys[0].size(2),
           weights[2].size(0), context};
-  TORCH_CHECK(s.H * s.D == s.d && s.T <= s.C, "d must split into heads, T must fit the ring");
+  TORCH_CHECK(s.H * s.D == s.d && s.T <= s.C && s.D % 2 == 0, "d must split into heads of even size, T fit the ring");
   const int64_t M = s.B * s.T;
-  at::Tensor x = x_in.contiguous().clone();
-  const float* cp = cos && cos->defined() ? f32(*cos, M * s.D / 2, "cos") : nullptr;
-  const float* sp = cp ? f32(*sin, M * s.D / 2, "sin") : nullptr;
-  const int64_t* qp = i64(q_pos, M, "q_pos");
-  const int64_t* cl = i64(cells, M, "cells");
+  at::Tensor x = x_in.clone(at::MemoryFormat::Contiguous);
+  std::vector<int64_t> qp(M), cl(M);
+  const int64_t* end0 = i64(ends[0], s.B, "end");
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t t = 0; t < s.T; ++t) {
+      qp[b * s.T + t] = end0[b] + t;
+      cl[b * s.T + t] = (end0[b] + t) % s.C;
+    }
+  std::vector<float> cos_v, sin_v;
+  const float *cp = nullptr, *sp = nullptr;
+  if (max_period > 0) {  // torch's float32 arithmetic: exp(i * (-2 ln(max_period) / D)), then position * frequency
+    const int64_t half = s.D / 2;
+    const float step = static_cast<float>(-2.0 * std::log(max_period) / static_cast<double>(s.D));
+    cos_v.resize(M * half);
+    sin_v.resize(M * half);
+    for (int64_t i = 0; i < half; ++i) {
+      const float frequency = std::exp(static_cast<float>(i) * step);
+      for (int64_t m = 0; m < M; ++m) {
+        const float angle = static_cast<float>(qp[m]) * frequency;
+        cos_v[m * half + i] = std::cos(angle);
+        sin_v[m * half + i] = std::sin(angle);
+      }
+    }
+    cp = cos_v.data();
+    sp = sin_v.data();
+  }
   at::Tensor active_c;
   const bool* ap = nullptr;
   if (active && active->defined()) {
@@ -224,7 +246,7 @@ at::Tensor transformer_step(const at::Tensor& x_in, const c10::optional<at::Tens
     active_c = active->contiguous();
     ap = active_c.data_ptr<bool>();
   }
-  for (int64_t m = 0; m < M; ++m) TORCH_CHECK(cl[m] >= 0 && cl[m] < s.C, "cell out of the ring");
+  TORCH_CHECK(offset.scalar_type() == at::kLong && offset.is_contiguous() && offset.numel() == s.B, "offset: [B]");
   std::vector<float> h(M * s.d), qkv(M * 3 * s.d), mixed(M * s.d), hidden(M * s.ffn);
   const int64_t d = s.d, ring = s.B * s.H * s.C * s.D;
   for (int64_t l = 0; l < L; ++l) {
@@ -235,17 +257,20 @@ at::Tensor transformer_step(const at::Tensor& x_in, const c10::optional<at::Tens
                 f32(w[9], d, "layer_scale_2"),
                 const_cast<float*>(f32(keys[l], ring, "keys")), const_cast<float*>(f32(values[l], ring, "values")),
                 i64(positions[l], s.B * s.C, "positions"), i64(ends[l], s.B, "end")};
-    layer_step(s, layer, x.data_ptr<float>(), cp, sp, qp, cl, ap, static_cast<float>(eps), h.data(), qkv.data(),
-               mixed.data(), hidden.data());
+    layer_step(s, layer, x.data_ptr<float>(), cp, sp, qp.data(), cl.data(), ap, static_cast<float>(eps), h.data(),
+               qkv.data(), mixed.data(), hidden.data());
   }
+  int64_t* op = offset.data_ptr<int64_t>();
+  for (int64_t b = 0; b < s.B; ++b)
+    if (!ap || ap[b]) op[b] += s.T;
   return x;
 }
 
 }  // namespace
 
 TORCH_LIBRARY(dsmcli_mimi, m) {
-  m.def("transformer_step(Tensor x, Tensor? cos, Tensor? sin, Tensor q_pos, Tensor cells, Tensor? active, "
-        "Tensor[] weights, Tensor[] keys, Tensor[] values, Tensor[] positions, Tensor[] ends, int num_heads, "
-        "int context, float eps) -> Tensor");
+  m.def("transformer_step(Tensor x, Tensor? active, Tensor[] weights, Tensor[] keys, Tensor[] values, "
+        "Tensor[] positions, Tensor[] ends, Tensor offset, int num_heads, int context, float max_period, float eps) "
+        "-> Tensor");
 }
 TORCH_LIBRARY_IMPL(dsmcli_mimi, CPU, m) { m.impl("transformer_step", &transformer_step); }

@@ -37,7 +37,8 @@ struct Conv {
   const float* w;  // [O, C, K]
   const float* b;  // [O] or null
   int64_t O, C, K, stride, dilation, P;
-  float* tail;  // [B, C, P]: the last P inputs of each slot
+  float* tail;   // [B, C, P]: the last P inputs of each slot
+  bool* fresh;   // [B] or null: replicate padding, true until the slot's first step
 };
 
 #ifdef DSM_AVX512
@@ -157,17 +158,20 @@ void advance_tail(float* tail, const float* x, int64_t C, int64_t P, int64_t S) 
 }
 
 // x [B, C0, N] -> [B, C_last, N / hop]. program: Op codes; weights, biases (undefined: none), tails: one per CONV,
-// in program order; strides, dilations: per CONV.
+// in program order; strides, dilations: per CONV; fresh: per CONV, undefined (zero padding before the first step)
+// or a bool [B] flag of the replicate pad mode (a fresh slot's tail is first filled with its first input sample;
+// the flag then clears for active slots).
 at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::TensorList weights,
                        const c10::List<c10::optional<at::Tensor>>& biases, at::TensorList tails,
-                       at::IntArrayRef strides, at::IntArrayRef dilations, const c10::optional<at::Tensor>& active,
+                       at::IntArrayRef strides, at::IntArrayRef dilations,
+                       const c10::List<c10::optional<at::Tensor>>& fresh, const c10::optional<at::Tensor>& active,
                        double alpha) {
   TORCH_CHECK(x_in.dim() == 3 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(), "x: float32 [B, C, N]");
   const int64_t B = x_in.size(0);
   const size_t convs = weights.size();
   TORCH_CHECK(biases.size() == convs && tails.size() == convs && strides.size() == convs &&
-                  dilations.size() == convs,
-              "one weight, bias, tail, stride and dilation per conv");
+                  dilations.size() == convs && fresh.size() == convs,
+              "one weight, bias, tail, stride, dilation and fresh flag per conv");
   std::vector<Conv> layers;
   for (size_t i = 0; i < convs; ++i) {
     const at::Tensor& w = weights[i];
@@ -182,8 +186,14 @@ at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::Tens
     TORCH_CHECK(P >= 0 && tails[i].scalar_type() == at::kFloat && tails[i].is_contiguous() &&
                     tails[i].numel() == B * w.size(1) * P,
                 "conv tail: float32 [B, C, P]");
+    bool* first = nullptr;
+    const c10::optional<at::Tensor> flag = fresh.get(i);
+    if (flag && flag->defined()) {
+      TORCH_CHECK(flag->scalar_type() == at::kBool && flag->is_contiguous() && flag->numel() == B, "fresh: bool [B]");
+      first = flag->data_ptr<bool>();
+    }
     layers.push_back({w.data_ptr<float>(), b, w.size(0), w.size(1), K, strides[i], dilations[i], P,
-                      tails[i].data_ptr<float>()});
+                      tails[i].data_ptr<float>(), first});
   }
   at::Tensor active_c;
   const bool* ap = nullptr;
@@ -217,6 +227,10 @@ at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::Tens
                     " steps does not fit a conv of ", c.C, " channels, stride ", c.stride);
         const int64_t T = steps / c.stride;
         float* tail = c.tail + b * c.C * c.P;
+        if (c.fresh && c.fresh[b]) {
+          for (int64_t ch = 0; ch < c.C; ++ch) std::fill(tail + ch * c.P, tail + (ch + 1) * c.P, current[ch * steps]);
+          if (!ap || ap[b]) c.fresh[b] = false;
+        }
         output.resize(c.O * T);
         convolve(c, Input{tail, current.data(), c.P, steps}, output.data(), T);
         if (!ap || ap[b]) advance_tail(tail, current.data(), c.C, c.P, steps);
@@ -235,6 +249,6 @@ at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::Tens
 
 TORCH_LIBRARY(dsmcli_seanet, m) {
   m.def("step(Tensor x, int[] program, Tensor[] weights, Tensor?[] biases, Tensor[] tails, int[] strides, "
-        "int[] dilations, Tensor? active, float alpha) -> Tensor");
+        "int[] dilations, Tensor?[] fresh, Tensor? active, float alpha) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(dsmcli_seanet, CPU, m) { m.impl("step", &seanet_step); }
