@@ -113,7 +113,11 @@ void convolve(const Conv& c, const Input& in, float* out, int64_t T) {
           const float w = c.w[(o * c.C + ch) * c.K + k];
           const float* xk = x.data() + k * c.dilation;
           float* y = out + o * T;
-          for (int64_t t = 0; t < T; ++t) y[t] += w * xk[t * c.stride];
+          if (c.stride == 1) {
+            for (int64_t t = 0; t < T; ++t) y[t] += w * xk[t];  // vectorized
+          } else {
+            for (int64_t t = 0; t < T; ++t) y[t] += w * xk[t * c.stride];
+          }
         }
     }
     return;
@@ -168,6 +172,7 @@ at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::Tens
                        double alpha) {
   TORCH_CHECK(x_in.dim() == 3 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(), "x: float32 [B, C, N]");
   const int64_t B = x_in.size(0);
+  TORCH_CHECK(B > 0, "empty batch");
   const size_t convs = weights.size();
   TORCH_CHECK(biases.size() == convs && tails.size() == convs && strides.size() == convs &&
                   dilations.size() == convs && fresh.size() == convs,
@@ -203,7 +208,7 @@ at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::Tens
     ap = active_c.data_ptr<bool>();
   }
   const at::Tensor x = x_in.contiguous();
-  std::vector<at::Tensor> outputs;
+  at::Tensor result;
   std::vector<float> current, output;
   std::vector<std::vector<float>> saved;
   for (int64_t b = 0; b < B; ++b) {
@@ -240,9 +245,10 @@ at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::Tens
       }
     }
     TORCH_CHECK(next == layers.size() && saved.empty(), "the program must use every conv and close every PUSH");
-    outputs.push_back(at::from_blob(current.data(), {channels, steps}, x.options()).clone());
+    if (b == 0) result = at::empty({B, channels, steps}, x.options());
+    std::copy(current.begin(), current.end(), result.data_ptr<float>() + b * channels * steps);
   }
-  return at::stack(outputs);
+  return result;
 }
 
 }  // namespace
