@@ -93,15 +93,31 @@ struct Input {
   }
 };
 
-// A float buffer that only grows (no zeroing on reuse), one per role and thread.
-float* buffer(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
-  return v.data();
-}
+// A float buffer whose data starts on a 64-byte boundary, like torch's allocations: MKL's GEMM rounds differently
+// for differently aligned operands, so unaligned buffers made results vary from run to run. It only grows (no
+// zeroing on reuse).
+class Buffer {
+ public:
+  float* resize(int64_t n) {
+    if (static_cast<int64_t>(storage_.size()) < n + kAlign) storage_.resize(n + kAlign);
+    const auto address = reinterpret_cast<std::uintptr_t>(storage_.data());
+    data_ = storage_.data() + (-address / sizeof(float)) % kAlign;
+    size_ = n;
+    return data_;
+  }
+  float* data() const { return data_; }
+  int64_t size() const { return size_; }
+
+ private:
+  static constexpr int64_t kAlign = 16;  // floats: 64 bytes
+  std::vector<float> storage_;
+  float* data_ = nullptr;
+  int64_t size_ = 0;
+};
 
 // out [O, T] = the conv (valid, with its stride and dilation) of the input.
 void convolve(const Conv& c, const Input& in, float* out, int64_t T) {
-  thread_local std::vector<float> scratch, result;
+  thread_local Buffer scratch, result;
   const int64_t CK = c.C * c.K;
   if (CK < kMinColumnSize) {
     std::vector<float> x(in.P + in.S);
@@ -123,8 +139,8 @@ void convolve(const Conv& c, const Input& in, float* out, int64_t T) {
     return;
   }
   if (T <= kRowsMaxSteps) {  // rows [T, C*K] against the weight [O, C*K]: reads the weight once
-    float* rows = buffer(scratch, T * CK);
-    float* y = buffer(result, T * c.O);
+    float* rows = scratch.resize(T * CK);
+    float* y = result.resize(T * c.O);
     for (int64_t t = 0; t < T; ++t)
       for (int64_t ch = 0; ch < c.C; ++ch)
         for (int64_t k = 0; k < c.K; ++k) rows[t * CK + ch * c.K + k] = in.at(ch, t * c.stride + k * c.dilation);
@@ -135,7 +151,7 @@ void convolve(const Conv& c, const Input& in, float* out, int64_t T) {
   }
   const float* columns = in.x;  // a 1x1 conv (no tail) reads its input as is
   if (!(c.K == 1 && c.stride == 1 && in.P == 0)) {
-    float* cols = buffer(scratch, CK * T);
+    float* cols = scratch.resize(CK * T);
     at::parallel_for(0, CK, std::max<int64_t>(1, kGrain / T), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row)
         in.gather(row / c.K, (row % c.K) * c.dilation, c.stride, T, cols + row * T);
@@ -209,22 +225,24 @@ at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::Tens
   }
   const at::Tensor x = x_in.contiguous();
   at::Tensor result;
-  std::vector<float> current, output;
-  std::vector<std::vector<float>> saved;
+  Buffer buffers[2];  // the activation and the next conv's output, swapped after each conv
+  std::vector<Buffer> saved(program.size());  // residual inputs (PUSH); at most one per op
   for (int64_t b = 0; b < B; ++b) {
-    int64_t channels = x.size(1), steps = x.size(2);
-    current.assign(x.data_ptr<float>() + b * channels * steps, x.data_ptr<float>() + (b + 1) * channels * steps);
+    int64_t channels = x.size(1), steps = x.size(2), depth = 0;
+    Buffer* current = &buffers[0];
+    Buffer* output = &buffers[1];
+    std::copy_n(x.data_ptr<float>() + b * channels * steps, channels * steps, current->resize(channels * steps));
     size_t next = 0;
     for (const int64_t op : program) {
+      float* now = current->data();
       if (op == kElu) {
-        elu(current.data(), channels * steps, static_cast<float>(alpha));
+        elu(now, current->size(), static_cast<float>(alpha));
       } else if (op == kPush) {
-        saved.push_back(current);
+        std::copy_n(now, current->size(), saved[depth++].resize(current->size()));
       } else if (op == kAdd) {
-        TORCH_CHECK(!saved.empty() && saved.back().size() == current.size(), "ADD without a matching PUSH");
-        const float* skip = saved.back().data();
-        for (size_t i = 0; i < current.size(); ++i) current[i] += skip[i];
-        saved.pop_back();
+        TORCH_CHECK(depth > 0 && saved[depth - 1].size() == current->size(), "ADD without a matching PUSH");
+        const float* skip = saved[--depth].data();
+        for (int64_t i = 0; i < current->size(); ++i) now[i] += skip[i];
       } else {
         TORCH_CHECK(op == kConv && next < layers.size(), "bad program");
         const Conv& c = layers[next++];
@@ -233,20 +251,19 @@ at::Tensor seanet_step(const at::Tensor& x_in, at::IntArrayRef program, at::Tens
         const int64_t T = steps / c.stride;
         float* tail = c.tail + b * c.C * c.P;
         if (c.fresh && c.fresh[b]) {
-          for (int64_t ch = 0; ch < c.C; ++ch) std::fill(tail + ch * c.P, tail + (ch + 1) * c.P, current[ch * steps]);
+          for (int64_t ch = 0; ch < c.C; ++ch) std::fill(tail + ch * c.P, tail + (ch + 1) * c.P, now[ch * steps]);
           if (!ap || ap[b]) c.fresh[b] = false;
         }
-        output.resize(c.O * T);
-        convolve(c, Input{tail, current.data(), c.P, steps}, output.data(), T);
-        if (!ap || ap[b]) advance_tail(tail, current.data(), c.C, c.P, steps);
+        convolve(c, Input{tail, now, c.P, steps}, output->resize(c.O * T), T);
+        if (!ap || ap[b]) advance_tail(tail, now, c.C, c.P, steps);
         std::swap(current, output);
         channels = c.O;
         steps = T;
       }
     }
-    TORCH_CHECK(next == layers.size() && saved.empty(), "the program must use every conv and close every PUSH");
+    TORCH_CHECK(next == layers.size() && depth == 0, "the program must use every conv and close every PUSH");
     if (b == 0) result = at::empty({B, channels, steps}, x.options());
-    std::copy(current.begin(), current.end(), result.data_ptr<float>() + b * channels * steps);
+    std::copy_n(current->data(), current->size(), result.data_ptr<float>() + b * channels * steps);
   }
   return result;
 }
