@@ -152,7 +152,7 @@ def test_quantizer_with_native_distances_matches_cdist_away_from_rounding_ties()
 
 @needs_native
 def test_screened_quantizer_gives_the_exact_kernels_codes_bit_for_bit():
-    """The bfloat16 screen only skips centroids that cannot win: its codes equal the all-float32 kernel's on
+    """The int8 screen only skips centroids that cannot win: its codes equal the all-float32 kernel's on
     exact ties, one-ulp near-ties, midpoints between centroids, zero and tiny or huge residuals, 1-16 rows."""
     torch.manual_seed(5)
     rvq = _random_rvq(256, 2048, tie=(11, 900))

@@ -12,9 +12,9 @@ encoding), small tables and machines without the native kernels go through the s
 :func:`dsmcli.codec.kernels.rvq_encode` (all levels in one native call, the table streamed at memory speed by
 the product of :func:`dsmcli.codec.kernels.linear`), whose distances differ from cdist's by float rounding:
 codes can then differ only where two centroids are within that rounding of each other (see
-tests/test_codec_kernels.py). That kernel first reads a bfloat16 copy of the table (:func:`~dsmcli.codec.kernels.screen_tables`, built
-on first use: 34 MB for a released Mimi's 32 levels) and computes exact float32 distances only for the centroids
-within a rigorous rounding bound of the best: the same codes, bit for bit, from half the memory traffic.
+tests/test_codec_kernels.py). That kernel first reads an int8 copy of the table (:func:`~dsmcli.codec.kernels.screen_tables`, built on
+first use: 17 MB for a released Mimi's 32 levels) and computes exact float32 distances only for the centroids
+within a rigorous rounding bound of the best: the same codes, bit for bit, from a quarter of the memory traffic.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class ResidualVQ(nn.Module):
         self._screen = None
 
     def _screen_tables(self) -> tuple[Tensor, ...]:
-        """The bfloat16 screen of the augmented table (:func:`~dsmcli.codec.kernels.screen_tables`), built on first
+        """The int8 screen of the augmented table (:func:`~dsmcli.codec.kernels.screen_tables`), built on first
         use by a native streaming step."""
         if self._screen is None or self._screen[0].device != self.augmented_table.device:
             self._screen = screen_tables(self.augmented_table)
