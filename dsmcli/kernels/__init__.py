@@ -14,8 +14,9 @@
 
 Each returns None when it cannot be built here (no C++ compiler or ninja, an unsupported platform): callers then
 take a slower pure-torch path with the same numerics up to float rounding. A build goes to
-``$XDG_CACHE_HOME/dsmcli/kernels`` (default ``~/.cache/dsmcli/kernels``), keyed by the source, the torch version
-and the CPU flags, so it happens once per machine (~15 s each). ``DSM_NO_NATIVE_KERNELS=1`` disables them.
+``$XDG_CACHE_HOME/dsmcli/kernels`` (default ``~/.cache/dsmcli/kernels``), keyed by the source (its text and its
+path), the torch version and the CPU flags, so it happens once per machine and install (~15 s each).
+``DSM_NO_NATIVE_KERNELS=1`` disables them.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def _build_key(source: Path) -> str:
     for header in sorted(source.parent.glob("*.h")):  # the shared headers the sources include
         digest.update(header.read_bytes())
     digest.update(f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}|{sys.version_info[:2]}|{CFLAGS}".encode())
+    # the build files name the source by its path: two checkouts sharing one build rebuilt it on every switch
+    digest.update(str(source.resolve()).encode())
     return digest.hexdigest()[:16]
 
 
