@@ -12,9 +12,10 @@ encoding), small tables and machines without the native kernels go through the s
 :func:`dsmcli.codec.kernels.rvq_encode` (all levels in one native call, the table streamed at memory speed by
 the product of :func:`dsmcli.codec.kernels.linear`), whose distances differ from cdist's by float rounding:
 codes can then differ only where two centroids are within that rounding of each other (see
-tests/test_codec_kernels.py). That kernel first reads an int8 copy of the table (:func:`~dsmcli.codec.kernels.screen_tables`, built on
-first use: 17 MB for a released Mimi's 32 levels) and computes exact float32 distances only for the centroids
-within a rigorous rounding bound of the best: the same codes, bit for bit, from a quarter of the memory traffic.
+tests/test_codec_kernels.py). That kernel first reads an int8 copy of the table
+(:func:`~dsmcli.codec.kernels.screen_tables`, built on first use: 17 MB for a released Mimi's 32 levels) and
+computes exact float32 distances only for the centroids within a rigorous rounding bound of the best: the same
+codes, bit for bit, from a quarter of the memory traffic.
 """
 
 from __future__ import annotations
@@ -104,10 +105,10 @@ class ResidualVQ(nn.Module):
         :func:`~dsmcli.codec.kernels.rvq_encode` takes the step (see the module docstring).
         """
         batch, _, steps = latent.shape
-        rows = latent.transpose(1, 2).reshape(batch * steps, -1)
-        residual = native_linear(rows, self.input_proj.weight[:, :, 0])  # a streaming step's few rows
-        if residual is None:  # the reference's 1x1 conv, bit for bit
-            residual = self.input_proj(latent).transpose(1, 2).reshape(batch * steps, -1)  # [N, dim]
+        projected = native_linear(latent.transpose(1, 2), self.input_proj.weight[:, :, 0])  # a streaming step
+        if projected is None:  # the reference's 1x1 conv, bit for bit
+            projected = self.input_proj(latent).transpose(1, 2)
+        residual = projected.reshape(batch * steps, -1)  # [N, dim]
         fused = rvq_encode(residual, self.augmented_table[:num_levels], self._screen_tables)
         if fused is not None:
             return fused.view(num_levels, batch, steps).transpose(0, 1)

@@ -108,15 +108,15 @@ def rvq_encode_op() -> Callable | None:
 
 @functools.cache
 def mimi_transformer_op() -> Callable | None:
-    """The compiled ``transformer_step(x [B, T, d], cos, sin, q_pos, cells, active, weights, keys, values, positions,
-    ends, num_heads, context, eps) -> [B, T, d]`` op (see ``mimi_transformer.cpp``), or None."""
+    """The compiled ``transformer_step(x [B, T, d], active, weights, keys, values, positions, ends, offset, num_heads,
+    context, max_period, eps) -> [B, T, d]`` op (see ``mimi_transformer.cpp``), or None."""
     return _load("dsmcli_mimi", "mimi_transformer.cpp", "Mimi streaming", "transformer_step")
 
 
 @functools.cache
 def seanet_step_op() -> Callable | None:
-    """The compiled ``step(x [B, C, N], program, weights, biases, tails, strides, dilations, active, alpha)`` op (see
-    ``seanet_step.cpp``), or None."""
+    """The compiled ``step(x [B, C, N], program, weights, biases, tails, strides, dilations, fresh, active, alpha)``
+    op (see ``seanet_step.cpp``), or None."""
     return _load("dsmcli_seanet", "seanet_step.cpp", "Mimi streaming", "step")
 
 

@@ -38,6 +38,40 @@ at::Tensor fp32_linear(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return y;
 }
 
+// The augmented rows [-2r, |r|^2, 1] [M, D + 2] of the residual rows r [M, D].
+void augment(const float* residual, int64_t M, int64_t D, float* augmented) {
+  const int64_t K = D + 2;
+  for (int64_t m = 0; m < M; ++m) {
+    float norm = 0.f;
+    for (int64_t d = 0; d < D; ++d) {
+      const float r = residual[m * D + d];
+      augmented[m * K + d] = -2.f * r;
+      norm += r * r;
+    }
+    augmented[m * K + D] = norm;
+    augmented[m * K + D + 1] = 1.f;
+  }
+}
+
+// The quantizer's choice among distances offered in ascending index order: the smallest sqrt(max(0, distance)),
+// the lowest index on ties.
+struct Nearest {
+  int64_t index = -1;
+  float distance = 0.f;
+  void offer(int64_t n, float squared) {
+    const float d = std::sqrt(std::max(0.f, squared));
+    if (index < 0 || d < distance) {
+      distance = d;
+      index = n;
+    }
+  }
+};
+
+// r -= the centroid (the first D values of the augmented table row).
+inline void subtract(float* residual, const float* row, int64_t D) {
+  for (int64_t d = 0; d < D; ++d) residual[d] -= row[d];
+}
+
 // Residual vector quantization of the rows of x [M, D] over tables [L, bins, D + 2] (rows [e, 1, |e|^2]):
 // level by level, code = argmin_e sqrt(max(0, [-2r, |r|^2, 1] . [e, 1, |e|^2])) (lowest index on ties), then
 // r -= e[code]. The arithmetic of dsmcli.codec.quantizer (the augmented product by the kernel above) without a
@@ -54,31 +88,13 @@ at::Tensor rvq_encode(const at::Tensor& x, const at::Tensor& tables) {
   int64_t* cp = codes.data_ptr<int64_t>();
   for (int64_t level = 0; level < L; ++level) {
     const float* table = tables.data_ptr<float>() + level * bins * K;
-    for (int64_t m = 0; m < M; ++m) {
-      float norm = 0.f;
-      for (int64_t d = 0; d < D; ++d) {
-        const float r = residual[m * D + d];
-        augmented[m * K + d] = -2.f * r;
-        norm += r * r;
-      }
-      augmented[m * K + D] = norm;
-      augmented[m * K + D + 1] = 1.f;
-    }
+    augment(residual.data(), M, D, augmented.data());
     product(augmented.data(), M, table, nullptr, distances.data(), bins, K);
     for (int64_t m = 0; m < M; ++m) {
-      const float* row = distances.data() + m * bins;
-      int64_t best = 0;
-      float best_distance = std::sqrt(std::max(0.f, row[0]));
-      for (int64_t n = 1; n < bins; ++n) {
-        const float distance = std::sqrt(std::max(0.f, row[n]));
-        if (distance < best_distance) {
-          best_distance = distance;
-          best = n;
-        }
-      }
-      cp[level * M + m] = best;
-      const float* centroid = table + best * K;
-      for (int64_t d = 0; d < D; ++d) residual[m * D + d] -= centroid[d];
+      Nearest nearest;
+      for (int64_t n = 0; n < bins; ++n) nearest.offer(n, distances[m * bins + n]);
+      cp[level * M + m] = nearest.index;
+      subtract(residual.data() + m * D, table + nearest.index * K, D);
     }
   }
   return codes;
@@ -107,14 +123,15 @@ inline void screen_tile(const float* x, const int8_t* e8, int64_t D, int64_t N, 
   for (int j = 0; j < NB; ++j) out[rows[j]] = _mm512_reduce_add_ps(acc[j]);
 }
 
-// out[m, n] = x[m] . e8[n] (x [M, D]: the float32 rows -2r) for the weight rows rows[0..count).
-void screen_rows(const float* x, int64_t M, const int8_t* e8, int64_t D, const int64_t* rows, int64_t count,
-                 float* out, int64_t N) {
+// out[m, n] = x[m, :D] . e8[n] (x [M, stride]: the augmented rows, whose first D values are -2r) for the weight
+// rows rows[0..count).
+void screen_rows(const float* x, int64_t stride, int64_t M, const int8_t* e8, int64_t D, const int64_t* rows,
+                 int64_t count, float* out, int64_t N) {
   for (int64_t m = 0; m < M; ++m) {
     if (count == dsm::kStreams)
-      screen_tile<dsm::kStreams>(x + m * D, e8, D, N, rows, out + m * N);
+      screen_tile<dsm::kStreams>(x + m * stride, e8, D, N, rows, out + m * N);
     else
-      for (int64_t j = 0; j < count; ++j) screen_tile<1>(x + m * D, e8, D, N, rows + j, out + m * N);
+      for (int64_t j = 0; j < count; ++j) screen_tile<1>(x + m * stride, e8, D, N, rows + j, out + m * N);
   }
 }
 #endif
@@ -146,7 +163,7 @@ at::Tensor rvq_encode_screened(const at::Tensor& x, const at::Tensor& tables, co
                 "scales, slack, norms, squares: float32 [L, bins]");
   at::Tensor codes = at::empty({L, M}, x.options().dtype(at::kLong));
   std::vector<float> residual(x.data_ptr<float>(), x.data_ptr<float>() + M * D);
-  std::vector<float> scaled(M * D), augmented(K), approx(M * bins), exact(bins), s(M), low(bins), high(bins);
+  std::vector<float> augmented(M * K), approx(M * bins), exact(bins), low(bins), high(bins);
   std::vector<int64_t> candidates;
   int64_t* cp = codes.data_ptr<int64_t>();
   const float summation = 2.f * static_cast<float>(K) * std::ldexp(1.f, -24);
@@ -158,25 +175,18 @@ at::Tensor rvq_encode_screened(const at::Tensor& x, const at::Tensor& tables, co
     const float* error = slack.data_ptr<float>() + level * bins;
     const float* norm = norms.data_ptr<float>() + level * bins;
     const float* q = squares.data_ptr<float>() + level * bins;
-    for (int64_t m = 0; m < M; ++m) {
-      float total = 0.f;
-      for (int64_t d = 0; d < D; ++d) {
-        const float r = residual[m * D + d];
-        scaled[m * D + d] = -2.f * r;
-        total += r * r;
-      }
-      s[m] = total;
-    }
+    augment(residual.data(), M, D, augmented.data());
     dsm::for_row_streams(bins, grain, [&](const int64_t* rows, int64_t count) {
-      screen_rows(scaled.data(), M, e8, D, rows, count, approx.data(), bins);
+      screen_rows(augmented.data(), K, M, e8, D, rows, count, approx.data(), bins);
     });
     for (int64_t m = 0; m < M; ++m) {
-      const float r_norm = std::sqrt(s[m]);
+      const float* row = augmented.data() + m * K;  // [-2r, |r|^2, 1]
+      const float squared = row[D], r_norm = std::sqrt(squared);
       const float* dots = approx.data() + m * bins;
       for (int64_t n = 0; n < bins; ++n) {  // a +- bound (plain loops: vectorized by the compiler)
-        const float a = scale[n] * dots[n] + s[m] + q[n];
+        const float a = scale[n] * dots[n] + squared + q[n];
         const float bound =
-            2.f * r_norm * error[n] + summation * (2.f * r_norm * (norm[n] + error[n]) + s[m] + q[n]);
+            2.f * r_norm * error[n] + summation * (2.f * r_norm * (norm[n] + error[n]) + squared + q[n]);
         low[n] = a - bound;
         high[n] = a + bound;
       }
@@ -189,23 +199,13 @@ at::Tensor rvq_encode_screened(const at::Tensor& x, const at::Tensor& tables, co
       candidates.clear();
       for (n = 0; n < bins; ++n)
         if (low[n] <= threshold) candidates.push_back(n);
-      // the exact distances of the candidates: rvq_encode's augmented row and tile
-      for (int64_t d = 0; d < D; ++d) augmented[d] = scaled[m * D + d];
-      augmented[D] = s[m];
-      augmented[D + 1] = 1.f;
-      int64_t best = -1;
-      float best_distance = 0.f;
-      for (const int64_t n : candidates) {  // ascending: ties keep the lowest index
-        dsm::fp32::tile<1, 1>(augmented.data(), 0, table, nullptr, exact.data(), bins, &n, K);
-        const float distance = std::sqrt(std::max(0.f, exact[n]));
-        if (best < 0 || distance < best_distance) {
-          best_distance = distance;
-          best = n;
-        }
+      Nearest nearest;  // the exact distances of the candidates (ascending): rvq_encode's augmented row and tile
+      for (const int64_t n : candidates) {
+        dsm::fp32::tile<1, 1>(row, 0, table, nullptr, exact.data(), bins, &n, K);
+        nearest.offer(n, exact[n]);
       }
-      cp[level * M + m] = best;
-      const float* centroid = table + best * K;
-      for (int64_t d = 0; d < D; ++d) residual[m * D + d] -= centroid[d];
+      cp[level * M + m] = nearest.index;
+      subtract(residual.data() + m * D, table + nearest.index * K, D);
     }
   }
   return codes;
