@@ -4,7 +4,8 @@ Every input is a stream of audio chunks; B inputs step together, one 80 ms step 
 that finishes is given the next input (its Mimi and LM state reset, the others untouched). Per step and
 slot: encode the next frame (silence prefix, audio, silence suffix), give the LM the codes of the
 *previous* frame (training alignment), turn the sampled text token into final words (``WordAssembler``)
-and end-of-turn events (semantic VAD heads), and hand them to the input's sink as they happen.
+and end-of-turn events (semantic VAD heads), and hand them to the input's sink as they happen. An optional
+prompt (``dsmcli.stt_prompt``, experimental) adds audio before each input and forces text at its start.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dsmcli.engine import LMStream, SamplingOptions, StepOutput
 from dsmcli.errors import DsmError, UsageError
 from dsmcli.results import EndOfTurn, TranscriptEvent
 from dsmcli.stt import END_OF_TURN_CLASS, END_OF_TURN_HEAD, SttModel
+from dsmcli.stt_prompt import PromptRun, SttPrompt
 from dsmcli.words import WordAssembler
 
 DEFAULT_TEXT_TOP_K = 50  # lm_gen_config of the released STT models (used when temperature > 0)
@@ -64,12 +66,15 @@ class SttJob:
 
 
 class FrameFeed:
-    """The frames of one input in DSM order: ``prefix`` silent frames, the audio, ``suffix`` silent frames."""
+    """The frames of one input in DSM order: ``prefix`` silent frames, the ``lead`` frames ``[n, FRAME_SIZE]``
+    (a prompt's audio and gap), the audio, ``suffix`` silent frames."""
 
-    def __init__(self, chunks: Iterable[np.ndarray], prefix: int, suffix: int) -> None:
+    def __init__(self, chunks: Iterable[np.ndarray], prefix: int, suffix: int, lead: np.ndarray | None = None) -> None:
         self._chunks: Iterator[np.ndarray] | None = iter(chunks)
         self._chunker = FrameChunker(FRAME_SIZE)
         self._ready: deque[np.ndarray] = deque(np.zeros((prefix, FRAME_SIZE), dtype=np.float32))
+        if lead is not None:
+            self._ready.extend(lead)
         self._suffix = suffix
         self.audio_samples = 0
 
@@ -172,7 +177,8 @@ class _StepValues:
 class Transcriber:
     """Runs jobs through ``batch_size`` slots of one model."""
 
-    def __init__(self, model: SttModel, options: TranscribeOptions = TranscribeOptions(), batch_size: int = 1):
+    def __init__(self, model: SttModel, options: TranscribeOptions = TranscribeOptions(), batch_size: int = 1,
+                 prompt: SttPrompt | None = None):
         if options.vad and not model.has_end_of_turn:
             raise UsageError(f"--vad: {model.name} has no end-of-turn (VAD) heads; use stt-1b-en_fr-candle")
         if batch_size < 1:
@@ -182,7 +188,11 @@ class Transcriber:
         if options.seed is not None:
             generator = torch.Generator(device=model.lm.device).manual_seed(options.seed)
         sampling = SamplingOptions(temp=0.0, top_k=0, text_temp=options.temperature, text_top_k=options.top_k)
-        self.stream = LMStream(model.lm, sampling, generator=generator)
+        self.prompt = None if prompt is None else PromptRun(
+            prompt, model.tokenizer, model.timing.time_offset, batch_size,
+            end_of_padding_id=model.config.end_of_padding_id, pad_id=model.config.text_pad_id)
+        hooks = None if self.prompt is None else self.prompt.forcing.hooks
+        self.stream = LMStream(model.lm, sampling, hooks=hooks, generator=generator)
 
     def run(self, jobs: Iterable[SttJob], progress: Callable[[str, int], None] | None = None,
             on_token: Callable[[SttJob, int, int], None] | None = None) -> None:
@@ -218,17 +228,22 @@ class Transcriber:
         for i, slot in enumerate(slots):
             while slot is None and pending:
                 job = pending.popleft()
+                lead = None if self.prompt is None else self.prompt.lead
                 try:
-                    feed = FrameFeed(job.open(), timing.prefix_frames, timing.suffix_frames)
+                    feed = FrameFeed(job.open(), timing.prefix_frames, timing.suffix_frames, lead)
                 except DsmError as error:
                     job.sink.fail(error)
                     continue
                 slot = slots[i] = _Slot(job, feed, self._input_events(), self.model.mimi.init_state(1))
                 fresh[i] = True
+                if self.prompt is not None:
+                    self.prompt.start(i)
         return fresh
 
     def _input_events(self) -> InputEvents:
         cfg, offset = self.model.config, self.model.timing.time_offset
+        if self.prompt is not None:
+            offset = self.prompt.time_offset
         words = WordAssembler(self.model.tokenizer, end_of_padding_id=cfg.end_of_padding_id, pad_id=cfg.text_pad_id,
                               eos_id=self.model.eos_id, time_offset_seconds=offset)
         return InputEvents(words, offset, self.options.vad_threshold if self.options.vad else None)
@@ -262,6 +277,8 @@ class Transcriber:
         token = values.tokens[i]
         if on_token is not None:
             on_token(slot.job, slot.step, token)
+        if self.prompt is not None:
+            token = self.prompt.visible(i, slot.step, token)
         end_of_turn = None if values.end_of_turn is None else values.end_of_turn[i]
         events = slot.events.push(slot.step, token, values.probabilities[i], end_of_turn)
         if not encoded:  # the LM just consumed the input's last frame

@@ -5,11 +5,16 @@ twice), so the reference and dsmcli see exactly the same inputs at every step. B
 tokens, the run records what a test needs to tell a real difference from a near-tie: the top-2 margin of
 the text logits at every step, and the Mimi codes of every frame with the gap between the nearest and the
 second-nearest centroid at each codebook level (the reference's own ``torch.cdist`` distances).
+
+With ``prompt_text`` / ``prompt_audio`` it prompts as Kyutai's ``stt_from_file_with_prompt_pytorch.py`` does:
+the prompt audio's frames after the silence prefix, then 10 silent frames, then the audio; and the script's
+``PromptHook`` as LMGen's text logits and text token hooks (``ScriptPromptHook`` below is that class).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +23,36 @@ import numpy as np
 import torch
 
 FRAME = 1920
+PROMPT_GAP_FRAMES = 10  # the script's "bit (0.8s) of silence to separate prompt and the actual audio"
+
+
+class ScriptPromptHook:
+    """``PromptHook`` of ``stt_from_file_with_prompt_pytorch.py`` (kyutai-labs/delayed-streams-modeling)."""
+
+    def __init__(self, tokenizer, prefix, padding_tokens=(0, 3)):
+        self.tokenizer = tokenizer
+        self.prefix_enforce = deque(self.tokenizer.encode(prefix))
+        self.padding_tokens = padding_tokens
+
+    def on_token(self, token):
+        if not self.prefix_enforce:
+            return
+        token = token.item()
+        if token in self.padding_tokens:
+            pass
+        elif token == self.prefix_enforce[0]:
+            self.prefix_enforce.popleft()
+        else:
+            assert False
+
+    def on_logits(self, logits):
+        if not self.prefix_enforce:
+            return
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        for t in self.padding_tokens:
+            mask[..., t] = True
+        mask[..., self.prefix_enforce[0]] = True
+        logits[:] = torch.where(mask, logits, float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -27,6 +62,7 @@ class ReferenceRun:
     stt_config: dict
     codes: np.ndarray  # [frames, n_q] Mimi codes, silence prefix, audio and suffix frames
     codec_gaps: np.ndarray  # [frames, n_q] nearest vs second-nearest centroid distance gap
+    prompt_left: int = 0  # prompt tokens the script's hook still had to force at the end
 
     @property
     def first_frame_step(self) -> int:
@@ -54,11 +90,19 @@ def _recording_codebook_gaps(gaps: list[float]) -> Iterator[None]:
         EuclideanCodebook._quantize = original
 
 
-def reference_tokens(repo: str, audio_24k: np.ndarray, codes: np.ndarray | None = None) -> ReferenceRun:
+def _frames(audio: np.ndarray) -> list[np.ndarray]:
+    audio = np.asarray(audio, dtype=np.float32)
+    return list(np.concatenate([audio, np.zeros((-len(audio)) % FRAME, dtype=np.float32)]).reshape(-1, FRAME))
+
+
+def reference_tokens(repo: str, audio_24k: np.ndarray, codes: np.ndarray | None = None,
+                     prompt_text: str | None = None, prompt_audio: np.ndarray | None = None) -> ReferenceRun:
     """Greedy text tokens of the reference for ``audio_24k``, with margins, codes and codec gaps.
 
     ``codes`` ``[frames, n_q]`` (e.g. dsmcli's own Mimi codes) are fed to the reference LM instead of the
-    reference Mimi's; the run's ``codec_gaps`` are then still the reference Mimi's."""
+    reference Mimi's; the run's ``codec_gaps`` are then still the reference Mimi's. ``prompt_text`` and
+    ``prompt_audio`` (24 kHz mono) prompt the run as the reference's prompting script does (margins are then
+    those of the masked logits the greedy choice is made from)."""
     from moshi.models import LMGen, loaders
 
     info = loaders.CheckpointInfo.from_hf_repo(repo)
@@ -70,14 +114,23 @@ def reference_tokens(repo: str, audio_24k: np.ndarray, codes: np.ndarray | None 
         top = logits.reshape(logits.shape[0], -1)[0].float().topk(2).values
         margins.append(float(top[0] - top[1]))
 
-    gen = LMGen(lm, temp=0, temp_text=0, on_text_logits_hook=record)
+    hook = None if prompt_text is None else ScriptPromptHook(info.get_text_tokenizer(), prompt_text)
+
+    def on_logits(logits: torch.Tensor) -> None:
+        if hook is not None:
+            hook.on_logits(logits)
+        record(logits)
+
+    gen = LMGen(lm, temp=0, temp_text=0, on_text_logits_hook=on_logits,
+                on_text_hook=None if hook is None else hook.on_token)
     cfg = info.stt_config
     prefix = math.ceil(cfg.get("audio_silence_prefix_seconds", 1.0) * 12.5)
     suffix = math.ceil(cfg.get("audio_delay_seconds", 5.0) * 12.5)
-    audio = np.asarray(audio_24k, dtype=np.float32)
-    audio = np.concatenate([audio, np.zeros((-len(audio)) % FRAME, dtype=np.float32)])
-    frames = [np.zeros(FRAME, np.float32)] * prefix + list(audio.reshape(-1, FRAME))
-    frames += [np.zeros(FRAME, np.float32)] * suffix
+    silence = np.zeros(FRAME, np.float32)
+    frames = [silence] * prefix
+    if prompt_audio is not None:
+        frames += _frames(prompt_audio) + [silence] * PROMPT_GAP_FRAMES
+    frames += _frames(audio_24k) + [silence] * suffix
     tokens: list[int] = []
     mimi_codes: list[np.ndarray] = []
     gaps: list[float] = []
@@ -91,4 +144,5 @@ def reference_tokens(repo: str, audio_24k: np.ndarray, codes: np.ndarray | None 
                 tokens.append(int(gen.step(frame_codes)[0, 0, 0]))
             tokens.append(int(gen.step(frame_codes)[0, 0, 0]))
     code_array = np.stack(mimi_codes) if codes is None else np.asarray(codes)
-    return ReferenceRun(tokens, margins, cfg, code_array, np.asarray(gaps).reshape(code_array.shape))
+    left = 0 if hook is None else len(hook.prefix_enforce)
+    return ReferenceRun(tokens, margins, cfg, code_array, np.asarray(gaps).reshape(code_array.shape), left)

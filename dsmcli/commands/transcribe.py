@@ -34,6 +34,14 @@ def transcribe_cmd(
     dtype: str = dtype_option(),
     temperature: float = typer.Option(0.0, "--temperature", help="Text sampling temperature (0 = greedy)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for --temperature > 0."),
+    prompt: Optional[str] = typer.Option(
+        None, "--prompt", rich_help_panel="Decoding",
+        help="Experimental: text forced as the start of what the model writes, e.g. the words of --prompt-audio "
+             "to steer a spelling; it is not written to the outputs."),
+    prompt_audio: Optional[str] = typer.Option(
+        None, "--prompt-audio", rich_help_panel="Decoding",
+        help="Experimental: audio fed before each input (then 0.8 s of silence) to steer spelling, style or "
+             "language; not transcribed, word times stay those of the input."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Files transcribed in parallel."),
     vad: bool = typer.Option(
         False, "--vad", help="Mark semantic ends of turn (jsonl events, json marks, a new cue/line; models with VAD heads)."),
@@ -70,6 +78,7 @@ def transcribe_cmd(
         writer_options=run.writer_options(max_line_width, max_line_count, max_words_per_line, highlight_words),
         segment_options=run.segment_options(gap, vad),
         progress=progress, quantize=run.quantize_method(quantize), threads=threads,
+        prompt_text=prompt, prompt_audio=prompt_audio,
     )
     try:
         result = run.execute(request)

@@ -72,6 +72,8 @@ class Request:
     mic_factory: Any = None  # sounddevice.InputStream stand-in (tests inject a fake)
     quantize: QuantMethod = QuantMethod.NONE  # int8 LM linears (dsmcli.engine.quantize)
     threads: int | None = None  # torch CPU threads
+    prompt_text: str | None = None  # --prompt (experimental, dsmcli.stt_prompt)
+    prompt_audio: str | None = None  # --prompt-audio: a file, read whole before the model loads
 
 
 def quantize_method(name: str) -> QuantMethod:
@@ -308,6 +310,7 @@ def execute(request: Request, observer: Callable[[str, int], None] | None = None
     from dsmcli.transcribe import Transcriber
 
     check_outputs(request)
+    prompt = load_prompt(request)
     result = RunResult(total=len(request.sources))
     sources = preflight(request, result)
     if not sources:
@@ -316,7 +319,7 @@ def execute(request: Request, observer: Callable[[str, int], None] | None = None
         torch.set_num_threads(request.threads)
     model = SttModel.load(request.model, device=request.device, dtype=request.dtype)
     quantize_lm(model.lm, request.quantize)
-    transcriber = Transcriber(model, request.options, batch_size=min(request.batch_size, len(sources)))
+    transcriber = Transcriber(model, request.options, batch_size=min(request.batch_size, len(sources)), prompt=prompt)
     sinks = [OutputSink(request, source, model.name, result) for source in sources]
     jobs = [SttJob(source, _opener(request, source, sink, result), sink) for source, sink in zip(sources, sinks)]
     try:
@@ -328,6 +331,16 @@ def execute(request: Request, observer: Callable[[str, int], None] | None = None
         for sink in sinks:
             sink.interrupt()
     return result
+
+
+def load_prompt(request: Request) -> Any:
+    """The ``SttPrompt`` of ``--prompt`` / ``--prompt-audio`` (None without them); the same for every input."""
+    if request.prompt_text is None and request.prompt_audio is None:
+        return None
+    from dsmcli.stt_prompt import SttPrompt, load_prompt_audio
+
+    audio = None if request.prompt_audio is None else load_prompt_audio(request.prompt_audio)
+    return SttPrompt(text=request.prompt_text, audio=audio)
 
 
 def _chain(first: Callable[[str, int], None], second: Callable[[str, int], None] | None) -> Callable[[str, int], None]:
