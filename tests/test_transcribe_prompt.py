@@ -303,3 +303,47 @@ def test_cli_bad_prompt_text_is_a_usage_error(prompt, message, tiny_stt, files, 
     assert exit_info.value.code == 2
     assert out == "" and err.count("\n") == 1 and err.startswith(f"dsm: error: {message}")
     assert not (tmp_path / "o.txt").exists()
+
+
+def test_microphone_opens_after_the_prompt_and_gets_the_prompted_words(models, tiny_stt, bria_24k, prompt_audio,
+                                                                        tmp_path, monkeypatch):
+    """With --mic the prompt's frames are fed first; the sound card opens when the input's first frame is needed,
+    and what it hears is transcribed as the same samples from a file with the same prompt."""
+    from test_transcribe_cli import FakeMicStream, jsonl_words
+
+    from dsmcli.commands import transcribe_run as run
+    from dsmcli.outputs import WriterOptions
+    from dsmcli.segments import SegmentOptions
+
+    _, stt = models["tiny_stt"]
+    audio = bria_24k(4.0)  # 50 whole blocks
+    steps: list[int] = []
+
+    class CountingMic(FakeMicStream):
+        def start(self):
+            self.opened_at = len(steps)
+            CountingMic.opened.append(self.opened_at)
+            super().start()
+
+    CountingMic.opened = []
+    monkeypatch.setattr(FakeMicStream, "AUDIO", audio)
+    text = CASES["text+audio"][1]
+    request = run.Request(
+        sources=[run.MIC], formats=["jsonl"], output=str(tmp_path / "mic.jsonl"), force=False, model=tiny_stt,
+        device=torch.device("cpu"), dtype=torch.float32, batch_size=1, raw=False, rate=None, channels=None,
+        audio_device=None, options=TranscribeOptions(), writer_options=WriterOptions(),
+        segment_options=SegmentOptions(), progress=False, mic_factory=CountingMic,
+        prompt_text=text, prompt_audio=str(_wav(tmp_path / "loonah.wav", prompt_audio)))
+    result = run.execute(request, observer=lambda source, samples: steps.append(samples))
+    assert result.exit_code == 130 and not result.errors
+    lead = SttPrompt(audio=prompt_audio).lead_frames()
+    assert CountingMic.opened == [stt.timing.prefix_frames + len(lead)]  # steps that encoded prefix and prompt
+    jsonl = (tmp_path / "mic.jsonl").read_text()
+    expected = ours(stt, [audio], SttPrompt(text, prompt_audio))[0][0].words
+    assert jsonl_words(jsonl) == [(w.text.strip(), round(w.start, 3), round(w.end, 3)) for w in expected] and expected
+    assert json.loads(jsonl.splitlines()[-1])["duration"] == 4.0  # the input's audio, not the prompt's
+
+
+def _wav(path, audio):
+    soundfile.write(path, audio, 24000, subtype="FLOAT")
+    return path
