@@ -74,7 +74,8 @@ def prompt_token_ids(tokenizer: Any, text: str, special_max: int) -> list[int]:
     if all(i > special_max for i in ids):
         return ids
     unknown = sorted({c for c in text if not c.isspace() and any(i <= special_max for i in tokenizer.encode(c))})
-    raise UsageError(f"--prompt: the model's vocabulary cannot spell {' '.join(unknown)!s}; leave those out")
+    what = " ".join(unknown) if unknown else repr(text)
+    raise UsageError(f"--prompt: the model's vocabulary cannot spell {what}; leave those out")
 
 
 class PromptForcing:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 from fractions import Fraction
 
 import numpy as np
@@ -84,7 +87,8 @@ def first_difference(a, b) -> int | None:
 
 @pytest.fixture(scope="module")
 def models(tiny_stt, tiny_stt_prefix):
-    return {"tiny_stt": (tiny_stt, SttModel.load(tiny_stt)), "tiny_stt_prefix": (tiny_stt_prefix, SttModel.load(tiny_stt_prefix))}
+    repos = {"tiny_stt": tiny_stt, "tiny_stt_prefix": tiny_stt_prefix}
+    return {name: (repo, SttModel.load(repo)) for name, repo in repos.items()}
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +157,8 @@ def test_prompted_tokens_and_words_equal_the_reference(case, models, speech, pro
     got = tokens[0]
     reference = reference_equal_to_ours(repo, stt, speech, got, text, audio)
     lead = (math.ceil(len(prompt_audio) / FRAME_SIZE) + PROMPT_GAP_FRAMES) if with_audio else 0
-    assert len(got) == 1 + stt.timing.prefix_frames + lead + math.ceil(len(speech) / FRAME_SIZE) + stt.timing.suffix_frames
+    timing = stt.timing
+    assert len(got) == 1 + timing.prefix_frames + lead + math.ceil(len(speech) / FRAME_SIZE) + timing.suffix_frames
     unprompted = ours(stt, [speech], None)[1][0]
     assert first_difference(got, unprompted) is not None, "the prompt must change the tokens"
     # The transcript: words of the reference's tokens with the prompt region's text hidden, timed from the input.
@@ -291,7 +296,10 @@ def test_cli_bad_prompt_audio_is_one_line_before_the_model_loads(bad, code, mess
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("prompt, message", [("  ", "--prompt is empty"), ("fo Ω", "--prompt: the model's vocabulary cannot spell Ω")])
+@pytest.mark.parametrize("prompt, message", [
+    ("  ", "--prompt is empty"),
+    ("fo Ω", "--prompt: the model's vocabulary cannot spell Ω"),
+])
 def test_cli_bad_prompt_text_is_a_usage_error(prompt, message, tiny_stt, files, tmp_path, capfd):
     from dsmcli.cli import main
 
@@ -306,11 +314,9 @@ def test_cli_bad_prompt_text_is_a_usage_error(prompt, message, tiny_stt, files, 
 
 
 def test_microphone_opens_after_the_prompt_and_gets_the_prompted_words(models, tiny_stt, bria_24k, prompt_audio,
-                                                                        tmp_path, monkeypatch):
+                                                                        tmp_path):
     """With --mic the prompt's frames are fed first; the sound card opens when the input's first frame is needed,
     and what it hears is transcribed as the same samples from a file with the same prompt."""
-    from test_transcribe_cli import FakeMicStream, jsonl_words
-
     from dsmcli.commands import transcribe_run as run
     from dsmcli.outputs import WriterOptions
     from dsmcli.segments import SegmentOptions
@@ -320,13 +326,12 @@ def test_microphone_opens_after_the_prompt_and_gets_the_prompted_words(models, t
     steps: list[int] = []
 
     class CountingMic(FakeMicStream):
+        AUDIO, opened = audio, []
+
         def start(self):
-            self.opened_at = len(steps)
-            CountingMic.opened.append(self.opened_at)
+            CountingMic.opened.append(len(steps))
             super().start()
 
-    CountingMic.opened = []
-    monkeypatch.setattr(FakeMicStream, "AUDIO", audio)
     text = CASES["text+audio"][1]
     request = run.Request(
         sources=[run.MIC], formats=["jsonl"], output=str(tmp_path / "mic.jsonl"), force=False, model=tiny_stt,
@@ -342,6 +347,39 @@ def test_microphone_opens_after_the_prompt_and_gets_the_prompted_words(models, t
     expected = ours(stt, [audio], SttPrompt(text, prompt_audio))[0][0].words
     assert jsonl_words(jsonl) == [(w.text.strip(), round(w.start, 3), round(w.end, 3)) for w in expected] and expected
     assert json.loads(jsonl.splitlines()[-1])["duration"] == 4.0  # the input's audio, not the prompt's
+
+
+class FakeMicStream:
+    """A sounddevice.InputStream stand-in: on start(), a thread delivers ``AUDIO`` in 1920-sample blocks through
+    the callback, then presses Ctrl-C (SIGINT to this process)."""
+
+    AUDIO = np.zeros(0, dtype=np.float32)
+
+    def __init__(self, *, samplerate, blocksize, device, channels, dtype, callback, **_):
+        assert (samplerate, blocksize, channels, dtype) == (24000, FRAME_SIZE, 1, "float32")
+        self.callback, self.active = callback, True
+        self.thread = threading.Thread(target=self._play, daemon=True)
+
+    def _play(self):
+        for start in range(0, len(self.AUDIO), FRAME_SIZE):
+            self.callback(self.AUDIO[start: start + FRAME_SIZE, None].copy(), FRAME_SIZE, None, None)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.thread.join()
+
+    def close(self):
+        self.active = False
+
+
+def jsonl_words(text: str) -> list[tuple[str, float, float]]:
+    events = [json.loads(line) for line in text.splitlines()]
+    starts = [(e["text"], e["start_time"]) for e in events if e["type"] == "Word"]
+    ends = [e["stop_time"] for e in events if e["type"] == "EndWord"]
+    return [(text, start, end) for (text, start), end in zip(starts, ends)]
 
 
 def _wav(path, audio):
