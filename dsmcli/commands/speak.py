@@ -10,7 +10,7 @@ import typer
 
 from dsmcli.cli import app
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
-from dsmcli.errors import EXIT_INTERRUPTED, UsageError
+from dsmcli.errors import EXIT_INTERRUPTED, ModelLoadError, UsageError
 from dsmcli.speak_model import DEFAULT_TEMPERATURE, SpeakOptions
 from dsmcli.tts.state_machine import DEFAULT_MAX_PADDING
 
@@ -154,12 +154,12 @@ def voices_cmd(
     from dsmcli.speak_run import available_voices
 
     found, origin = available_voices(model, voice_repo)
+    if not found:
+        raise ModelLoadError(f"no voices found in {origin}; fetch them with `dsm download {origin}` "
+                             f"or pass --voice-repo DIR")
     if json_out:
         print(json.dumps([{"name": v.name, "kind": v.kind.value, "model": v.model_tag, "path": str(v.path)}
                           for v in found], indent=2))
         return
     for voice in found:
         print(voice.name)
-    if not found:
-        print(f"dsm: no voices found in {origin}; fetch them with `dsm download {origin}` or pass --voice-repo DIR",
-              file=sys.stderr)
