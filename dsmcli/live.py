@@ -81,6 +81,45 @@ def list_devices(sounddevice: ModuleType | None = None) -> list[AudioDevice]:
     ]
 
 
+def parse_device(text: str | None) -> Device:
+    """A ``--input-device`` / ``--output-device`` value as sounddevice takes it: an index, or (part of) a name."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+def _where(device: Device, what: str) -> str:
+    return f"the {what}" + (" (is there a default audio device?)" if device is None else f" {device!r}")
+
+
+def check_device(device: Device, kind: str, sounddevice: ModuleType | None = None) -> None:
+    """Fail early (before any model loads) unless PortAudio loads and ``device`` (None: the default) takes
+    mono float32 at SAMPLE_RATE. ``kind`` is "input" (microphone) or "output" (speakers)."""
+    sd = sounddevice if sounddevice is not None else import_sounddevice()
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    what = "microphone" if kind == "input" else "audio output"
+    try:
+        check(device=device, channels=MONO, dtype=SAMPLE_DTYPE, samplerate=SAMPLE_RATE)
+    except Exception as exc:  # PortAudioError / ValueError ("No input device matching ...")
+        raise DeviceError(f"cannot use {_where(device, what)}: {exc}") from None
+
+
+def device_lines(kind: str, sounddevice: ModuleType | None = None) -> list[str]:
+    """``--list-devices``: one line per device with ``kind`` ("input"/"output") channels, the default marked."""
+    lines = []
+    for found in list_devices(sounddevice):
+        channels = found.max_input_channels if kind == "input" else found.max_output_channels
+        if channels <= 0:
+            continue
+        default = found.is_default_input if kind == "input" else found.is_default_output
+        lines.append(f"{found.index}: {found.name} ({channels} {kind} channels, {found.default_samplerate:g} Hz)"
+                     + (f" [default {kind}]" if default else ""))
+    if not lines:
+        raise DeviceError(f"PortAudio sees no audio {kind} device")
+    return lines
+
+
 def _default_devices(sd: ModuleType) -> tuple[int, int]:
     default = getattr(sd.default, "device", (-1, -1))
     try:
@@ -93,8 +132,7 @@ def _open(factory: StreamFactory | None, kind: str, what: str, **kwargs: Any) ->
     """Create and start a stream, turning PortAudio failures (bad device, bad rate) into DeviceError."""
     if factory is None:
         factory = getattr(import_sounddevice(), kind)
-    device = kwargs.get("device")
-    where = f"the {what}" + (" (is there a default audio device?)" if device is None else f" {device!r}")
+    where = _where(kwargs.get("device"), what)
     try:
         stream = factory(channels=MONO, dtype=SAMPLE_DTYPE, **kwargs)
     except Exception as exc:  # PortAudioError / ValueError from the device layer: one line for the user
@@ -181,10 +219,12 @@ class SpeakerSink:
         self.samples_written = 0
         self._factory = stream_factory
         self._stream: Any = None
+        self._capacity = 0
 
     def __enter__(self) -> SpeakerSink:
         self._stream = _open(self._factory, "OutputStream", "audio output", samplerate=self.rate,
                              blocksize=self.block, device=self.device)
+        self._capacity = int(getattr(self._stream, "write_available", 0) or 0)  # empty buffer: all of it is free
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -209,8 +249,22 @@ class SpeakerSink:
         stream, self._stream = self._stream, None
         if stream is None:
             return
-        if drain:
-            stream.stop()
-        else:
-            stream.abort()
-        stream.close()
+        try:
+            if drain:
+                self._push_out(stream)
+                stream.stop()
+            else:
+                stream.abort()
+        finally:
+            stream.close()
+
+    def _push_out(self, stream: Any) -> None:
+        """Write silence until the last samples have left the buffers. PortAudio's ALSA back end drops what is
+        still buffered on stop() (through PulseAudio's ALSA plugin the last ~0.2 s of speech was cut): a buffer's
+        worth, the device latency and one block of silence push every real sample out first."""
+        latency = float(getattr(stream, "latency", 0.0) or 0.0)
+        if not latency and not self._capacity:
+            return  # a stream that reports no buffering (tests' fakes)
+        samples = self._capacity + round(latency * self.rate) + self.block
+        if self.samples_written:
+            stream.write(np.zeros((samples, MONO), dtype=np.float32))

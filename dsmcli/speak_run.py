@@ -212,9 +212,9 @@ def execute(request: SpeakRequest) -> RunResult:
     plans = plan_outputs([(i.name, i.stem) for i in request.inputs], request.output, raw=request.raw,
                          play=request.play, formats=list(request.formats), force=request.force)
     if request.play and request.speaker_factory is None:
-        from dsmcli.live import import_sounddevice
+        from dsmcli.live import check_device
 
-        import_sounddevice()  # DeviceError naming the missing piece, before anything loads
+        check_device(request.audio_device, "output")  # PortAudio and the device, before anything loads
     checkpoint = load_checkpoint(request.model)
     setup = checked_voice_setup(checkpoint, request.voice_repo)
     config = LMConfig.from_dict(checkpoint.lm_kwargs)
