@@ -177,7 +177,11 @@ class MicSource:
         self.close()
 
     def _callback(self, indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
-        """PortAudio thread: ``indata [frames, channels]`` is reused after return, so copy channel 0."""
+        """PortAudio thread: ``indata [frames, channels]`` is reused after return, so copy channel 0. After
+        :meth:`stop` nothing more is queued: Ctrl-C ends the recording at once, even while a slow consumer is
+        still working through a backlog (it kept recording as long as the backlog lasted)."""
+        if self._stopped.is_set():
+            return
         if status:
             self.overflows += 1
         self._queue.put(np.array(indata[:frames, 0], dtype=np.float32))

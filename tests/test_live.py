@@ -274,3 +274,14 @@ def test_speaker_pushes_the_buffered_audio_out_before_stop():
     with live.SpeakerSink(stream_factory=BufferedStream):
         pass
     assert FakeStream.instances[2].calls == ["start", "stop", "close"]  # nothing played: nothing to push out
+
+
+def test_mic_records_nothing_after_stop():
+    """Ctrl-C (stop) ends the recording at once; what was queued before is still yielded (a slow consumer's
+    backlog used to keep the recording going for as long as it lasted)."""
+    with live.MicSource(stream_factory=FakeStream) as mic:
+        callback = FakeStream.instances[0].kwargs["callback"]
+        callback(np.full((FRAME_SIZE, 1), 1.0, np.float32), FRAME_SIZE, None, None)
+        mic.stop()
+        callback(np.full((FRAME_SIZE, 1), 2.0, np.float32), FRAME_SIZE, None, None)  # PortAudio still running
+        assert [float(chunk[0]) for chunk in mic] == [1.0]
