@@ -211,6 +211,8 @@ def execute(request: SpeakRequest) -> RunResult:
     check_inputs(request.inputs)
     plans = plan_outputs([(i.name, i.stem) for i in request.inputs], request.output, raw=request.raw,
                          play=request.play, formats=list(request.formats), force=request.force)
+    if request.audio_device is not None and not request.play:
+        raise UsageError("--output-device picks the speakers: use it with --play")
     if request.play and request.speaker_factory is None:
         from dsmcli.live import check_device
 

@@ -81,12 +81,18 @@ def test_unknown_device_is_found_before_the_model_loads(capfd, args, needle, no_
     _one_line(err, needle)
 
 
-def test_save_audio_needs_the_mic_and_a_free_path(capfd, tmp_path, no_model_load, monkeypatch):
+def test_device_options_need_mic_or_play_and_a_free_path(capfd, tmp_path, no_model_load, monkeypatch):
     clip = tmp_path / "clip.wav"
     soundfile.write(clip, np.zeros(2400, np.float32), 24000)
     code, _, err = _dsm(capfd, "transcribe", clip, "--save-audio", tmp_path / "heard.wav")
     assert code == 2
     _one_line(err, "--save-audio records the microphone")
+    code, _, err = _dsm(capfd, "transcribe", clip, "--input-device", "1")
+    assert code == 2
+    _one_line(err, "--input-device picks the microphone: use it with --mic")
+    code, _, err = _dsm(capfd, "speak", "--text", "hi", "-o", tmp_path / "hi.wav", "--device-out", "pulse")
+    assert code == 2
+    _one_line(err, "--output-device picks the speakers: use it with --play")
     monkeypatch.setattr("dsmcli.live.check_device", lambda *args, **kwargs: None)
     code, _, err = _dsm(capfd, "transcribe", "--mic", "--save-audio", clip)
     assert code == 1

@@ -145,12 +145,23 @@ def _peak_offset(recording: np.ndarray, reference: np.ndarray) -> int:
     return int(np.argmax(np.fft.irfft(spectrum, size)[: len(recording)]))
 
 
+def test_list_devices_shows_the_server(sound_env):
+    """PortAudio's ALSA devices that reach the server: ``pulse`` and ``default`` (the default, both ways)."""
+    for command, kind in (("transcribe", "input"), ("speak", "output")):
+        listed = run_dsm(command, "--list-devices", env=sound_env, timeout=RUN_TIMEOUT)
+        _ok(listed)
+        names = {line.split(" (")[0].split(": ", 1)[1]: line for line in listed.stdout.decode().splitlines()}
+        assert {"pulse", "default"} <= set(names), names
+        assert names["default"].endswith(f"[default {kind}]"), names
+
+
 def test_speak_play_arrives_at_the_sink(sound_env, tiny_tts, tiny_voices, tmp_path):
+    """Played on the device picked by name (``--output-device pulse``); the mic test below uses the default."""
     args = ["speak", "--text", TEXT, "--model", tiny_tts, "--voice-repo", tiny_voices, "--voice", "voices/alice.wav",
             "--seed", "7"]
     _ok(run_dsm(*args, "-o", tmp_path / "speech.wav", env=sound_env, timeout=RUN_TIMEOUT))
     with _recording_monitor(sound_env, tmp_path / "monitor.raw"):
-        _ok(run_dsm(*args, "--play", env=sound_env, timeout=RUN_TIMEOUT))
+        _ok(run_dsm(*args, "--play", "--output-device", "pulse", env=sound_env, timeout=RUN_TIMEOUT))
     reference = _pcm16(tmp_path / "speech.wav").astype(np.int32)
     recorded = np.fromfile(tmp_path / "monitor.raw", dtype="<i2").astype(np.int32)
     assert len(reference) >= RATE and np.sqrt(np.mean(reference.astype(np.float64) ** 2)) > 300  # real audio

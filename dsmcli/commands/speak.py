@@ -76,7 +76,7 @@ def speak_cmd(
     raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono)."),
     play: bool = typer.Option(False, "--play", help="Play on the speakers while generating."),
     audio_device: Optional[str] = typer.Option(
-        None, "--output-device", "--device-out", rich_help_panel="Devices",
+        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel="Devices",
         help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
     list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel="Devices",
                                       help="List the sound output devices (index, name) and exit."),
@@ -120,7 +120,7 @@ def dialog_cmd(
     raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono)."),
     play: bool = typer.Option(False, "--play", help="Play on the speakers while generating."),
     audio_device: Optional[str] = typer.Option(
-        None, "--output-device", "--device-out", rich_help_panel="Devices",
+        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel="Devices",
         help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
     list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel="Devices",
                                       help="List the sound output devices (index, name) and exit."),

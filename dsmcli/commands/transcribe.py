@@ -26,12 +26,12 @@ def transcribe_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     mic: bool = typer.Option(False, "--mic", help="Transcribe the microphone live (Ctrl-C to stop)."),
     audio_device: Optional[str] = typer.Option(
-        None, "--input-device", "--device-in", rich_help_panel="Devices",
+        None, "--input-device", "--device-in", metavar="DEVICE", rich_help_panel="Devices",
         help="Sound input for --mic: an index or (part of) a name from --list-devices. Default: the system's."),
     list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel="Devices",
                                       help="List the sound input devices (index, name) and exit."),
     save_audio: Optional[str] = typer.Option(
-        None, "--save-audio", rich_help_panel="Devices",
+        None, "--save-audio", metavar="FILE", rich_help_panel="Devices",
         help="With --mic: also write what the microphone heard to this WAV (24 kHz mono 16-bit)."),
     raw: bool = typer.Option(False, "--raw", help="Input is headerless s16le PCM (see --rate, --channels)."),
     rate: Optional[int] = typer.Option(None, "--rate", help="Sample rate of --raw input (default 24000)."),

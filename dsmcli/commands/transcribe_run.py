@@ -283,6 +283,8 @@ def check_microphone(request: Request) -> None:
     if MIC not in request.sources:
         if request.save_audio is not None:
             raise UsageError("--save-audio records the microphone: use it with --mic")
+        if request.audio_device is not None:
+            raise UsageError("--input-device picks the microphone: use it with --mic")
         return
     if request.mic_factory is None:
         from dsmcli.live import check_device, parse_device
