@@ -14,7 +14,10 @@ like ``sounddevice.InputStream`` / ``OutputStream``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,8 +39,35 @@ StreamFactory = Callable[..., Any]
 Device = int | str | None
 
 
+_alsa_handler: Any = None  # the installed no-op alsa-lib error handler (kept alive here)
+_ALSA_HANDLER_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                      ctypes.c_char_p)
+
+
+def quiet_alsa() -> bool:
+    """Keep alsa-lib's messages off the terminal: it prints device probes (``ALSA lib pcm_dsnoop.c: unable to
+    open slave``, when PortAudio starts) and xruns (``underrun occurred``, for each late block of ``--play``)
+    straight to file descriptor 2. PortAudio reports xruns as stream status, which the sink and source count.
+    True when alsa-lib is loaded and quiet (idempotent)."""
+    global _alsa_handler
+    if _alsa_handler is not None:
+        return True
+    name = ctypes.util.find_library("asound") if sys.platform.startswith("linux") else None
+    if name is None:
+        return False
+    try:
+        alsa = ctypes.CDLL(name)  # the process's one copy: PortAudio's ALSA back end uses the same handler
+    except OSError:
+        return False
+    handler = _ALSA_HANDLER_TYPE(lambda *message: None)
+    alsa.snd_lib_error_set_handler(handler)
+    _alsa_handler = handler
+    return True
+
+
 def import_sounddevice() -> ModuleType:
     """The ``sounddevice`` module, or DeviceError naming the missing piece."""
+    quiet_alsa()  # before PortAudio's start-up probes the ALSA devices
     try:
         import sounddevice
     except ImportError:

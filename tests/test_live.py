@@ -285,3 +285,25 @@ def test_mic_records_nothing_after_stop():
         mic.stop()
         callback(np.full((FRAME_SIZE, 1), 2.0, np.float32), FRAME_SIZE, None, None)  # PortAudio still running
         assert [float(chunk[0]) for chunk in mic] == [1.0]
+
+
+def test_alsa_messages_stay_off_the_terminal(capfd):
+    """alsa-lib writes to fd 2 itself (device probes, "underrun occurred" for each late --play block)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("asound")
+    if name is None:
+        pytest.skip("alsa-lib is not installed")
+    alsa = ctypes.CDLL(name)
+
+    def open_unknown_pcm() -> str:
+        pcm = ctypes.c_void_p()
+        capfd.readouterr()
+        assert alsa.snd_pcm_open(ctypes.byref(pcm), b"dsm_no_such_pcm", 0, 0) < 0
+        return capfd.readouterr().err
+
+    if live._alsa_handler is None:  # the default handler prints
+        assert "dsm_no_such_pcm" in open_unknown_pcm()
+    assert live.quiet_alsa() and live.quiet_alsa()
+    assert open_unknown_pcm() == ""

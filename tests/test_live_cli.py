@@ -97,6 +97,9 @@ def test_device_options_need_mic_or_play_and_a_free_path(capfd, tmp_path, no_mod
     code, _, err = _dsm(capfd, "transcribe", "--mic", "--save-audio", clip)
     assert code == 1
     _one_line(err, "clip.wav exists (use --force to overwrite)")
+    code, _, err = _dsm(capfd, "transcribe", "--mic", "--save-audio", tmp_path / "heard.txt")
+    assert code == 2
+    _one_line(err, "use a .wav")
 
 
 class _FinishingMic:

@@ -32,7 +32,7 @@ def transcribe_cmd(
                                       help="List the sound input devices (index, name) and exit."),
     save_audio: Optional[str] = typer.Option(
         None, "--save-audio", metavar="FILE", rich_help_panel="Devices",
-        help="With --mic: also write what the microphone heard to this WAV (24 kHz mono 16-bit)."),
+        help="With --mic: also write what the microphone heard (the samples transcribed) to this .wav or .flac."),
     raw: bool = typer.Option(False, "--raw", help="Input is headerless s16le PCM (see --rate, --channels)."),
     rate: Optional[int] = typer.Option(None, "--rate", help="Sample rate of --raw input (default 24000)."),
     channels: Optional[int] = typer.Option(None, "--channels", help="Channels of --raw input (default 1)."),

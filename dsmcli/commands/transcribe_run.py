@@ -291,7 +291,11 @@ def check_microphone(request: Request) -> None:
 
         check_device(parse_device(request.audio_device), "input")
     if request.save_audio is not None:
+        from dsmcli.audio.sinks import RAW_EXTENSIONS, SOUNDFILE_FORMATS
+
         saved = Path(request.save_audio)
+        if saved.suffix.lower() not in (".wav", *RAW_EXTENSIONS, *SOUNDFILE_FORMATS):
+            raise UsageError(f"--save-audio {saved}: use a .wav (or .flac, .ogg, .mp3, .raw) file name")
         if saved.exists() and not request.force:
             raise OutputError(f"{saved} exists (use --force to overwrite)")
         _check_directory(saved.parent)
