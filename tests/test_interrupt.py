@@ -1,8 +1,9 @@
 """Ctrl-C during start-up: exit code 130 and one line on stderr, for every command, never a traceback.
 
-Two moments: a real SIGINT while the process imports torch (``python -m dsmcli CMD`` in a subprocess, signalled
-as soon as ``libtorch_cpu`` is mapped: the first seconds of every command), and a Ctrl-C while the model or the
-registry loads (the loader raises KeyboardInterrupt, in this process, for each command).
+The moments: a real SIGINT while the process imports torch (``python -m dsmcli CMD`` in a subprocess, signalled
+as soon as ``libtorch_cpu`` is mapped: the first seconds of every command); a real SIGINT while the weights are
+read (transcribe and speak in a subprocess whose safetensors reader waits, as on a slow disk); and a Ctrl-C
+while the model or the registry loads for every command (the loader raises KeyboardInterrupt, in this process).
 """
 
 from __future__ import annotations
@@ -63,6 +64,47 @@ def test_ctrl_c_while_importing(args, tmp_path):
     code, err = _sigint_while_importing_torch(args, tmp_path)
     assert code == 130, err
     assert err.splitlines() == ["dsm: interrupted"], err
+
+
+SLOW_DISK = """
+import pathlib, sys, time
+import safetensors.torch
+marker, real = pathlib.Path(sys.argv[1]), safetensors.torch.load_file
+def slow_disk(*args, **kwargs):
+    marker.touch()
+    time.sleep(120)  # weights on a slow disk: the test presses Ctrl-C meanwhile
+    return real(*args, **kwargs)
+safetensors.torch.load_file = slow_disk
+sys.argv = ["dsm", *sys.argv[2:]]
+from dsmcli.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("command", ["transcribe", "speak"])
+def test_real_ctrl_c_while_weights_load(command, tmp_path, tiny_stt, tiny_tts, tiny_voices):
+    """A real SIGINT while the weights are being read (a slow disk, simulated in the child only)."""
+    clip = tmp_path / "clip.wav"
+    _write_clip(clip)
+    args = (["transcribe", str(clip), "-m", tiny_stt] if command == "transcribe" else
+            ["speak", "--text", "hello", "-m", tiny_tts, "--voice-repo", tiny_voices, "--voice", "voices/alice.wav",
+             "-o", str(tmp_path / "out.wav")])
+    marker = tmp_path / "loading"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DISK, str(marker), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT * 2
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the weights were not read"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=EXIT_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = err.decode(errors="replace").splitlines()
+    assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], err.decode()
 
 
 def _raise_keyboard_interrupt(*args, **kwargs):
