@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -77,29 +77,35 @@ def _register_optional_commands() -> None:
                 raise
 
 
+def interrupted() -> NoReturn:
+    """Ctrl-C: one line on stderr and exit code 130."""
+    print("dsm: interrupted", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> None:
     if hasattr(signal, "SIGPIPE"):  # `dsm ... | head` ends quietly, like other Unix tools
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    _register_optional_commands()
     try:
+        _register_optional_commands()  # imports torch: seconds, during which Ctrl-C must not print a traceback
         # Without standalone mode Typer *returns* the exit code of typer.Exit (and of Ctrl-C) instead of raising.
         code = app(args=argv, standalone_mode=False)
     except DsmError as exc:
         print(f"dsm: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print("dsm: interrupted", file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
+        interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
         # Click's own exceptions (Typer vendors click, so match them by shape, not by import).
-        if type(exc).__name__ == "Abort":
-            print("dsm: interrupted", file=sys.stderr, flush=True)
-            sys.exit(EXIT_INTERRUPTED)
+        if type(exc).__name__ == "Abort":  # older Typer: a Ctrl-C it caught
+            interrupted()
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if code == EXIT_INTERRUPTED:  # Typer turns a Ctrl-C it caught (model loading, `dsm voices`, ...) into Exit(130)
+        interrupted()
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -14,7 +14,10 @@ like ``sounddevice.InputStream`` / ``OutputStream``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,8 +39,35 @@ StreamFactory = Callable[..., Any]
 Device = int | str | None
 
 
+_alsa_handler: Any = None  # the installed no-op alsa-lib error handler (kept alive here)
+_ALSA_HANDLER_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                      ctypes.c_char_p)
+
+
+def quiet_alsa() -> bool:
+    """Keep alsa-lib's messages off the terminal: it prints device probes (``ALSA lib pcm_dsnoop.c: unable to
+    open slave``, when PortAudio starts) and xruns (``underrun occurred``, for each late block of ``--play``)
+    straight to file descriptor 2. PortAudio reports xruns as stream status, which the sink and source count.
+    True when alsa-lib is loaded and quiet (idempotent)."""
+    global _alsa_handler
+    if _alsa_handler is not None:
+        return True
+    name = ctypes.util.find_library("asound") if sys.platform.startswith("linux") else None
+    if name is None:
+        return False
+    try:
+        alsa = ctypes.CDLL(name)  # the process's one copy: PortAudio's ALSA back end uses the same handler
+    except OSError:
+        return False
+    handler = _ALSA_HANDLER_TYPE(lambda *message: None)
+    alsa.snd_lib_error_set_handler(handler)
+    _alsa_handler = handler
+    return True
+
+
 def import_sounddevice() -> ModuleType:
     """The ``sounddevice`` module, or DeviceError naming the missing piece."""
+    quiet_alsa()  # before PortAudio's start-up probes the ALSA devices
     try:
         import sounddevice
     except ImportError:
@@ -81,6 +111,45 @@ def list_devices(sounddevice: ModuleType | None = None) -> list[AudioDevice]:
     ]
 
 
+def parse_device(text: str | None) -> Device:
+    """A ``--input-device`` / ``--output-device`` value as sounddevice takes it: an index, or (part of) a name."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+def _where(device: Device, what: str) -> str:
+    return f"the {what}" + (" (is there a default audio device?)" if device is None else f" {device!r}")
+
+
+def check_device(device: Device, kind: str, sounddevice: ModuleType | None = None) -> None:
+    """Fail early (before any model loads) unless PortAudio loads and ``device`` (None: the default) takes
+    mono float32 at SAMPLE_RATE. ``kind`` is "input" (microphone) or "output" (speakers)."""
+    sd = sounddevice if sounddevice is not None else import_sounddevice()
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    what = "microphone" if kind == "input" else "audio output"
+    try:
+        check(device=device, channels=MONO, dtype=SAMPLE_DTYPE, samplerate=SAMPLE_RATE)
+    except Exception as exc:  # PortAudioError / ValueError ("No input device matching ...")
+        raise DeviceError(f"cannot use {_where(device, what)}: {exc}") from None
+
+
+def device_lines(kind: str, sounddevice: ModuleType | None = None) -> list[str]:
+    """``--list-devices``: one line per device with ``kind`` ("input"/"output") channels, the default marked."""
+    lines = []
+    for found in list_devices(sounddevice):
+        channels = found.max_input_channels if kind == "input" else found.max_output_channels
+        if channels <= 0:
+            continue
+        default = found.is_default_input if kind == "input" else found.is_default_output
+        lines.append(f"{found.index}: {found.name} ({channels} {kind} channels, {found.default_samplerate:g} Hz)"
+                     + (f" [default {kind}]" if default else ""))
+    if not lines:
+        raise DeviceError(f"PortAudio sees no audio {kind} device")
+    return lines
+
+
 def _default_devices(sd: ModuleType) -> tuple[int, int]:
     default = getattr(sd.default, "device", (-1, -1))
     try:
@@ -93,8 +162,7 @@ def _open(factory: StreamFactory | None, kind: str, what: str, **kwargs: Any) ->
     """Create and start a stream, turning PortAudio failures (bad device, bad rate) into DeviceError."""
     if factory is None:
         factory = getattr(import_sounddevice(), kind)
-    device = kwargs.get("device")
-    where = f"the {what}" + (" (is there a default audio device?)" if device is None else f" {device!r}")
+    where = _where(kwargs.get("device"), what)
     try:
         stream = factory(channels=MONO, dtype=SAMPLE_DTYPE, **kwargs)
     except Exception as exc:  # PortAudioError / ValueError from the device layer: one line for the user
@@ -139,7 +207,11 @@ class MicSource:
         self.close()
 
     def _callback(self, indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
-        """PortAudio thread: ``indata [frames, channels]`` is reused after return, so copy channel 0."""
+        """PortAudio thread: ``indata [frames, channels]`` is reused after return, so copy channel 0. After
+        :meth:`stop` nothing more is queued: Ctrl-C ends the recording at once, even while a slow consumer is
+        still working through a backlog (it kept recording as long as the backlog lasted)."""
+        if self._stopped.is_set():
+            return
         if status:
             self.overflows += 1
         self._queue.put(np.array(indata[:frames, 0], dtype=np.float32))
@@ -181,10 +253,12 @@ class SpeakerSink:
         self.samples_written = 0
         self._factory = stream_factory
         self._stream: Any = None
+        self._capacity = 0
 
     def __enter__(self) -> SpeakerSink:
         self._stream = _open(self._factory, "OutputStream", "audio output", samplerate=self.rate,
                              blocksize=self.block, device=self.device)
+        self._capacity = int(getattr(self._stream, "write_available", 0) or 0)  # empty buffer: all of it is free
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -209,8 +283,22 @@ class SpeakerSink:
         stream, self._stream = self._stream, None
         if stream is None:
             return
-        if drain:
-            stream.stop()
-        else:
-            stream.abort()
-        stream.close()
+        try:
+            if drain:
+                self._push_out(stream)
+                stream.stop()
+            else:
+                stream.abort()
+        finally:
+            stream.close()
+
+    def _push_out(self, stream: Any) -> None:
+        """Write silence until the last samples have left the buffers. PortAudio's ALSA back end drops what is
+        still buffered on stop() (through PulseAudio's ALSA plugin the last ~0.2 s of speech was cut): a buffer's
+        worth, the device latency and one block of silence push every real sample out first."""
+        latency = float(getattr(stream, "latency", 0.0) or 0.0)
+        if not latency and not self._capacity:
+            return  # a stream that reports no buffering (tests' fakes)
+        samples = self._capacity + round(latency * self.rate) + self.block
+        if self.samples_written:
+            stream.write(np.zeros((samples, MONO), dtype=np.float32))

@@ -211,10 +211,12 @@ def execute(request: SpeakRequest) -> RunResult:
     check_inputs(request.inputs)
     plans = plan_outputs([(i.name, i.stem) for i in request.inputs], request.output, raw=request.raw,
                          play=request.play, formats=list(request.formats), force=request.force)
+    if request.audio_device is not None and not request.play:
+        raise UsageError("--output-device picks the speakers: use it with --play")
     if request.play and request.speaker_factory is None:
-        from dsmcli.live import import_sounddevice
+        from dsmcli.live import check_device
 
-        import_sounddevice()  # DeviceError naming the missing piece, before anything loads
+        check_device(request.audio_device, "output")  # PortAudio and the device, before anything loads
     checkpoint = load_checkpoint(request.model)
     setup = checked_voice_setup(checkpoint, request.voice_repo)
     config = LMConfig.from_dict(checkpoint.lm_kwargs)

@@ -196,3 +196,114 @@ def test_missing_sounddevice_or_portaudio(monkeypatch):
             pass
     with pytest.raises(DeviceError, match="libportaudio2"):
         live.list_devices()
+
+
+def test_parse_device_index_or_name():
+    assert [live.parse_device(v) for v in (None, "", " 3 ", "12", "USB Audio", "hw:1,0")] == [
+        None, None, 3, 12, "USB Audio", "hw:1,0"]
+
+
+def _fake_sounddevice(fail: Exception | None = None):
+    seen = []
+
+    def check(**kwargs):
+        seen.append(kwargs)
+        if fail is not None:
+            raise fail
+
+    fake = SimpleNamespace(
+        check_input_settings=lambda **kw: check(kind="input", **kw),
+        check_output_settings=lambda **kw: check(kind="output", **kw),
+        query_devices=lambda: [
+            {"name": "mic", "max_input_channels": 2, "max_output_channels": 0, "default_samplerate": 48000.0},
+            {"name": "speakers", "max_input_channels": 0, "max_output_channels": 2, "default_samplerate": 44100},
+            {"name": "duplex", "max_input_channels": 1, "max_output_channels": 1, "default_samplerate": 24000},
+        ],
+        default=SimpleNamespace(device=[0, 1]),
+    )
+    return fake, seen
+
+
+def test_check_device_asks_portaudio_for_24k_mono_float32():
+    fake, seen = _fake_sounddevice()
+    live.check_device(3, "input", fake)
+    live.check_device(None, "output", fake)
+    assert seen == [
+        {"kind": "input", "device": 3, "channels": 1, "dtype": "float32", "samplerate": SAMPLE_RATE},
+        {"kind": "output", "device": None, "channels": 1, "dtype": "float32", "samplerate": SAMPLE_RATE}]
+    fake, _ = _fake_sounddevice(ValueError("No input device matching 'nope'"))
+    with pytest.raises(DeviceError, match="cannot use the microphone 'nope': No input device matching 'nope'"):
+        live.check_device("nope", "input", fake)
+    fake, _ = _fake_sounddevice(RuntimeError("Error querying device -1"))
+    with pytest.raises(DeviceError, match=r"audio output \(is there a default audio device\?\): Error querying"):
+        live.check_device(None, "output", fake)
+
+
+def test_device_lines_per_direction():
+    fake, _ = _fake_sounddevice()
+    assert live.device_lines("input", fake) == ["0: mic (2 input channels, 48000 Hz) [default input]",
+                                                "2: duplex (1 input channels, 24000 Hz)"]
+    assert live.device_lines("output", fake) == ["1: speakers (2 output channels, 44100 Hz) [default output]",
+                                                 "2: duplex (1 output channels, 24000 Hz)"]
+    empty = SimpleNamespace(query_devices=lambda: [], default=SimpleNamespace(device=[-1, -1]))
+    with pytest.raises(DeviceError, match="no audio input device"):
+        live.device_lines("input", empty)
+
+
+class BufferedStream(FakeStream):
+    """A stream that reports its buffer (write_available when empty) and latency, like a PortAudio one."""
+
+    write_available = 5760
+    latency = 0.16
+
+
+def test_speaker_pushes_the_buffered_audio_out_before_stop():
+    """PortAudio's ALSA back end drops what is buffered on stop(): silence of a buffer + latency + a block first."""
+    with live.SpeakerSink(stream_factory=BufferedStream) as sink:
+        sink.write(np.ones(FRAME_SIZE, np.float32))
+    stream = FakeStream.instances[0]
+    assert stream.calls == ["start", "write", "write", "stop", "close"]
+    silence = stream.written[1]
+    assert silence.shape == (5760 + round(0.16 * SAMPLE_RATE) + FRAME_SIZE, 1) and not silence.any()
+    assert sink.samples_written == FRAME_SIZE  # the padding is not counted as played speech
+    with pytest.raises(KeyboardInterrupt):
+        with live.SpeakerSink(stream_factory=BufferedStream) as sink:
+            sink.write(np.ones(FRAME_SIZE, np.float32))
+            raise KeyboardInterrupt
+    assert FakeStream.instances[1].calls == ["start", "write", "abort", "close"]  # Ctrl-C: no padding, no wait
+    with live.SpeakerSink(stream_factory=BufferedStream):
+        pass
+    assert FakeStream.instances[2].calls == ["start", "stop", "close"]  # nothing played: nothing to push out
+
+
+def test_mic_records_nothing_after_stop():
+    """Ctrl-C (stop) ends the recording at once; what was queued before is still yielded (a slow consumer's
+    backlog used to keep the recording going for as long as it lasted)."""
+    with live.MicSource(stream_factory=FakeStream) as mic:
+        callback = FakeStream.instances[0].kwargs["callback"]
+        callback(np.full((FRAME_SIZE, 1), 1.0, np.float32), FRAME_SIZE, None, None)
+        mic.stop()
+        callback(np.full((FRAME_SIZE, 1), 2.0, np.float32), FRAME_SIZE, None, None)  # PortAudio still running
+        assert [float(chunk[0]) for chunk in mic] == [1.0]
+
+
+def test_alsa_messages_stay_off_the_terminal(capfd):
+    """alsa-lib writes to fd 2 itself (device probes, "underrun occurred" for each late --play block)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("asound")
+    if name is None:
+        pytest.skip("alsa-lib is not installed")
+    alsa = ctypes.CDLL(name)
+
+    def open_unknown_pcm() -> str:
+        pcm = ctypes.c_void_p()
+        capfd.readouterr()
+        assert alsa.snd_pcm_open(ctypes.byref(pcm), b"dsm_no_such_pcm", 0, 0) < 0
+        return capfd.readouterr().err
+
+    if live._alsa_handler is None:  # the default handler prints
+        assert "dsm_no_such_pcm" in open_unknown_pcm()
+    assert live.quiet_alsa() and live.quiet_alsa()
+    assert open_unknown_pcm() == ""

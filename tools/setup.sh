@@ -11,6 +11,10 @@ if [[ "${1:-}" == "--test" ]]; then
         need=()
         command -v ffmpeg >/dev/null || need+=(ffmpeg)
         ldconfig -p | grep -q libportaudio || need+=(libportaudio2)
+        # the sound-card tests (tests/test_live_sound.py): a private PulseAudio that PortAudio reaches through ALSA
+        command -v pulseaudio >/dev/null || need+=(pulseaudio)
+        command -v parec >/dev/null || need+=(pulseaudio-utils)
+        dpkg -s libasound2-plugins >/dev/null 2>&1 || need+=(libasound2-plugins)
         if (( ${#need[@]} )); then
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
         fi

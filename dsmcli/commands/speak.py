@@ -10,7 +10,7 @@ import typer
 
 from dsmcli.cli import app
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
-from dsmcli.errors import EXIT_INTERRUPTED, UsageError
+from dsmcli.errors import EXIT_INTERRUPTED, ModelLoadError, UsageError
 from dsmcli.speak_model import DEFAULT_TEMPERATURE, SpeakOptions
 from dsmcli.tts.state_machine import DEFAULT_MAX_PADDING
 
@@ -75,7 +75,11 @@ def speak_cmd(
     output: Optional[str] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP),
     raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono)."),
     play: bool = typer.Option(False, "--play", help="Play on the speakers while generating."),
-    audio_device: Optional[str] = typer.Option(None, "--audio-device", help="Output sound device for --play."),
+    audio_device: Optional[str] = typer.Option(
+        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel="Devices",
+        help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
+    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel="Devices",
+                                      help="List the sound output devices (index, name) and exit."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     srt: bool = typer.Option(False, "--srt", help="Also write word timestamps as SRT subtitles."),
     json_: bool = typer.Option(False, "--json", help="Also write word timestamps as JSON."),
@@ -95,6 +99,7 @@ def speak_cmd(
     """Text → speech, streaming. Several files run as parallel batch slots; - speaks stdin as it arrives."""
     from dsmcli.speak_run import SpeakInput
 
+    _list_devices_and_exit(list_devices)
     if text is not None and inputs:
         raise UsageError("give either text files or --text, not both")
     items = (SpeakInput(text=text),) if text is not None else tuple(SpeakInput(source=s) for s in inputs or [])
@@ -114,7 +119,11 @@ def dialog_cmd(
     output: Optional[str] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP),
     raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono)."),
     play: bool = typer.Option(False, "--play", help="Play on the speakers while generating."),
-    audio_device: Optional[str] = typer.Option(None, "--audio-device", help="Output sound device for --play."),
+    audio_device: Optional[str] = typer.Option(
+        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel="Devices",
+        help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
+    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel="Devices",
+                                      help="List the sound output devices (index, name) and exit."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     srt: bool = typer.Option(False, "--srt", help="Also write word timestamps as SRT subtitles."),
     json_: bool = typer.Option(False, "--json", help="Also write word timestamps as JSON."),
@@ -131,6 +140,7 @@ def dialog_cmd(
     """Multi-speaker script → one audio with turn-taking (two voices, MAIN then OTHER)."""
     from dsmcli.speak_run import SpeakInput
 
+    _list_devices_and_exit(list_devices)
     if voice and voices:
         raise UsageError("give voices either in order (--voice) or by speaker name (--voices NAME=VOICE)")
     _run(inputs=tuple(SpeakInput(source=s) for s in scripts or []), dialog=True, model=model,
@@ -141,7 +151,18 @@ def dialog_cmd(
 
 
 def _device(name: Optional[str]) -> int | str | None:
-    return int(name) if name is not None and name.isdigit() else name
+    from dsmcli.live import parse_device
+
+    return parse_device(name)
+
+
+def _list_devices_and_exit(wanted: bool) -> None:
+    """``--list-devices``: the output devices --output-device takes, then exit 0."""
+    if wanted:
+        from dsmcli.live import device_lines
+
+        print("\n".join(device_lines("output")))
+        sys.exit(0)
 
 
 @app.command("voices")
@@ -154,12 +175,12 @@ def voices_cmd(
     from dsmcli.speak_run import available_voices
 
     found, origin = available_voices(model, voice_repo)
+    if not found:
+        raise ModelLoadError(f"no voices found in {origin}; fetch them with `dsm download {origin}` "
+                             f"or pass --voice-repo DIR")
     if json_out:
         print(json.dumps([{"name": v.name, "kind": v.kind.value, "model": v.model_tag, "path": str(v.path)}
                           for v in found], indent=2))
         return
     for voice in found:
         print(voice.name)
-    if not found:
-        print(f"dsm: no voices found in {origin}; fetch them with `dsm download {origin}` or pass --voice-repo DIR",
-              file=sys.stderr)

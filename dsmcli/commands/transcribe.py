@@ -25,8 +25,14 @@ def transcribe_cmd(
         help="Output file or directory (- = stdout). Default: stdout for one input, else the current directory."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     mic: bool = typer.Option(False, "--mic", help="Transcribe the microphone live (Ctrl-C to stop)."),
-    audio_device: Optional[str] = typer.Option(None, "--audio-device", help="Input sound device for --mic."),
-    list_devices: bool = typer.Option(False, "--list-devices", help="List sound devices and exit."),
+    audio_device: Optional[str] = typer.Option(
+        None, "--input-device", "--device-in", metavar="DEVICE", rich_help_panel="Devices",
+        help="Sound input for --mic: an index or (part of) a name from --list-devices. Default: the system's."),
+    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel="Devices",
+                                      help="List the sound input devices (index, name) and exit."),
+    save_audio: Optional[str] = typer.Option(
+        None, "--save-audio", metavar="FILE", rich_help_panel="Devices",
+        help="With --mic: also write what the microphone heard (the samples transcribed) to this .wav or .flac."),
     raw: bool = typer.Option(False, "--raw", help="Input is headerless s16le PCM (see --rate, --channels)."),
     rate: Optional[int] = typer.Option(None, "--rate", help="Sample rate of --raw input (default 24000)."),
     channels: Optional[int] = typer.Option(None, "--channels", help="Channels of --raw input (default 1)."),
@@ -61,12 +67,9 @@ def transcribe_cmd(
     from dsmcli.commands import transcribe_run as run
 
     if list_devices:
-        from dsmcli.live import list_devices as list_sound_devices
+        from dsmcli.live import device_lines
 
-        for found in list_sound_devices():
-            default = " [default input]" if found.is_default_input else ""
-            print(f"{found.index}: {found.name} ({found.max_input_channels} in, {found.max_output_channels} out, "
-                  f"{found.default_samplerate:g} Hz){default}")
+        print("\n".join(device_lines("input")))
         return
     formats = run.pick_formats(output_format, srt=srt, json_=json_)
     sources = run.pick_sources(inputs or [], mic=mic)
@@ -77,7 +80,7 @@ def transcribe_cmd(
         options=run.transcribe_options(temperature, seed, vad, vad_threshold),
         writer_options=run.writer_options(max_line_width, max_line_count, max_words_per_line, highlight_words),
         segment_options=run.segment_options(gap, vad),
-        progress=progress, quantize=run.quantize_method(quantize), threads=threads,
+        progress=progress, quantize=run.quantize_method(quantize), threads=threads, save_audio=save_audio,
         prompt_text=prompt, prompt_audio=prompt_audio,
     )
     try:

@@ -74,6 +74,7 @@ class Request:
     threads: int | None = None  # torch CPU threads
     prompt_text: str | None = None  # --prompt (experimental, dsmcli.stt_prompt)
     prompt_audio: str | None = None  # --prompt-audio: a file, read whole before the model loads
+    save_audio: str | None = None  # --mic: also write what the microphone heard to this WAV
 
 
 def quantize_method(name: str) -> QuantMethod:
@@ -278,15 +279,45 @@ def _first_ctrl_c_stops(mic: Any) -> Iterator[None]:
         signal.signal(signal.SIGINT, restore)
 
 
-def _mic_chunks(request: Request, result: RunResult) -> Iterator[np.ndarray]:
-    from dsmcli.live import MicSource
+def check_microphone(request: Request) -> None:
+    """Before the model loads: PortAudio is there and the input device takes 24 kHz mono (DeviceError if not);
+    the --save-audio file can be written."""
+    if MIC not in request.sources:
+        if request.save_audio is not None:
+            raise UsageError("--save-audio records the microphone: use it with --mic")
+        if request.audio_device is not None:
+            raise UsageError("--input-device picks the microphone: use it with --mic")
+        return
+    if request.mic_factory is None:
+        from dsmcli.live import check_device, parse_device
 
-    device: int | str | None = request.audio_device
-    if isinstance(device, str) and device.isdigit():
-        device = int(device)
-    mic = MicSource(device=device, stream_factory=request.mic_factory)
+        check_device(parse_device(request.audio_device), "input")
+    if request.save_audio is not None:
+        from dsmcli.audio.sinks import RAW_EXTENSIONS, SOUNDFILE_FORMATS
+
+        saved = Path(request.save_audio)
+        if saved.suffix.lower() not in (".wav", *RAW_EXTENSIONS, *SOUNDFILE_FORMATS):
+            raise UsageError(f"--save-audio {saved}: use a .wav (or .flac, .ogg, .mp3, .raw) file name")
+        if saved.exists() and not request.force:
+            raise OutputError(f"{saved} exists (use --force to overwrite)")
+        _check_directory(saved.parent)
+
+
+def _mic_chunks(request: Request, result: RunResult) -> Iterator[np.ndarray]:
+    from dsmcli.audio.sinks import open_sink
+    from dsmcli.live import MicSource, parse_device
+
+    mic = MicSource(device=parse_device(request.audio_device), stream_factory=request.mic_factory)
+    saved = None if request.save_audio is None else open_sink(request.save_audio, force=True)
     with _first_ctrl_c_stops(mic), mic:  # the handler is in place before the stream starts
-        yield from mic
+        try:
+            for chunk in mic:
+                if saved is not None:
+                    saved.write(chunk)  # exactly the samples transcribed, in order
+                yield chunk
+        finally:
+            if saved is not None:
+                saved.close()
     result.interrupted = result.interrupted or mic.interrupted
 
 
@@ -311,6 +342,7 @@ def execute(request: Request, observer: Callable[[str, int], None] | None = None
 
     check_outputs(request)
     prompt = load_prompt(request)
+    check_microphone(request)
     result = RunResult(total=len(request.sources))
     sources = preflight(request, result)
     if not sources:

@@ -1,0 +1,172 @@
+"""Ctrl-C during start-up: exit code 130 and one line on stderr, for every command, never a traceback.
+
+The moments: a real SIGINT while the process imports torch (``python -m dsmcli CMD`` in a subprocess, signalled
+as soon as ``libtorch_cpu`` is mapped: the first seconds of every command); a real SIGINT while the weights are
+read (transcribe and speak in a subprocess whose safetensors reader waits, as on a slow disk); and a Ctrl-C
+while the model or the registry loads for every command (the loader raises KeyboardInterrupt, in this process).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import subprocess_env
+
+STARTUP_TIMEOUT = 60.0  # seconds for the child to reach `import torch` (a busy machine)
+EXIT_TIMEOUT = 60.0
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
+
+
+def _sigint_while_importing_torch(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Start ``python -m dsmcli ARGS``, send SIGINT once torch's library is mapped; (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "dsmcli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=cwd)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while "libtorch_cpu" not in _maps(proc.pid):
+            assert proc.poll() is None, f"{args} ended before importing torch: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, f"{args}: torch not imported after {STARTUP_TIMEOUT} s"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=EXIT_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, err.decode(errors="replace")
+
+
+COMMANDS = [
+    ["transcribe", "missing.wav"],
+    ["speak", "--text", "hello"],
+    ["dialog", "script.txt"],
+    ["voices"],
+    ["bench", "--random-weights"],
+    ["models"],
+    ["download", "stt-1b-en_fr"],
+]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the import")
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda args: args[0])
+def test_ctrl_c_while_importing(args, tmp_path):
+    code, err = _sigint_while_importing_torch(args, tmp_path)
+    assert code == 130, err
+    assert err.splitlines() == ["dsm: interrupted"], err
+
+
+SLOW_DISK = """
+import pathlib, sys, time
+import safetensors.torch
+marker, real = pathlib.Path(sys.argv[1]), safetensors.torch.load_file
+def slow_disk(*args, **kwargs):
+    marker.touch()
+    time.sleep(120)  # weights on a slow disk: the test presses Ctrl-C meanwhile
+    return real(*args, **kwargs)
+safetensors.torch.load_file = slow_disk
+sys.argv = ["dsm", *sys.argv[2:]]
+from dsmcli.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("command", ["transcribe", "speak"])
+def test_real_ctrl_c_while_weights_load(command, tmp_path, tiny_stt, tiny_tts, tiny_voices):
+    """A real SIGINT while the weights are being read (a slow disk, simulated in the child only)."""
+    clip = tmp_path / "clip.wav"
+    _write_clip(clip)
+    args = (["transcribe", str(clip), "-m", tiny_stt] if command == "transcribe" else
+            ["speak", "--text", "hello", "-m", tiny_tts, "--voice-repo", tiny_voices, "--voice", "voices/alice.wav",
+             "-o", str(tmp_path / "out.wav")])
+    marker = tmp_path / "loading"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DISK, str(marker), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=subprocess_env(), cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT * 2
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the weights were not read"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=EXIT_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = err.decode(errors="replace").splitlines()
+    assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], err.decode()
+
+
+def _raise_keyboard_interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.fixture
+def sigint_handler_kept():
+    previous = signal.getsignal(signal.SIGINT)
+    yield
+    assert signal.getsignal(signal.SIGINT) is previous  # main() leaves the process's handler alone
+
+
+@pytest.mark.parametrize("args, loader", [
+    (["transcribe", "{clip}"], "dsmcli.stt.SttModel.load"),
+    (["speak", "--text", "hello", "-o", "{tmp}/out.wav"], "dsmcli.speak_run.load_checkpoint"),
+    (["dialog", "{script}"], "dsmcli.speak_run.load_checkpoint"),
+    (["voices"], "dsmcli.speak_run.load_checkpoint"),
+    (["bench", "--random-weights"], "dsmcli.bench.run_bench"),
+    (["models"], "dsmcli.hub.load_registry"),
+    (["download", "stt-1b-en_fr"], "dsmcli.hub.load_registry"),
+], ids=lambda value: value[0] if isinstance(value, list) else None)
+def test_ctrl_c_while_loading(args, loader, tmp_path, capfd, monkeypatch, sigint_handler_kept):
+    from dsmcli.cli import main
+
+    clip, script = tmp_path / "clip.wav", tmp_path / "script.txt"
+    _write_clip(clip)
+    script.write_text("[S1] Hello.\n[S2] Hi.\n", encoding="utf-8")
+    monkeypatch.setattr(loader, _raise_keyboard_interrupt)
+    monkeypatch.chdir(tmp_path)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main([arg.format(clip=clip, script=script, tmp=tmp_path) for arg in args])
+    out, err = capfd.readouterr()
+    assert exited.value.code == 130, err
+    assert len(err.splitlines()) == 1 and "interrupted" in err and "Traceback" not in err, err
+
+
+def _write_clip(path: Path) -> None:
+    import numpy as np
+    import soundfile
+
+    soundfile.write(path, np.zeros(24000, np.float32), 24000, subtype="PCM_16")
+
+
+def test_ctrl_c_while_the_cli_module_imports(monkeypatch, capsys):
+    """The ``dsm`` script's entry point (pyproject) catches a Ctrl-C even before ``dsmcli.cli`` is imported."""
+    import builtins
+
+    import dsmcli.__main__ as entry
+
+    tomllib = pytest.importorskip("tomllib")
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["dsm"] == "dsmcli.__main__:run"
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "dsmcli.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    with pytest.raises(SystemExit) as exited:
+        entry.run()
+    assert exited.value.code == 130 and capsys.readouterr().err == "dsm: interrupted\n"
