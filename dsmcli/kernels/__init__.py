@@ -76,8 +76,12 @@ class Kernel:
         return self.build_dir.with_name(self.build_dir.name + ".failed")
 
     @property
+    def library_file(self) -> Path:
+        return self.build_dir / f"{self.library}.so"
+
+    @property
     def is_built(self) -> bool:
-        return (self.build_dir / f"{self.library}.so").is_file()
+        return self.library_file.is_file()
 
 
 KERNELS = {k.name: k for k in (
@@ -183,12 +187,24 @@ def _op(kernel: Kernel) -> Callable | None:
         return None
 
 
+def _load_built(kernel: Kernel) -> Callable | None:
+    """The op of a library built before (the build key pins its source, torch and flags): loaded directly, without
+    torch's builder (which runs ninja and the compiler's version check, so needs the toolchain, on every run)."""
+    try:
+        torch.ops.load_library(str(kernel.library_file))
+    except (OSError, RuntimeError):
+        return None  # e.g. a build interrupted while linking: build it again
+    return _op(kernel)
+
+
 def build(kernel: Kernel, retry: bool = False, announce: bool = True) -> tuple[Callable | None, str | None]:
     """Load ``kernel`` (building it first if needed): ``(op, None)``, or ``(None, reason)``.
 
     A failed build is remembered on disk and not retried unless ``retry``; ``announce`` prints one stderr line
     before a build (the first run of a command that needs a kernel would otherwise sit silent ~15 s)."""
     if (op := _op(kernel)) is not None:  # already loaded in this process (a library registers once)
+        return op, None
+    if kernel.is_built and (op := _load_built(kernel)) is not None:
         return op, None
     if kernel.failed_marker.is_file() and not retry:
         reason = kernel.failed_marker.read_text(encoding="utf-8", errors="replace").partition("\n")[0]
