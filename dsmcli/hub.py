@@ -154,7 +154,7 @@ def _probe(repo: str, filename: str, revision: str | None, hint: str) -> None:
     except Exception as exc:  # noqa: BLE001 - httpx / requests / OSError: the Hub is not reachable from here
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise NotCachedError(f"cannot reach the Hub ({constants.ENDPOINT}: {reason}) and {repo}/{filename} "
-                                  f"is not cached", hint) from None
+                             f"is not cached", hint) from None
 
 
 def hub_download(repo: str, filename: str, revision: str | None = None, hint_name: str | None = None) -> Path:
@@ -173,8 +173,7 @@ def hub_download(repo: str, filename: str, revision: str | None = None, hint_nam
         if local_only and not _offline():
             raise NotCachedError(f"{repo}/{filename} is not in the local cache", hint) from None
         if _offline():
-            raise NotCachedError(f"{repo}/{filename} is not in the local cache and HF_HUB_OFFLINE=1",
-                                      hint) from None
+            raise NotCachedError(f"{repo}/{filename} is not in the local cache and HF_HUB_OFFLINE=1", hint) from None
         raise NotCachedError(f"cannot reach the Hub for {repo}/{filename} and it is not cached", hint) from None
     except hf_errors.EntryNotFoundError:
         raise ModelLoadError(f"{repo} has no file {filename}") from None
