@@ -25,7 +25,7 @@ from dsmcli.codec.quantizer import ResidualVQ
 from dsmcli.engine import LM, LMConfig
 from dsmcli.engine.quantize import QuantizeReport, QuantMethod, quantize_lm
 from dsmcli.errors import ModelLoadError
-from dsmcli.hub import Checkpoint, ModelSource, load_checkpoint
+from dsmcli.hub import Checkpoint, ModelSource, NotCachedError, load_checkpoint
 from dsmcli.stt import SttTiming
 
 NORM_GAIN_NAMES = ("alpha",)  # RMSNorm gains ([1, 1, D]); other 1-D weights (LayerNorm, layer scale) too
@@ -140,14 +140,20 @@ def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, ra
                      quantize: QuantMethod = QuantMethod.NONE, seed: int = 0) -> BenchModel:
     """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize."""
     started = time.perf_counter()
-    checkpoint = bench_checkpoint(model, random_weights)
-    kind = _kind(checkpoint)
-    if random_weights:
-        lm = random_lm(LMConfig.from_dict(checkpoint.lm_kwargs), device, dtype, seed)
-        mimi = random_mimi(_mimi_config(checkpoint), device, seed + 1)
-    else:
-        lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype)
-        mimi = Mimi.load(model, device=device)
+    try:
+        checkpoint = bench_checkpoint(model, random_weights)
+        kind = _kind(checkpoint)
+        if random_weights:
+            lm = random_lm(LMConfig.from_dict(checkpoint.lm_kwargs), device, dtype, seed)
+            mimi = random_mimi(_mimi_config(checkpoint), device, seed + 1)
+        else:
+            lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype)
+            mimi = Mimi.load(model, device=device)
+    except NotCachedError as exc:
+        if random_weights or model not in ARCHITECTURES:
+            raise
+        raise ModelLoadError(f"{exc.what}: time its architecture without a download with `dsm bench --random-weights "
+                             f"--model {model}`, or run `dsm download {model}` where the Hub is reachable") from None
     codebooks = lm.config.n_q if kind is ModelKind.STT else lm.config.dep_q
     mimi.set_num_codebooks(codebooks)
     report = quantize_lm(lm, quantize) if quantize is not QuantMethod.NONE else None

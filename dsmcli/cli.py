@@ -10,10 +10,14 @@ import signal
 import sys
 from typing import NoReturn, Optional
 
-import typer
+from dsmcli.cpu_threads import apply_wait_policy
 
-from dsmcli import __version__
-from dsmcli.errors import EXIT_INTERRUPTED, DsmError
+apply_wait_policy()  # before anything imports torch: OpenMP reads it once (see dsmcli/cpu_threads.py)
+
+import typer  # noqa: E402
+
+from dsmcli import __version__  # noqa: E402
+from dsmcli.errors import EXIT_INTERRUPTED, DsmError  # noqa: E402
 
 app = typer.Typer(
     name="dsm",
@@ -69,7 +73,8 @@ def _register_optional_commands() -> None:
     """Task commands live in their own modules; each registers itself on `app`."""
     import importlib
 
-    for module in ("dsmcli.commands.transcribe", "dsmcli.commands.speak", "dsmcli.commands.bench"):
+    for module in ("dsmcli.commands.transcribe", "dsmcli.commands.speak", "dsmcli.commands.bench",
+                   "dsmcli.commands.kernels"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

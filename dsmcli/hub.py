@@ -11,8 +11,11 @@ Files come from ``huggingface_hub`` (cache under ``HF_HOME`` / ``HF_HUB_CACHE``;
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -102,18 +105,76 @@ class ModelSource:
         return isinstance(found, str)
 
 
+class NotCachedError(ModelLoadError):
+    """A file is not in the local cache and the Hub cannot be reached (or HF_HUB_OFFLINE=1).
+
+    ``what`` names the missing file; the message adds the remedy (``hint``)."""
+
+    def __init__(self, what: str, hint: str) -> None:
+        super().__init__(f"{what}: {hint}")
+        self.what = what
+
+
+_LOCAL_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("dsm_hub_local_only", default=False)
+
+
+@contextlib.contextmanager
+def local_files_only() -> Iterator[None]:
+    """Within this block, Hub files come from the local cache only (never the network), as with
+    HF_HUB_OFFLINE=1: ``dsm voices`` lists what is on disk without contacting the Hub."""
+    token = _LOCAL_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY.reset(token)
+
+
+PROBE_TIMEOUT_S = 10.0  # one HEAD request: huggingface_hub's own metadata timeout
+
+
+def _is_cached(repo: str, filename: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, filename, revision=revision), str)
+
+
+def _probe(repo: str, filename: str, revision: str | None, hint: str) -> None:
+    """One HEAD request for a file that is not cached, without retries.
+
+    ``hf_hub_download`` retries a failed connection five times with back-off (~25 s of ``Retrying in 8s``
+    lines) when the file is not cached; this fails at once instead. Hub answers (404, gated, 5xx) propagate as
+    huggingface_hub errors; a network failure becomes a NotCachedError."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import errors as hf_errors
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), timeout=PROBE_TIMEOUT_S)
+    except hf_errors.HfHubHTTPError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - httpx / requests / OSError: the Hub is not reachable from here
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise NotCachedError(f"cannot reach the Hub ({constants.ENDPOINT}: {reason}) and {repo}/{filename} "
+                             f"is not cached", hint) from None
+
+
 def hub_download(repo: str, filename: str, revision: str | None = None, hint_name: str | None = None) -> Path:
-    """``hf_hub_download`` with the failures turned into one-line ModelLoadErrors."""
+    """``hf_hub_download`` with the failures turned into one-line ModelLoadErrors, and no retries when the Hub
+    cannot be reached and the file is not cached (see :func:`_probe`)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub import errors as hf_errors
 
     hint = _download_hint(hint_name or repo)
+    local_only = _LOCAL_ONLY.get()
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision))
+        if not (_offline() or local_only or _is_cached(repo, filename, revision)):
+            _probe(repo, filename, revision, hint)
+        return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=local_only))
     except hf_errors.LocalEntryNotFoundError:  # subclass of EntryNotFoundError: test it first
+        if local_only and not _offline():
+            raise NotCachedError(f"{repo}/{filename} is not in the local cache", hint) from None
         if _offline():
-            raise ModelLoadError(f"{repo}/{filename} is not in the local cache and HF_HUB_OFFLINE=1: {hint}") from None
-        raise ModelLoadError(f"cannot reach the Hub for {repo}/{filename} and it is not cached: {hint}") from None
+            raise NotCachedError(f"{repo}/{filename} is not in the local cache and HF_HUB_OFFLINE=1", hint) from None
+        raise NotCachedError(f"cannot reach the Hub for {repo}/{filename} and it is not cached", hint) from None
     except hf_errors.EntryNotFoundError:
         raise ModelLoadError(f"{repo} has no file {filename}") from None
     except hf_errors.RepositoryNotFoundError:

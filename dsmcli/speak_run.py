@@ -250,10 +250,20 @@ def execute(request: SpeakRequest) -> RunResult:
 
 def available_voices(model: str | None, voice_repo: str | None) -> tuple[list[VoiceInfo], str]:
     """Voices usable offline with ``model`` (embeddings of its signature, or audio files for prefix models),
-    and the name of the voices source they were looked up in."""
-    from dsmcli.hub import default_model
+    and the name of the voices source they were looked up in. Reads the disk only, never the Hub: a model
+    whose config is not cached gets every voice of its voices source, unfiltered (with a note on stderr)."""
+    from dsmcli.hub import NotCachedError, default_model, local_files_only
+    from dsmcli.tts.voices import voices_source_for
 
-    checkpoint = load_checkpoint(model or default_model("tts"))
-    setup = checked_voice_setup(checkpoint, voice_repo)
+    name = model or default_model("tts")
+    with local_files_only():
+        try:
+            checkpoint = load_checkpoint(name)
+        except NotCachedError:
+            source = voices_source_for(name, voice_repo)
+            print(f"dsm: note: {name} is not in the local cache, so its voices are not filtered by model: "
+                  f"listing every voice in {source.name}", file=sys.stderr, flush=True)
+            return list_voices([source]), source.name
+        setup = checked_voice_setup(checkpoint, voice_repo)
     found = list_voices([setup.voices], model_tag=voice_model_tag(setup))
     return [v for v in found if v.kind is setup.kind], setup.voices.name

@@ -16,6 +16,7 @@ from dsmcli.tts.state_machine import DEFAULT_MAX_PADDING
 
 MODEL_HELP = "TTS model: registry name, Hub repo id or local dir. Default: the registry's default TTS model."
 VOICE_REPO_HELP = "Voices repository (registry name, Hub repo id or local dir) for --voice paths."
+THREADS_HELP = "CPU threads (default: one per physical core)."
 OUTPUT_HELP = ("Audio output: FILE (.wav, .flac, .ogg, .raw), DIR (one <input>.wav each) or - (WAV on stdout, "
                "raw s16le with --raw). Default: <input>.wav in the current directory (none with --play).")
 
@@ -48,6 +49,9 @@ def _run(**fields) -> None:
     from dsmcli.hub import default_model
     from dsmcli.speak_run import SpeakRequest, execute
 
+    from dsmcli.cpu_threads import set_threads
+
+    set_threads(fields.pop("threads"))
     device = fields.pop("device_name")
     fields["dtype"] = resolve_dtype(fields.pop("dtype_name"), device)
     fields["device"] = resolve_device(device)
@@ -95,6 +99,7 @@ def speak_cmd(
     device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
     dtype: str = dtype_option(),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Inputs generated in parallel."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP, rich_help_panel="Performance"),
 ) -> None:
     """Text → speech, streaming. Several files run as parallel batch slots; - speaks stdin as it arrives."""
     from dsmcli.speak_run import SpeakInput
@@ -106,7 +111,7 @@ def speak_cmd(
     _run(inputs=items, model=model, voices=tuple(voice or []), voice_repo=voice_repo, output=output, raw=raw,
          play=play, audio_device=_device(audio_device), force=force, formats=_formats(formats, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
-         dtype_name=dtype, batch_size=batch_size)
+         dtype_name=dtype, batch_size=batch_size, threads=threads)
 
 
 @app.command("dialog")
@@ -136,6 +141,7 @@ def dialog_cmd(
     device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
     dtype: str = dtype_option(),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Scripts generated in parallel."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP, rich_help_panel="Performance"),
 ) -> None:
     """Multi-speaker script → one audio with turn-taking (two voices, MAIN then OTHER)."""
     from dsmcli.speak_run import SpeakInput
@@ -147,7 +153,7 @@ def dialog_cmd(
          voices=tuple(voice or []), named_voices=_named_voices(voices), voice_repo=voice_repo, output=output,
          raw=raw, play=play, audio_device=_device(audio_device), force=force, formats=_formats(None, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
-         dtype_name=dtype, batch_size=batch_size)
+         dtype_name=dtype, batch_size=batch_size, threads=threads)
 
 
 def _device(name: Optional[str]) -> int | str | None:

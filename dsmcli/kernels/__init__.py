@@ -12,10 +12,13 @@
   and head over a float32 or float16 KV ring (the int8 LM's attention); ``ring_write_op()``:
   ``torch.ops.dsmcli_attn.write`` from the same file, a step's keys and values into such a ring.
 
-Each returns None when it cannot be built here (no C++ compiler or ninja, an unsupported platform): callers then
-take a slower pure-torch path with the same numerics up to float rounding. A build goes to
+Each returns None when it cannot be built here (no C++ compiler, Python headers or ninja, an unsupported
+platform): callers then take a slower pure-torch path with the same numerics up to float rounding. A build goes to
 ``$XDG_CACHE_HOME/dsmcli/kernels`` (default ``~/.cache/dsmcli/kernels``), keyed by the source (its text and its
-path), the torch version and the CPU flags, so it happens once per machine and install (~15 s each).
+path), the torch version and the CPU flags, so it happens once per machine and install (~15 s each). ``dsm kernels``
+(:func:`build_all`, run by ``tools/setup.sh``) builds them all ahead; a build at run time says so in one stderr
+line. A failed build is remembered beside the build (``<name>-<key>.failed``: the reason and the compiler's output)
+and not retried until ``dsm kernels``; it is reported in one stderr line per process, with the remedy.
 ``DSM_NO_NATIVE_KERNELS=1`` disables them.
 """
 
@@ -23,10 +26,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
+import shutil
 import sys
+import sysconfig
+import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,11 +43,63 @@ import torch
 DISABLE_ENV = "DSM_NO_NATIVE_KERNELS"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]  # at::parallel_for is inlined: needs OpenMP here
 LDFLAGS = ["-fopenmp"]
+REMEDY = ("install a C++ compiler and the Python headers (e.g. `apt install g++ python3-dev`) and run `dsm kernels`, "
+          f"or set {DISABLE_ENV}=1")
+_warned_failure = False  # one failure line per process: the kernels share their toolchain, so their cause
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One native library: ``torch.ops.<library>.<op>`` built from ``source_name``; ``what`` falls back to torch."""
+
+    library: str
+    source_name: str
+    what: str
+    op: str
+
+    @property
+    def name(self) -> str:
+        return Path(self.source_name).stem
+
+    @property
+    def source(self) -> Path:
+        return Path(__file__).with_name(self.source_name)
+
+    @property
+    def build_dir(self) -> Path:
+        return cache_dir() / f"{self.name}-{_build_key(self.source)}"
+
+    @property
+    def failed_marker(self) -> Path:
+        """Written when a build fails (the reason and torch's output): later runs do not retry until
+        ``dsm kernels``."""
+        return self.build_dir.with_name(self.build_dir.name + ".failed")
+
+    @property
+    def library_file(self) -> Path:
+        return self.build_dir / f"{self.library}.so"
+
+    @property
+    def is_built(self) -> bool:
+        return self.library_file.is_file()
+
+
+KERNELS = {k.name: k for k in (
+    Kernel("dsmcli_int8", "int8_linear.cpp", "int8", "linear"),
+    Kernel("dsmcli_fp32", "fp32_linear.cpp", "Mimi streaming", "linear"),
+    Kernel("dsmcli_mimi", "mimi_transformer.cpp", "Mimi streaming", "transformer_step"),
+    Kernel("dsmcli_seanet", "seanet_step.cpp", "Mimi streaming", "step"),
+    Kernel("dsmcli_attn", "decode_attention.cpp", "int8 attention", "decode"),
+)}
 
 
 def cache_dir() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "dsmcli" / "kernels"
+
+
+def disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "") not in ("", "0")
 
 
 def _cpu_flags() -> str:
@@ -52,6 +113,7 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+@functools.cache
 def _build_key(source: Path) -> str:
     digest = hashlib.sha256(source.read_bytes())
     for header in sorted(source.parent.glob("*.h")):  # the shared headers the sources include
@@ -62,42 +124,166 @@ def _build_key(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load(library: str, source_name: str, what: str, op: str = "linear") -> Callable | None:
-    """``torch.ops.<library>.<op>`` built from ``source_name``, or None (the reason is printed once on stderr,
-    naming ``what`` falls back)."""
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
-        return None
-    try:
-        return getattr(getattr(torch.ops, library), op)  # already loaded in this process (a library registers once)
-    except (AttributeError, RuntimeError):
-        pass
-    source = Path(__file__).with_name(source_name)
-    try:
-        from torch.utils.cpp_extension import load
+def _missing_toolchain() -> str | None:
+    """Why nothing can be built here (no compiler, headers or ninja), or None."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler} not found)"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return f"no Python headers ({sysconfig.get_paths()['include']}/Python.h not found)"
+    if shutil.which("ninja") is None and not _ninja_module():
+        return "ninja not found"
+    return None
 
-        build = cache_dir() / f"{source.stem}-{_build_key(source)}"
-        build.mkdir(parents=True, exist_ok=True)
-        load(name=library, sources=[str(source)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
-             build_directory=str(build), is_python_module=False, verbose=False)
-        return getattr(getattr(torch.ops, library), op)
-    except Exception as error:  # noqa: BLE001 - any build failure means: use the portable path
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"dsm: warning: native {source.stem} kernel unavailable ({reason[:200]}); {what} runs on a slower "
-              f"pure-torch path", file=sys.stderr, flush=True)
+
+def _ninja_module() -> bool:
+    try:
+        from torch.utils.cpp_extension import verify_ninja_availability
+
+        verify_ninja_availability()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _compile(kernel: Kernel) -> None:
+    """torch's extension builder, quiet: its compiler-check banner and warnings are not for dsm's users."""
+    from torch.utils.cpp_extension import load
+
+    kernel.build_dir.mkdir(parents=True, exist_ok=True)
+    builder_log = logging.getLogger("torch.utils.cpp_extension")
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load(name=kernel.library, sources=[str(kernel.source)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                 build_directory=str(kernel.build_dir), is_python_module=False, verbose=False)
+    finally:
+        builder_log.setLevel(level)
+
+
+def _remember_failure(kernel: Kernel, reason: str, details: str) -> None:
+    try:
+        kernel.failed_marker.parent.mkdir(parents=True, exist_ok=True)
+        kernel.failed_marker.write_text(f"{reason}\n\n{details}\n", encoding="utf-8")
+    except OSError:
+        pass
+
+
+def _report_failure(kernel: Kernel, reason: str) -> None:
+    global _warned_failure
+    if _warned_failure:
+        return
+    _warned_failure = True
+    print(f"dsm: warning: native kernel {kernel.name} not built ({reason}); {kernel.what} runs on a slower "
+          f"pure-torch path: {REMEDY}", file=sys.stderr, flush=True)
+
+
+def _op(kernel: Kernel) -> Callable | None:
+    try:
+        return getattr(getattr(torch.ops, kernel.library), kernel.op)
+    except (AttributeError, RuntimeError):
         return None
+
+
+def _load_built(kernel: Kernel) -> Callable | None:
+    """The op of a library built before (the build key pins its source, torch and flags): loaded directly, without
+    torch's builder (which runs ninja and the compiler's version check, so needs the toolchain, on every run)."""
+    try:
+        torch.ops.load_library(str(kernel.library_file))
+    except (OSError, RuntimeError):
+        return None  # e.g. a build interrupted while linking: build it again
+    return _op(kernel)
+
+
+def build(kernel: Kernel, retry: bool = False, announce: bool = True) -> tuple[Callable | None, str | None]:
+    """Load ``kernel`` (building it first if needed): ``(op, None)``, or ``(None, reason)``.
+
+    A failed build is remembered on disk and not retried unless ``retry``; ``announce`` prints one stderr line
+    before a build (the first run of a command that needs a kernel would otherwise sit silent ~15 s)."""
+    if (op := _op(kernel)) is not None:  # already loaded in this process (a library registers once)
+        return op, None
+    if kernel.is_built and (op := _load_built(kernel)) is not None:
+        return op, None
+    if kernel.failed_marker.is_file() and not retry:
+        reason = kernel.failed_marker.read_text(encoding="utf-8", errors="replace").partition("\n")[0]
+        return None, f"{reason}; remembered in {kernel.failed_marker}"
+    if (reason := _missing_toolchain()) is not None:
+        _remember_failure(kernel, reason, "")
+        return None, reason
+    if announce and not kernel.is_built and not _warned_failure:  # after a failure here, the next ones are quiet
+        print(f"dsm: building native kernel {kernel.name} (one time, ~15 s)...", file=sys.stderr, flush=True)
+    try:
+        _compile(kernel)
+    except Exception as error:  # noqa: BLE001 - any build failure means: use the portable path
+        text = str(error).strip()
+        reason = f"build failed: {text.splitlines()[0][:120].rstrip('.') if text else type(error).__name__}"
+        _remember_failure(kernel, reason, text)
+        return None, f"{reason}; details in {kernel.failed_marker}"
+    kernel.failed_marker.unlink(missing_ok=True)
+    return _op(kernel), None
+
+
+def _load(name: str) -> Callable | None:
+    """``KERNELS[name]``'s op for a caller, or None (disabled, or not buildable: one stderr line per process)."""
+    if disabled():
+        return None
+    kernel = KERNELS[name]
+    op, reason = build(kernel)
+    if op is None:
+        _report_failure(kernel, reason or "unknown reason")
+    return op
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What ``dsm kernels`` did for one kernel: ``state`` is built, cached, failed, disabled or missing."""
+
+    name: str
+    state: str
+    seconds: float = 0.0
+    reason: str | None = None
+
+
+def build_all(status_only: bool = False) -> list[BuildReport]:
+    """:func:`build_report` of every kernel, in order."""
+    return [build_report(kernel, status_only) for kernel in KERNELS.values()]
+
+
+def build_report(kernel: Kernel, status_only: bool = False) -> BuildReport:
+    """Build ``kernel`` unless it is built, retrying a remembered failure (``dsm kernels``); ``status_only``
+    builds nothing and reports what is on disk."""
+    if disabled():
+        return BuildReport(kernel.name, "disabled", reason=f"{DISABLE_ENV} is set")
+    if status_only:
+        return _status(kernel)
+    was_built, started = kernel.is_built, time.perf_counter()
+    op, reason = build(kernel, retry=True, announce=False)  # a cached one is loaded too: proves it is usable
+    state = "failed" if op is None else "cached" if was_built else "built"
+    return BuildReport(kernel.name, state, time.perf_counter() - started, reason)
+
+
+def _status(kernel: Kernel) -> BuildReport:
+    if kernel.is_built:
+        return BuildReport(kernel.name, "cached")
+    if kernel.failed_marker.is_file():
+        reason = kernel.failed_marker.read_text(encoding="utf-8", errors="replace").partition("\n")[0]
+        return BuildReport(kernel.name, "failed", reason=f"{reason}; remembered in {kernel.failed_marker}")
+    return BuildReport(kernel.name, "missing")
 
 
 @functools.cache
 def int8_linear_op() -> Callable | None:
     """The compiled ``linear(x [M, K] f32, w [N, K] i8, scales [N, G] f32, wsum [N, G] i32, group_size) -> [M, N]``
     op, or None."""
-    return _load("dsmcli_int8", "int8_linear.cpp", "int8")
+    return _load("int8_linear")
 
 
 @functools.cache
 def fp32_linear_op() -> Callable | None:
     """The compiled ``linear(x [M, K] f32, w [N, K] f32, bias [N] f32 | None) -> [M, N]`` op, or None."""
-    return _load("dsmcli_fp32", "fp32_linear.cpp", "Mimi streaming")
+    return _load("fp32_linear")
 
 
 @functools.cache
@@ -110,21 +296,21 @@ def rvq_encode_op() -> Callable | None:
 def mimi_transformer_op() -> Callable | None:
     """The compiled ``transformer_step(x [B, T, d], active, weights, keys, values, positions, ends, offset, num_heads,
     context, max_period, eps) -> [B, T, d]`` op (see ``mimi_transformer.cpp``), or None."""
-    return _load("dsmcli_mimi", "mimi_transformer.cpp", "Mimi streaming", "transformer_step")
+    return _load("mimi_transformer")
 
 
 @functools.cache
 def seanet_step_op() -> Callable | None:
     """The compiled ``step(x [B, C, N], program, weights, biases, tails, strides, dilations, fresh, active, alpha)``
     op (see ``seanet_step.cpp``), or None."""
-    return _load("dsmcli_seanet", "seanet_step.cpp", "Mimi streaming", "step")
+    return _load("seanet_step")
 
 
 @functools.cache
 def decode_attention_op() -> Callable | None:
     """The compiled ``decode(q [B, H, 1, D], keys [B, H, C, D], values [B, H, C, D], mask [B, 1, 1, S] bool)
     -> [B, H, 1, D]`` op (all float32), or None."""
-    return _load("dsmcli_attn", "decode_attention.cpp", "int8 attention", "decode")
+    return _load("decode_attention")
 
 
 @functools.cache

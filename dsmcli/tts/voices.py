@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from dsmcli.errors import InputError, ModelLoadError
-from dsmcli.hub import Checkpoint, ModelSource, load_registry, resolve_source
+from dsmcli.hub import Checkpoint, ModelSource, NotCachedError, load_registry, resolve_source
 from dsmcli.tts.tokens import TtsTokenIds
 
 VOICE_CONDITIONER = "speaker_wavs"  # conditioner name and tensor key in voice files
@@ -81,10 +81,15 @@ class VoiceSetup:
 
 def default_voices_source(checkpoint: Checkpoint, override: str | Path | None = None) -> ModelSource:
     """The override, else the registry's voices repo for this model, else the first ``voices`` entry."""
+    return voices_source_for(checkpoint.source.name, override)
+
+
+def voices_source_for(model: str, override: str | Path | None = None) -> ModelSource:
+    """:func:`default_voices_source` from the model's name alone (its config need not be on disk)."""
     if override is not None:
         return resolve_source(override)
     registry = load_registry()
-    entry = registry.get(checkpoint.source.name)
+    entry = registry.get(model)
     if entry is not None and entry.voices:
         return resolve_source(entry.voices)
     for name, candidate in registry.items():
@@ -175,14 +180,13 @@ def _fetch_voice(voice: str, filename: str, source: ModelSource) -> Path:
 
 
 def _is_missing_entry(exc: ModelLoadError, source: ModelSource) -> bool:
-    """True when the Hub answered "no such file", or offline with the repo cached but not this file."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    """True when the Hub answered "no such file", or the repo is cached but not this file and the Hub is not
+    available (offline, unreachable): then the voice is unknown, not the network broken."""
+    from huggingface_hub.errors import EntryNotFoundError
 
-    cause = exc.__context__  # hub.py raises `from None`: the Hub error stays in __context__
-    if isinstance(cause, LocalEntryNotFoundError):
-        return bool(constants.HF_HUB_OFFLINE) and any(_snapshot_dirs(source))
-    return isinstance(cause, EntryNotFoundError)
+    if isinstance(exc, NotCachedError):
+        return any(_snapshot_dirs(source))
+    return isinstance(exc.__context__, EntryNotFoundError)  # hub.py raises `from None`: the cause is the context
 
 
 @dataclass(frozen=True)
