@@ -29,6 +29,8 @@ from dsmcli.errors import DsmError, OutputError, UsageError
 from dsmcli.outputs import (
     TranscriptOutput,
     WriterOptions,
+    format_for_path,
+    is_directory_target,
     open_writers,
     resolve_formats,
 )
@@ -62,13 +64,18 @@ def _audio_targets(stems: list[str], output: str | None, raw: bool, play: bool
             raise UsageError("several inputs cannot share stdout or the speakers: give an output directory")
         return [output], Path("."), None
     target = Path(output) if output is not None else Path(".")
-    if output is None or target.is_dir() or not target.suffix:
+    if output is None or is_directory_target(output):
         ext = RAW_EXTENSIONS[0] if raw else WAV_EXT
         return [str(target / f"{stem}{ext}") for stem in stems], target, target
     if count > 1:
         raise UsageError(f"{output} is a file name; several inputs need an output directory")
-    if not raw and target.suffix.lower() not in AUDIO_EXTENSIONS:
-        raise UsageError(f"{output}: unknown audio extension (use {', '.join(AUDIO_EXTENSIONS)})")
+    suffix = target.suffix.lower()
+    if not raw and suffix and suffix not in AUDIO_EXTENSIONS:
+        if format_for_path(target.name) is not None:
+            raise UsageError(f"-o {output} names the speech audio, not its words: give -o {target.stem}.wav and "
+                             f"--{suffix[1:]} or -f {suffix[1:]} (written beside it as {target.name})")
+        raise UsageError(f"{output}: unknown audio extension (use {', '.join(AUDIO_EXTENSIONS)}, "
+                         f"or none for WAV)")
     return [output], target.parent, None
 
 
@@ -100,8 +107,8 @@ def _check_paths(paths: list[Path], force: bool, create: Path | None) -> None:
 def plan_outputs(inputs: list[tuple[str, str]], output: str | None, *, raw: bool, play: bool,
                  formats: list[str], force: bool) -> list[OutputPlan]:
     """``inputs``: (name, stem) pairs. Output rules: ``-`` = stdout (one input); ``None`` = ``<stem>.wav`` in the
-    current directory (or only the speakers with ``play``); a directory (existing, or a path without extension)
-    = ``<dir>/<stem>.wav``; otherwise an audio file (one input) whose extension picks the format. Word files go
+    current directory (or only the speakers with ``play``); a directory (existing, or spelt with a trailing ``/``)
+    = ``<dir>/<stem>.wav``; otherwise an audio file (one input) whose extension picks the format (none: WAV). Word files go
     beside the audio file (``out.srt`` for ``out.wav``), else into the current directory."""
     names = resolve_formats(formats) if formats else []
     targets, folder, create = _audio_targets([stem for _, stem in inputs], output, raw, play)

@@ -207,7 +207,7 @@ def test_batch_of_files_with_one_failure(tmp_path, tts_args, text_file, greedy_w
     second.write_text(DIALOG[2], encoding="utf-8")
     outdir = tmp_path / "out"
     proc = run_dsm("speak", text_file, tmp_path / "missing.txt", second, *tts_args, "--temperature", "0",
-                   "-o", outdir)
+                   "-o", f"{outdir}/")
     err = proc.stderr.decode()
     assert proc.returncode == 5 and err.count("\n") == 1 and "missing.txt: no such file" in err, err
     assert sorted(p.name for p in outdir.iterdir()) == ["line.wav", "other.wav"]

@@ -10,8 +10,10 @@ import time
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 
+from dsmcli.audio import open_sink
 from dsmcli.errors import InputError, OutputError, UsageError
 from dsmcli.speak_model import SpeakOptions
 from dsmcli.speak_output import plan_outputs
@@ -97,7 +99,7 @@ def test_plan_outputs_rules(tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     plan = plan_outputs(one, "out/speech.flac", raw=False, play=False, formats=["srt"], force=False)[0]
     assert plan.audio == "out/speech.flac" and str(plan.subtitles[0][1]) == "out/speech.srt"
-    plan = plan_outputs([("a.txt", "a"), ("b.txt", "b")], "dir", raw=True, play=False, formats=[], force=False)
+    plan = plan_outputs([("a.txt", "a"), ("b.txt", "b")], "dir/", raw=True, play=False, formats=[], force=False)
     assert [p.audio for p in plan] == ["dir/a.raw", "dir/b.raw"] and (tmp_path / "dir").is_dir()
     plan = plan_outputs(one, "-", raw=False, play=True, formats=["srt"], force=False)[0]
     assert plan.audio == "-" and plan.play and str(plan.subtitles[0][1]) == "talk.srt"
@@ -107,11 +109,32 @@ def test_plan_outputs_rules(tmp_path, monkeypatch):
         plan_outputs(one, None, raw=False, play=False, formats=[], force=False)
     assert plan_outputs(one, None, raw=False, play=False, formats=[], force=True)[0].audio == "talk.wav"
     with pytest.raises(UsageError, match="two outputs"):
-        plan_outputs([("a/x.txt", "x"), ("b/x.txt", "x")], "dir", raw=False, play=False, formats=[], force=False)
+        plan_outputs([("a/x.txt", "x"), ("b/x.txt", "x")], "dir/", raw=False, play=False, formats=[], force=False)
     with pytest.raises(UsageError, match="several inputs"):
         plan_outputs([("a", "a"), ("b", "b")], "-", raw=False, play=False, formats=[], force=False)
     with pytest.raises(UsageError, match="file name"):
         plan_outputs([("a", "a"), ("b", "b")], "x.wav", raw=False, play=False, formats=[], force=False)
+
+
+def test_output_without_extension_is_a_wav_file(tmp_path, monkeypatch):
+    """`speak -o noext` made noext/speech.wav; a path is a directory only if it is one or ends with /."""
+    monkeypatch.chdir(tmp_path)
+    one = [("--text", "speech")]
+    plan = plan_outputs(one, "noext", raw=False, play=False, formats=["srt", "json"], force=False)[0]
+    assert plan.audio == "noext" and [str(p) for _, p in plan.subtitles] == ["noext.srt", "noext.json"]
+    assert not (tmp_path / "noext").exists()
+    sink = open_sink(plan.audio, 24000)
+    sink.write(np.full(480, 0.25, dtype=np.float32))
+    sink.close()
+    audio, rate = soundfile.read("noext", dtype="float32")
+    assert rate == 24000 and len(audio) == 480 and abs(audio[0] - 0.25) < 1e-4
+    assert plan_outputs(one, "new/", raw=False, play=False, formats=[], force=False)[0].audio == "new/speech.wav"
+    (tmp_path / "there").mkdir()
+    assert plan_outputs(one, "there", raw=True, play=False, formats=[], force=False)[0].audio == "there/speech.raw"
+    with pytest.raises(UsageError, match=r"names the speech audio.*--srt"):
+        plan_outputs(one, "talk.srt", raw=False, play=False, formats=[], force=False)
+    with pytest.raises(UsageError, match="file name"):
+        plan_outputs([("a", "a"), ("b", "b")], "noext", raw=False, play=False, formats=[], force=False)
 
 
 # ------------------------------------------------------------------------------------------------------ play

@@ -153,7 +153,7 @@ def test_cli_outputs_hold_the_words_of_the_library_run(tiny_stt, speech, our_run
     soundfile.write(wav, speech, 24000, subtype="FLOAT")
     capfd.readouterr()
     main(["transcribe", str(wav), "-m", tiny_stt, "-f", "json", "-f", "srt", "-f", "vtt", "-f", "tsv",
-          "-f", "txt", "-f", "jsonl", "-o", str(tmp_path / "out")])  # in this process: no start-up cost
+          "-f", "txt", "-f", "jsonl", "-o", f"{tmp_path / 'out'}/"])  # in this process: no start-up cost
     assert capfd.readouterr() == ("", "")
     expected = [e for e in our_run[0].events if isinstance(e, Word)]
     assert len(expected) >= 5

@@ -134,7 +134,7 @@ def test_ctrl_c_leaves_valid_outputs_and_exit_code_130(tiny_stt, bria_24k, tmp_p
     wav = tmp_path / "talk.wav"
     soundfile.write(wav, bria_24k(None), SAMPLE_RATE, subtype="PCM_16")  # 45 s: still running at the signal
     out = tmp_path / "out"
-    process = dsm_process("transcribe", wav, "-m", tiny_stt, "-f", "srt", "-f", "jsonl", "-f", "json", "-o", out,
+    process = dsm_process("transcribe", wav, "-m", tiny_stt, "-f", "srt", "-f", "jsonl", "-f", "json", "-o", f"{out}/",
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     jsonl, deadline = out / "talk.jsonl", time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline and process.poll() is None:
