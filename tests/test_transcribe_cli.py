@@ -170,6 +170,18 @@ def test_unknown_format_without_ffmpeg(capfd, tiny_stt, files, tmp_path, monkeyp
     assert_one_error_line(err, "clip.xyz", "install ffmpeg", ".xyz")
 
 
+@pytest.mark.parametrize("ffmpeg", [True, False], ids=["ffmpeg", "no-ffmpeg"])
+def test_a_text_file_is_not_audio(capfd, files, tmp_path, monkeypatch, ffmpeg):
+    """It said "install ffmpeg to read .txt files" (or quoted ffmpeg's "Invalid data")."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Bonjour, ceci est une note — pas de l'audio.\n" * 200, encoding="utf-8")
+    if not ffmpeg:
+        monkeypatch.setenv("PATH", str(tmp_path))
+    code, out, err = dsm(capfd, "transcribe", notes, "-m", "no/such-model")
+    assert code == 4 and out == ""
+    assert_one_error_line(err, "notes.txt: a text file, not audio")
+
+
 def test_output_errors_come_before_the_model_loads(capfd, tiny_stt, files, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a directory should be")
