@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from dsmcli.segments import SegmentOptions
 from dsmcli.speak import SpeechResult, SpeechSink
 
 WAV_EXT = ".wav"
+TIME_EPSILON = 1e-6  # word times are exact multiples of 80 ms; audio time is samples / 24000
 AUDIO_EXTENSIONS = (WAV_EXT, *RAW_EXTENSIONS, *SOUNDFILE_FORMATS)
 
 
@@ -134,6 +135,9 @@ class OutputSink(SpeechSink):
         self._audio: list[Any] | None = None  # AudioSink / SpeakerSink, opened on first use
         self._words: TranscriptOutput | None = None
         self._closed = False
+        self._samples = 0  # audio samples written so far
+        self._held: list[Word] = []  # words whose end the written audio has not reached yet
+        self._words_written = 0
 
     # ----------------------------------------------------------------------------------- opening
     def _open_audio(self) -> list[Any]:
@@ -166,18 +170,38 @@ class OutputSink(SpeechSink):
         return self._words
 
     # ------------------------------------------------------------------------------------ events
+    @property
+    def seconds_written(self) -> float:
+        return self._samples / SAMPLE_RATE
+
     def audio(self, pcm: np.ndarray) -> None:
         for sink in self._open_audio():
             sink.write(pcm)
+        self._samples += len(pcm)
+        self._release(self.seconds_written)
 
     def word(self, word: Word) -> None:
-        words = self._open_words()
-        if words is not None:
-            words.push(word)
+        """Words are held until the audio written covers them, so that a Ctrl-C leaves cues within the audio."""
+        self._held.append(word)
+        self._release(self.seconds_written)
+
+    def _release(self, limit: float, clip: bool = False) -> None:
+        """Write the held words that end by ``limit`` s; with ``clip``, also the one running past it (ending at
+        ``limit``), and drop those starting after it."""
+        while self._held and (self._held[0].end <= limit + TIME_EPSILON or clip):
+            word = self._held.pop(0)
+            if word.start >= limit - TIME_EPSILON and clip:
+                self._held.clear()
+                break
+            words = self._open_words()
+            if words is not None:
+                words.push(replace(word, end=min(word.end, limit)) if clip else word)
+                self._words_written += 1
 
     def finish(self, result: SpeechResult) -> None:
         self.result = result
         self._open_audio()
+        self._release(self.seconds_written, clip=True)
         self._open_words()
         if result.truncated:
             print(f"dsm: warning: {self.plan.name}: stopped after {result.steps} steps before the end of the text",
@@ -197,6 +221,12 @@ class OutputSink(SpeechSink):
         if self._closed:
             return
         self._closed = True
+        if interrupted or seconds is None:  # the words end with the audio actually written
+            try:
+                self._release(self.seconds_written, clip=True)
+            except BaseException:  # the word file failed: closed below, reported by the caller
+                pass
+            seconds = self.seconds_written
         error: BaseException | None = None
         for sink in self._audio or []:
             try:
@@ -213,3 +243,14 @@ class OutputSink(SpeechSink):
                 error = error or caught
         if error is not None and not interrupted:
             raise error
+        if error is None:
+            self._report_written(interrupted)
+
+    def _report_written(self, interrupted: bool) -> None:
+        """One line per file written: ``dsm: wrote out.wav (3.2 s)``."""
+        note = ", interrupted" if interrupted else ""
+        if self.plan.audio not in (None, STDOUT) and self._audio is not None:
+            print(f"dsm: wrote {self.plan.audio} ({self.seconds_written:.1f} s{note})", file=sys.stderr, flush=True)
+        if self._words is not None:
+            for _, path in self.plan.subtitles:
+                print(f"dsm: wrote {path} ({self._words_written} words{note})", file=sys.stderr, flush=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ class ReferenceRun:
     stt_config: dict
     codes: np.ndarray  # [frames, n_q] Mimi codes, silence prefix, audio and suffix frames
     codec_gaps: np.ndarray  # [frames, n_q] nearest vs second-nearest centroid distance gap
+    logprobs: list[float] = field(default_factory=list)  # log-probability of the (greedy) chosen token per step
 
     @property
     def first_frame_step(self) -> int:
@@ -65,10 +66,13 @@ def reference_tokens(repo: str, audio_24k: np.ndarray, codes: np.ndarray | None 
     mimi = info.get_mimi(device="cpu")
     lm = info.get_moshi(device="cpu", dtype=torch.float32)
     margins: list[float] = []
+    logprobs: list[float] = []
 
     def record(logits: torch.Tensor) -> None:
-        top = logits.reshape(logits.shape[0], -1)[0].float().topk(2).values
+        row = logits.reshape(logits.shape[0], -1)[0].float()
+        top = row.topk(2).values
         margins.append(float(top[0] - top[1]))
+        logprobs.append(float(torch.log_softmax(row, dim=-1).max()))
 
     gen = LMGen(lm, temp=0, temp_text=0, on_text_logits_hook=record)
     cfg = info.stt_config
@@ -91,4 +95,4 @@ def reference_tokens(repo: str, audio_24k: np.ndarray, codes: np.ndarray | None 
                 tokens.append(int(gen.step(frame_codes)[0, 0, 0]))
             tokens.append(int(gen.step(frame_codes)[0, 0, 0]))
     code_array = np.stack(mimi_codes) if codes is None else np.asarray(codes)
-    return ReferenceRun(tokens, margins, cfg, code_array, np.asarray(gaps).reshape(code_array.shape))
+    return ReferenceRun(tokens, margins, cfg, code_array, np.asarray(gaps).reshape(code_array.shape), logprobs)

@@ -4,6 +4,7 @@ and ``--play`` through an injected fake output stream (no sound device, no PortA
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
@@ -188,3 +189,34 @@ def test_play_writes_to_the_speakers_as_it_generates(tmp_path, tiny_tts, tiny_vo
     written, _ = soundfile.read(str(tmp_path / "hi.wav"), dtype="float32")  # the same audio tee'd to the file
     assert np.abs(written - played).max() <= 1 / 32768 + 1e-7
     assert torch.tensor(played).abs().max() <= 1.0
+
+
+def test_ctrl_c_clips_the_word_timestamps_to_the_audio_written(tmp_path, monkeypatch, capsys):
+    """The SRT's last cue ran past the end of the WAV after Ctrl-C: words are now written once the audio covers
+    them, and at an interruption the one running past the audio ends with it, those after it are dropped."""
+    from dsmcli.outputs import WriterOptions
+    from dsmcli.results import Word
+    from dsmcli.speak_output import OutputSink
+
+    monkeypatch.chdir(tmp_path)
+    (plan,) = plan_outputs([("--text", "speech")], "out.wav", raw=False, play=False, formats=["srt", "json"],
+                           force=False)
+    sink = OutputSink(plan, force=False, writer_options=WriterOptions(model="m"), errors=[])
+    frame = np.full(1920, 0.1, dtype=np.float32)  # 80 ms
+    words = [Word(" one", 0.16, 0.40), Word(" two.", 0.40, 0.72), Word(" three", 0.72, 1.04)]
+    for word in words:
+        sink.word(word)
+    for _ in range(8):  # 0.64 s of audio, then Ctrl-C
+        sink.audio(frame)
+    assert soundfile.info("out.wav").frames == 8 * 1920
+    sink.abort()
+    audio_seconds = soundfile.info("out.wav").duration
+    assert audio_seconds == pytest.approx(0.64)
+    srt = (tmp_path / "out.srt").read_text()
+    assert srt == "1\n00:00:00,160 --> 00:00:00,640\none two.\n\n"
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert [(w["word"], w["end"]) for s in document["segments"] for w in s["words"]] == [(" one", 0.4), (" two.", 0.64)]
+    assert document["duration"] == pytest.approx(0.64)
+    assert capsys.readouterr().err.splitlines() == [
+        "dsm: wrote out.wav (0.6 s, interrupted)", "dsm: wrote out.srt (2 words, interrupted)",
+        "dsm: wrote out.json (2 words, interrupted)"]
