@@ -109,8 +109,8 @@ def plan_outputs(inputs: list[tuple[str, str]], output: str | None, *, raw: bool
                  formats: list[str], force: bool) -> list[OutputPlan]:
     """``inputs``: (name, stem) pairs. Output rules: ``-`` = stdout (one input); ``None`` = ``<stem>.wav`` in the
     current directory (or only the speakers with ``play``); a directory (existing, or spelt with a trailing ``/``)
-    = ``<dir>/<stem>.wav``; otherwise an audio file (one input) whose extension picks the format (none: WAV). Word files go
-    beside the audio file (``out.srt`` for ``out.wav``), else into the current directory."""
+    = ``<dir>/<stem>.wav``; otherwise an audio file (one input) whose extension picks the format (none: WAV).
+    Word files go beside the audio file (``out.srt`` for ``out.wav``), else into the current directory."""
     names = resolve_formats(formats) if formats else []
     targets, folder, create = _audio_targets([stem for _, stem in inputs], output, raw, play)
     plans = []
