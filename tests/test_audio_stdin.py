@@ -177,11 +177,11 @@ needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg
 def encoded(tmp_path, kind: str, samples: np.ndarray, rate: int):
     """``samples`` written as a ``kind`` file (mp3 through ffmpeg's LAME)."""
     path = tmp_path / f"talk.{kind}"
-    if kind == "mp3":
+    if kind in ("mp3", "aac"):
         wav = tmp_path / "talk_source.wav"
         soundfile.write(wav, samples, rate, subtype="PCM_16")
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "libmp3lame", "-q:a", "4",
-                        str(path)], check=True)
+        codec = ["-c:a", "libmp3lame", "-q:a", "4"] if kind == "mp3" else ["-c:a", "aac", "-f", "adts"]
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), *codec, str(path)], check=True)
     else:
         soundfile.write(path, samples, rate, **ENCODERS[kind])
     return path
@@ -206,7 +206,8 @@ def piped_slowly(data: bytes, first_part: float):
     return os.fdopen(read_fd, "rb"), decoded, thread, waited
 
 
-@pytest.mark.parametrize("kind", ["flac", "ogg", pytest.param("mp3", marks=needs_ffmpeg)])
+@pytest.mark.parametrize("kind", ["flac", "ogg", pytest.param("mp3", marks=needs_ffmpeg),
+                                  pytest.param("aac", marks=needs_ffmpeg)])
 def test_encoded_audio_on_a_pipe_streams_like_the_file(tmp_path, kind):
     """`cat talk.mp3 | dsm transcribe -` was refused ("not a WAV stream"); now the samples of the file come out,
     the first ones before the writer has sent more than a third of the stream."""
@@ -223,7 +224,12 @@ def test_encoded_audio_on_a_pipe_streams_like_the_file(tmp_path, kind):
     thread.join()
     assert waited == [True], "nothing was decoded before the writer sent the rest"
     got = np.concatenate(chunks)
-    np.testing.assert_array_equal(got, reference)  # libsndfile both ways: the same samples
+    if kind == "aac":  # ffmpeg both ways (file, pipe filter)
+        assert abs(len(got) - len(reference)) <= 2048
+        n = min(len(got), len(reference))
+        np.testing.assert_allclose(got[:n], reference[:n], atol=1e-6)
+    else:  # libsndfile both ways: the same samples
+        np.testing.assert_array_equal(got, reference)
 
 
 def test_flac_on_a_pipe_runs_in_constant_memory(tmp_path):

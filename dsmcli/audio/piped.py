@@ -23,7 +23,7 @@ import numpy as np
 import soundfile
 
 from dsmcli.audio.decoders import DecodedStream, ffmpeg_path, libsndfile_reason, open_pcm_stream, soundfile_blocks
-from dsmcli.audio.mp3check import id3v2_size
+from dsmcli.audio.mp3check import frame_length, id3v2_size
 from dsmcli.audio.native_stderr import DecoderStderr
 from dsmcli.audio.pcm import STREAM_READ_BYTES, ByteReader, PcmFormat, iter_pcm, read_wav_header
 from dsmcli.errors import InputError
@@ -46,7 +46,7 @@ def stream_kind(head: bytes) -> str:
         return "flac"
     if head.startswith(b"OggS"):
         return "ogg"
-    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+    if head.startswith(b"ID3") or frame_length(head[:4]) is not None:  # (AAC's ADTS sync is no MPEG frame)
         return "mp3"
     return "unknown"
 
