@@ -19,6 +19,42 @@ import typer  # noqa: E402
 from dsmcli import __version__  # noqa: E402
 from dsmcli.errors import EXIT_INTERRUPTED, DsmError  # noqa: E402
 
+# Option panels of `--help` (rich_help_panel=...): every option of every command sits in one of these.
+INPUT, OUTPUT, MODEL, DECODING, PERFORMANCE, DEVICES = "Input", "Output", "Model", "Decoding", "Performance", "Devices"
+
+
+def examples(*lines: str) -> str:
+    """A command's help epilog: "Examples" then one command line each (Rich markup in them is escaped)."""
+    escaped = (line.replace("[", "\\[") for line in lines)
+    return "[bold]Examples[/bold]\n\n" + "\n".join(escaped)
+
+
+def _plain_help_types() -> None:
+    """Typer 0.2x prints a type after every option (``<bool>`` on each flag, ``<str>``, ``<list[str]>``): noise in
+    ``--help``. Flags and arguments (named by their metavar) show nothing; values show their metavar (FILE, N) or
+    click's type name (TEXT, INTEGER). A Typer without ``display_type_rich`` (older) is left as it is."""
+    from typer import core
+
+    plain = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": ""}
+    for cls in (getattr(core, "TyperArgument", None), getattr(core, "TyperOption", None)):
+        original = getattr(cls, "display_type_rich", None)
+        if cls is None or original is None:
+            continue
+
+        def display_type_rich(self, ctx, _original=original):  # type: ignore[no-untyped-def]
+            if getattr(self, "is_flag", False) or isinstance(self, core.TyperArgument):
+                return None
+            if self.metavar is not None:
+                return self.metavar
+            label = str(_original(self, ctx) or "").strip("<>.").replace(" range", "")
+            label = label.removeprefix("list[").removesuffix("]")
+            return plain.get(label, label.upper()) or None
+
+        cls.display_type_rich = display_type_rich
+
+
+_plain_help_types()
+
 app = typer.Typer(
     name="dsm",
     help="Streaming speech-to-text and text-to-speech with Kyutai's Delayed Streams Modeling models.",
@@ -49,9 +85,9 @@ def _root(
     """Streaming speech-to-text and text-to-speech with Kyutai's Delayed Streams Modeling models."""
 
 
-@app.command("models")
+@app.command("models", epilog=examples("dsm models", "dsm models --json | jq '.[] | select(.cached)'"))
 def models_cmd(
-    json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON.", rich_help_panel=OUTPUT),
 ) -> None:
     """List the model registry (weights.toml) and what is in the local cache."""
     from dsmcli.commands.models import list_models
@@ -59,9 +95,11 @@ def models_cmd(
     list_models(json_out=json_out)
 
 
-@app.command("download")
+@app.command("download", epilog=examples("dsm download stt-1b-en_fr",
+                                          "dsm download tts-1.6b-en_fr && dsm download tts-voices",
+                                          "dsm download kyutai/stt-2.6b-en"))
 def download_cmd(
-    model: str = typer.Argument(..., help="Registry name, Hub repo id, or local directory."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Registry name, Hub repo id, or local directory."),
 ) -> None:
     """Fetch a model's files into the Hugging Face cache ahead of time."""
     from dsmcli.commands.models import download_model

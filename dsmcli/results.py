@@ -7,20 +7,22 @@ space (whisper style), so ``"".join(w.text for w in words)`` rebuilds the text.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Word:
     """One recognised word: ``text`` (with its leading space), ``start``/``end`` in seconds.
 
-    ``probability`` is the mean text-token probability of the word when the caller knows it.
+    ``probability`` is the mean text-token probability of the word when the caller knows it;
+    ``token_logprobs`` the log-probabilities of its text tokens (empty when unknown; not compared).
     """
 
     text: str
     start: float
     end: float
     probability: float | None = None
+    token_logprobs: tuple[float, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

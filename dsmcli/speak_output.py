@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from dsmcli.errors import DsmError, OutputError, UsageError
 from dsmcli.outputs import (
     TranscriptOutput,
     WriterOptions,
+    format_for_path,
+    is_directory_target,
     open_writers,
     resolve_formats,
 )
@@ -37,6 +39,7 @@ from dsmcli.segments import SegmentOptions
 from dsmcli.speak import SpeechResult, SpeechSink
 
 WAV_EXT = ".wav"
+TIME_EPSILON = 1e-6  # word times are exact multiples of 80 ms; audio time is samples / 24000
 AUDIO_EXTENSIONS = (WAV_EXT, *RAW_EXTENSIONS, *SOUNDFILE_FORMATS)
 
 
@@ -62,13 +65,18 @@ def _audio_targets(stems: list[str], output: str | None, raw: bool, play: bool
             raise UsageError("several inputs cannot share stdout or the speakers: give an output directory")
         return [output], Path("."), None
     target = Path(output) if output is not None else Path(".")
-    if output is None or target.is_dir() or not target.suffix:
+    if output is None or is_directory_target(output):
         ext = RAW_EXTENSIONS[0] if raw else WAV_EXT
         return [str(target / f"{stem}{ext}") for stem in stems], target, target
     if count > 1:
         raise UsageError(f"{output} is a file name; several inputs need an output directory")
-    if not raw and target.suffix.lower() not in AUDIO_EXTENSIONS:
-        raise UsageError(f"{output}: unknown audio extension (use {', '.join(AUDIO_EXTENSIONS)})")
+    suffix = target.suffix.lower()
+    if not raw and suffix and suffix not in AUDIO_EXTENSIONS:
+        if format_for_path(target.name) is not None:
+            raise UsageError(f"-o {output} names the speech audio, not its words: give -o {target.stem}.wav and "
+                             f"--{suffix[1:]} or -f {suffix[1:]} (written beside it as {target.name})")
+        raise UsageError(f"{output}: unknown audio extension (use {', '.join(AUDIO_EXTENSIONS)}, "
+                         f"or none for WAV)")
     return [output], target.parent, None
 
 
@@ -100,9 +108,9 @@ def _check_paths(paths: list[Path], force: bool, create: Path | None) -> None:
 def plan_outputs(inputs: list[tuple[str, str]], output: str | None, *, raw: bool, play: bool,
                  formats: list[str], force: bool) -> list[OutputPlan]:
     """``inputs``: (name, stem) pairs. Output rules: ``-`` = stdout (one input); ``None`` = ``<stem>.wav`` in the
-    current directory (or only the speakers with ``play``); a directory (existing, or a path without extension)
-    = ``<dir>/<stem>.wav``; otherwise an audio file (one input) whose extension picks the format. Word files go
-    beside the audio file (``out.srt`` for ``out.wav``), else into the current directory."""
+    current directory (or only the speakers with ``play``); a directory (existing, or spelt with a trailing ``/``)
+    = ``<dir>/<stem>.wav``; otherwise an audio file (one input) whose extension picks the format (none: WAV).
+    Word files go beside the audio file (``out.srt`` for ``out.wav``), else into the current directory."""
     names = resolve_formats(formats) if formats else []
     targets, folder, create = _audio_targets([stem for _, stem in inputs], output, raw, play)
     plans = []
@@ -127,6 +135,9 @@ class OutputSink(SpeechSink):
         self._audio: list[Any] | None = None  # AudioSink / SpeakerSink, opened on first use
         self._words: TranscriptOutput | None = None
         self._closed = False
+        self._samples = 0  # audio samples written so far
+        self._held: list[Word] = []  # words whose end the written audio has not reached yet
+        self._words_written = 0
 
     # ----------------------------------------------------------------------------------- opening
     def _open_audio(self) -> list[Any]:
@@ -159,18 +170,38 @@ class OutputSink(SpeechSink):
         return self._words
 
     # ------------------------------------------------------------------------------------ events
+    @property
+    def seconds_written(self) -> float:
+        return self._samples / SAMPLE_RATE
+
     def audio(self, pcm: np.ndarray) -> None:
         for sink in self._open_audio():
             sink.write(pcm)
+        self._samples += len(pcm)
+        self._release(self.seconds_written)
 
     def word(self, word: Word) -> None:
-        words = self._open_words()
-        if words is not None:
-            words.push(word)
+        """Words are held until the audio written covers them, so that a Ctrl-C leaves cues within the audio."""
+        self._held.append(word)
+        self._release(self.seconds_written)
+
+    def _release(self, limit: float, clip: bool = False) -> None:
+        """Write the held words that end by ``limit`` s; with ``clip``, also the one running past it (ending at
+        ``limit``), and drop those starting after it."""
+        while self._held and (self._held[0].end <= limit + TIME_EPSILON or clip):
+            word = self._held.pop(0)
+            if word.start >= limit - TIME_EPSILON and clip:
+                self._held.clear()
+                break
+            words = self._open_words()
+            if words is not None:
+                words.push(replace(word, end=min(word.end, limit)) if clip else word)
+                self._words_written += 1
 
     def finish(self, result: SpeechResult) -> None:
         self.result = result
         self._open_audio()
+        self._release(self.seconds_written, clip=True)
         self._open_words()
         if result.truncated:
             print(f"dsm: warning: {self.plan.name}: stopped after {result.steps} steps before the end of the text",
@@ -190,6 +221,12 @@ class OutputSink(SpeechSink):
         if self._closed:
             return
         self._closed = True
+        if interrupted or seconds is None:  # the words end with the audio actually written
+            try:
+                self._release(self.seconds_written, clip=True)
+            except BaseException:  # the word file failed: closed below, reported by the caller
+                pass
+            seconds = self.seconds_written
         error: BaseException | None = None
         for sink in self._audio or []:
             try:
@@ -206,3 +243,14 @@ class OutputSink(SpeechSink):
                 error = error or caught
         if error is not None and not interrupted:
             raise error
+        if error is None:
+            self._report_written(interrupted)
+
+    def _report_written(self, interrupted: bool) -> None:
+        """One line per file written: ``dsm: wrote out.wav (3.2 s)``."""
+        note = ", interrupted" if interrupted else ""
+        if self.plan.audio not in (None, STDOUT) and self._audio is not None:
+            print(f"dsm: wrote {self.plan.audio} ({self.seconds_written:.1f} s{note})", file=sys.stderr, flush=True)
+        if self._words is not None:
+            for _, path in self.plan.subtitles:
+                print(f"dsm: wrote {path} ({self._words_written} words{note})", file=sys.stderr, flush=True)

@@ -111,9 +111,9 @@ class InputEvents:
         self.held: EndOfTurn | None = None  # detected, waiting for the turn's last word
 
     def push(self, step: int, token: int, probability: float | None,
-             end_of_turn: float | None = None) -> list[TranscriptEvent]:
+             end_of_turn: float | None = None, logprob: float | None = None) -> list[TranscriptEvent]:
         """Events made final by ``step``: its words, then a (released or new) end of turn."""
-        events: list[TranscriptEvent] = list(self.words.push(step, token, probability))
+        events: list[TranscriptEvent] = list(self.words.push(step, token, probability, logprob))
         if self.held is not None:
             if not self.words.has_pending_text:  # the held turn's words are out: they belong to it
                 events.append(self.held)
@@ -157,21 +157,24 @@ class _Slot:
 
 @dataclass(frozen=True)
 class _StepValues:
-    """One step's outputs on the host (one transfer): per slot token, its probability, end-of-turn prob."""
+    """One step's outputs on the host (one transfer): per slot token, its probability and log-probability,
+    end-of-turn prob."""
 
     tokens: list[int]
     probabilities: list[float]
     end_of_turn: list[float] | None
+    logprobs: list[float] | None = None
 
     @classmethod
     def read(cls, out: StepOutput, vad: bool) -> _StepValues:
         """``out.text_tokens [B]``, ``out.text_logits [B, card]``, ``out.extra_probs [B, heads, classes]``."""
         probabilities = torch.softmax(out.text_logits, dim=-1).gather(1, out.text_tokens[:, None])[:, 0]
-        rows = [out.text_tokens.double(), probabilities.double()]
+        logprobs = torch.log_softmax(out.text_logits.float(), dim=-1).gather(1, out.text_tokens[:, None])[:, 0]
+        rows = [out.text_tokens.double(), probabilities.double(), logprobs.double()]
         if vad and out.extra_probs is not None:
             rows.append(out.extra_probs[:, END_OF_TURN_HEAD, END_OF_TURN_CLASS].double())
         values = torch.stack(rows).tolist()
-        return cls([int(t) for t in values[0]], values[1], values[2] if len(values) > 2 else None)
+        return cls([int(t) for t in values[0]], values[1], values[3] if len(values) > 3 else None, values[2])
 
 
 class Transcriber:
@@ -280,7 +283,8 @@ class Transcriber:
         if self.prompt is not None:
             token = self.prompt.visible(i, slot.step, token)
         end_of_turn = None if values.end_of_turn is None else values.end_of_turn[i]
-        events = slot.events.push(slot.step, token, values.probabilities[i], end_of_turn)
+        logprob = None if values.logprobs is None else values.logprobs[i]
+        events = slot.events.push(slot.step, token, values.probabilities[i], end_of_turn, logprob)
         if not encoded:  # the LM just consumed the input's last frame
             events += slot.events.finish(slot.step)
         slot.step += 1

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Protocol
 
@@ -55,6 +55,7 @@ class _OpenSegment:
     ids: list[int]
     probabilities: list[float | None]
     eos_step: int | None = None
+    logprobs: list[float | None] = field(default_factory=list)
 
 
 class WordAssembler:
@@ -93,11 +94,13 @@ class WordAssembler:
         """True while text tokens wait for the next boundary (or ``finish``) to become words."""
         return self._segment is not None and bool(self._segment.ids)
 
-    def push(self, step: int, token: int, probability: float | None = None) -> list[Word]:
+    def push(self, step: int, token: int, probability: float | None = None,
+             logprob: float | None = None) -> list[Word]:
         """Consume the text token of ``step``; return the words this step made final.
 
         ``probability`` (optional) is the model's probability of ``token``; a word's
-        probability is the mean over its text tokens.
+        probability is the mean over its text tokens. ``logprob`` (optional) is its
+        log-probability; a word keeps those of its text tokens (``Word.token_logprobs``).
         """
         step, token = int(step), int(token)  # numpy / torch scalars welcome
         if self._last_step is not None and step <= self._last_step:
@@ -116,6 +119,7 @@ class WordAssembler:
         if token > self.pad_id:
             self._segment.ids.append(token)
             self._segment.probabilities.append(None if probability is None else float(probability))
+            self._segment.logprobs.append(None if logprob is None else float(logprob))
         return words
 
     def finish(self, last_step: int | None = None) -> list[Word]:
@@ -153,7 +157,18 @@ class WordAssembler:
             spaced = (lead if index == 0 else " ") + text
             words.append(Word(spaced, self._time(running), self._time(word_end), probabilities[index]))
             running = word_end
-        return words
+        return self._with_logprobs(segment, words)
+
+    def _with_logprobs(self, segment: _OpenSegment, words: list[Word]) -> list[Word]:
+        """Each word with its text tokens' log-probabilities (per ``▁``-group; else all on the first word, so that a
+        segment's words still hold each token once)."""
+        if not segment.logprobs or any(value is None for value in segment.logprobs):
+            return words
+        values = [float(value) for value in segment.logprobs if value is not None]
+        groups = self._piece_groups(segment.ids)
+        if len(groups) != len(words):
+            groups = [(0, len(values))] + [(len(values), len(values))] * (len(words) - 1)
+        return [replace(word, token_logprobs=tuple(values[a:b])) for word, (a, b) in zip(words, groups)]
 
     def _word_probabilities(self, segment: _OpenSegment, n_words: int) -> list[float | None]:
         """Mean token probability per word (per ``▁``-group, else the segment mean)."""

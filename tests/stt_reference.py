@@ -17,7 +17,7 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ class ReferenceRun:
     codes: np.ndarray  # [frames, n_q] Mimi codes, silence prefix, audio and suffix frames
     codec_gaps: np.ndarray  # [frames, n_q] nearest vs second-nearest centroid distance gap
     prompt_left: int = 0  # prompt tokens the script's hook still had to force at the end
+    logprobs: list[float] = field(default_factory=list)  # log-probability of the (greedy) chosen token per step
 
     @property
     def first_frame_step(self) -> int:
@@ -109,10 +110,13 @@ def reference_tokens(repo: str, audio_24k: np.ndarray, codes: np.ndarray | None 
     mimi = info.get_mimi(device="cpu")
     lm = info.get_moshi(device="cpu", dtype=torch.float32)
     margins: list[float] = []
+    logprobs: list[float] = []
 
     def record(logits: torch.Tensor) -> None:
-        top = logits.reshape(logits.shape[0], -1)[0].float().topk(2).values
+        row = logits.reshape(logits.shape[0], -1)[0].float()
+        top = row.topk(2).values
         margins.append(float(top[0] - top[1]))
+        logprobs.append(float(torch.log_softmax(row, dim=-1).max()))
 
     hook = None if prompt_text is None else ScriptPromptHook(info.get_text_tokenizer(), prompt_text)
 
@@ -145,4 +149,5 @@ def reference_tokens(repo: str, audio_24k: np.ndarray, codes: np.ndarray | None 
             tokens.append(int(gen.step(frame_codes)[0, 0, 0]))
     code_array = np.stack(mimi_codes) if codes is None else np.asarray(codes)
     left = 0 if hook is None else len(hook.prefix_enforce)
-    return ReferenceRun(tokens, margins, cfg, code_array, np.asarray(gaps).reshape(code_array.shape), left)
+    return ReferenceRun(tokens, margins, cfg, code_array, np.asarray(gaps).reshape(code_array.shape),
+                        prompt_left=left, logprobs=logprobs)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -127,7 +128,7 @@ def test_output_naming(tmp_path):
         "srt": tmp_path / "talk.srt",
         "json": tmp_path / "talk.json",
     }
-    assert output_paths(["all"], tmp_path / "new_dir", "a") == {
+    assert output_paths(["all"], f"{tmp_path / 'new_dir'}/", "a") == {
         name: tmp_path / "new_dir" / f"a.{name}" for name in ["txt", "vtt", "srt", "tsv", "json"]
     }
     assert output_paths(["srt"], tmp_path / "subs.srt", "ignored") == {"srt": tmp_path / "subs.srt"}
@@ -138,6 +139,29 @@ def test_output_naming(tmp_path):
         output_paths(["srt", "vtt"], tmp_path / "subs.srt", "x")
     with pytest.raises(UsageError, match="unknown output format"):
         output_paths(["docx"], tmp_path, "x")
+
+
+def test_output_file_format_follows_its_extension(tmp_path):
+    """-o x.srt writes SRT (not txt); a path without extension is a file unless it is a directory or ends with /."""
+    assert output_paths([], tmp_path / "x.srt", "talk") == {"srt": tmp_path / "x.srt"}
+    assert output_paths([], str(tmp_path / "x.JSONL"), "talk") == {"jsonl": tmp_path / "x.JSONL"}
+    assert output_paths([], tmp_path / "result", "talk") == {"txt": tmp_path / "result"}
+    assert output_paths(["vtt"], tmp_path / "result", "talk") == {"vtt": tmp_path / "result"}
+    assert output_paths(["srt"], tmp_path / "notes.log", "talk") == {"srt": tmp_path / "notes.log"}
+    assert output_paths([], f"{tmp_path / 'new'}/", "talk") == {"txt": tmp_path / "new" / "talk.txt"}
+    (tmp_path / "existing").mkdir()
+    assert output_paths(["srt"], tmp_path / "existing", "talk") == {"srt": tmp_path / "existing" / "talk.srt"}
+    assert output_paths([], None, "talk") == {"txt": Path("talk.txt")}
+    assert output_paths(["all"], None, "stdin")["json"] == Path("stdin.json")
+    with pytest.raises(UsageError, match=r"names the srt format but -f txt") as error:
+        output_paths(["txt"], tmp_path / "x.srt", "talk")
+    assert "\n" not in str(error.value)
+    with pytest.raises(UsageError, match="several formats need an output directory"):
+        output_paths(["srt", "json"], tmp_path / "result", "talk")
+    for writer in open_writers([], tmp_path / "subs.vtt", "talk"):
+        writer.close(0.0)
+    assert (tmp_path / "subs.vtt").read_text().startswith("WEBVTT")
+    assert not (tmp_path / "result").exists()
 
 
 def test_refuses_to_overwrite_and_creates_nothing(tmp_path):
@@ -155,7 +179,7 @@ def test_unwritable_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(OutputError, match="cannot create directory"):
-        open_writers(["srt"], blocker / "sub", "talk")
+        open_writers(["srt"], f"{blocker / 'sub'}/", "talk")
     with pytest.raises(OutputError) as error:
         open_writers(["srt"], tmp_path / "file" / "x.srt", "talk")
     assert "\n" not in str(error.value)

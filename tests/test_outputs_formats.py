@@ -28,7 +28,7 @@ from dsmcli.results import EndOfTurn, Segment, Word
 from dsmcli.segments import SubtitleOptions
 
 SEGMENTS = (
-    Segment.from_words(0, [Word(" Hello", 0.0, 0.42, 0.9), Word(" world.", 0.42, 0.96, 0.8)]),
+    Segment.from_words(0, [Word(" Hello", 0.0, 0.42, 0.9, (-0.5, -0.25)), Word(" world.", 0.42, 0.96, 0.8, (-0.75,))]),
     Segment.from_words(
         1,
         [Word(" This", 1.5, 1.8), Word(" is", 1.8, 1.92), Word(" a", 1.92, 2.0), Word(" test.", 2.0, 2.4)],
@@ -148,8 +148,8 @@ def test_json_bytes_whisper_schema():
     out = render(JsonWriter, SEGMENTS[:1], options, duration=1.5)
     expected = (
         '{"text": " Hello world.", "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": 0.96, '
-        '"text": " Hello world.", "tokens": [], "temperature": 0.0, "avg_logprob": 0.0, '
-        f'"compression_ratio": {ratio(" Hello world.")!r}, "no_speech_prob": 0.0, "words": ['
+        '"text": " Hello world.", "tokens": [], "temperature": 0.0, "avg_logprob": -0.5, '
+        f'"compression_ratio": {ratio(" Hello world.")!r}, "no_speech_prob": null, "words": ['
         '{"word": " Hello", "start": 0.0, "end": 0.42, "probability": 0.9}, '
         '{"word": " world.", "start": 0.42, "end": 0.96, "probability": 0.8}]}], '
         '"language": "en", "model": "kyutai/stt-1b-en_fr", "duration": 1.5, "version": "1.0"}'
@@ -168,6 +168,7 @@ def test_json_rounds_times_like_whisper_and_keeps_unknown_probability_null():
     assert (segment["start"], segment["end"]) == (0.32, 1.01)
     assert data["text"] == " é b" and data["duration"] is None
     assert "\\u00e9" in render(JsonWriter, [Segment.from_words(0, words)])  # ASCII, as json.dump
+    assert segment["avg_logprob"] is None and segment["no_speech_prob"] is None  # no figure: null, not 0.0
 
 
 def test_jsonl_events_with_kyutai_names():

@@ -7,6 +7,7 @@ frame count), streaming text from stdin, Ctrl-C, seeds, batches, and the one-lin
 from __future__ import annotations
 
 import json
+import re
 import signal
 import struct
 import subprocess
@@ -207,9 +208,13 @@ def test_batch_of_files_with_one_failure(tmp_path, tts_args, text_file, greedy_w
     second.write_text(DIALOG[2], encoding="utf-8")
     outdir = tmp_path / "out"
     proc = run_dsm("speak", text_file, tmp_path / "missing.txt", second, *tts_args, "--temperature", "0",
-                   "-o", outdir)
+                   "-o", f"{outdir}/")
     err = proc.stderr.decode()
-    assert proc.returncode == 5 and err.count("\n") == 1 and "missing.txt: no such file" in err, err
+    errors = [line for line in err.splitlines() if line.startswith("dsm: error: ")]
+    assert proc.returncode == 5 and len(errors) == 1 and "missing.txt: no such file" in errors[0], err
+    wrote = sorted(line for line in err.splitlines() if line.startswith("dsm: wrote "))
+    assert [re.sub(r"\(\d+\.\d s\)$", "(T s)", line) for line in wrote] == [
+        f"dsm: wrote {outdir / name} (T s)" for name in ("line.wav", "other.wav")], err
     assert sorted(p.name for p in outdir.iterdir()) == ["line.wav", "other.wav"]
     batched = np.frombuffer(_parse_wav((outdir / "line.wav").read_bytes())[1], "<i2").astype(int)
     single = np.frombuffer(_parse_wav(greedy_wav.read_bytes())[1], "<i2").astype(int)

@@ -4,14 +4,17 @@ and ``--play`` through an injected fake output stream (no sound device, no PortA
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 
+from dsmcli.audio import open_sink
 from dsmcli.errors import InputError, OutputError, UsageError
 from dsmcli.speak_model import SpeakOptions
 from dsmcli.speak_output import plan_outputs
@@ -97,7 +100,7 @@ def test_plan_outputs_rules(tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     plan = plan_outputs(one, "out/speech.flac", raw=False, play=False, formats=["srt"], force=False)[0]
     assert plan.audio == "out/speech.flac" and str(plan.subtitles[0][1]) == "out/speech.srt"
-    plan = plan_outputs([("a.txt", "a"), ("b.txt", "b")], "dir", raw=True, play=False, formats=[], force=False)
+    plan = plan_outputs([("a.txt", "a"), ("b.txt", "b")], "dir/", raw=True, play=False, formats=[], force=False)
     assert [p.audio for p in plan] == ["dir/a.raw", "dir/b.raw"] and (tmp_path / "dir").is_dir()
     plan = plan_outputs(one, "-", raw=False, play=True, formats=["srt"], force=False)[0]
     assert plan.audio == "-" and plan.play and str(plan.subtitles[0][1]) == "talk.srt"
@@ -107,11 +110,32 @@ def test_plan_outputs_rules(tmp_path, monkeypatch):
         plan_outputs(one, None, raw=False, play=False, formats=[], force=False)
     assert plan_outputs(one, None, raw=False, play=False, formats=[], force=True)[0].audio == "talk.wav"
     with pytest.raises(UsageError, match="two outputs"):
-        plan_outputs([("a/x.txt", "x"), ("b/x.txt", "x")], "dir", raw=False, play=False, formats=[], force=False)
+        plan_outputs([("a/x.txt", "x"), ("b/x.txt", "x")], "dir/", raw=False, play=False, formats=[], force=False)
     with pytest.raises(UsageError, match="several inputs"):
         plan_outputs([("a", "a"), ("b", "b")], "-", raw=False, play=False, formats=[], force=False)
     with pytest.raises(UsageError, match="file name"):
         plan_outputs([("a", "a"), ("b", "b")], "x.wav", raw=False, play=False, formats=[], force=False)
+
+
+def test_output_without_extension_is_a_wav_file(tmp_path, monkeypatch):
+    """`speak -o noext` made noext/speech.wav; a path is a directory only if it is one or ends with /."""
+    monkeypatch.chdir(tmp_path)
+    one = [("--text", "speech")]
+    plan = plan_outputs(one, "noext", raw=False, play=False, formats=["srt", "json"], force=False)[0]
+    assert plan.audio == "noext" and [str(p) for _, p in plan.subtitles] == ["noext.srt", "noext.json"]
+    assert not (tmp_path / "noext").exists()
+    sink = open_sink(plan.audio, 24000)
+    sink.write(np.full(480, 0.25, dtype=np.float32))
+    sink.close()
+    audio, rate = soundfile.read("noext", dtype="float32")
+    assert rate == 24000 and len(audio) == 480 and abs(audio[0] - 0.25) < 1e-4
+    assert plan_outputs(one, "new/", raw=False, play=False, formats=[], force=False)[0].audio == "new/speech.wav"
+    (tmp_path / "there").mkdir()
+    assert plan_outputs(one, "there", raw=True, play=False, formats=[], force=False)[0].audio == "there/speech.raw"
+    with pytest.raises(UsageError, match=r"names the speech audio.*--srt"):
+        plan_outputs(one, "talk.srt", raw=False, play=False, formats=[], force=False)
+    with pytest.raises(UsageError, match="file name"):
+        plan_outputs([("a", "a"), ("b", "b")], "noext", raw=False, play=False, formats=[], force=False)
 
 
 # ------------------------------------------------------------------------------------------------------ play
@@ -165,3 +189,34 @@ def test_play_writes_to_the_speakers_as_it_generates(tmp_path, tiny_tts, tiny_vo
     written, _ = soundfile.read(str(tmp_path / "hi.wav"), dtype="float32")  # the same audio tee'd to the file
     assert np.abs(written - played).max() <= 1 / 32768 + 1e-7
     assert torch.tensor(played).abs().max() <= 1.0
+
+
+def test_ctrl_c_clips_the_word_timestamps_to_the_audio_written(tmp_path, monkeypatch, capsys):
+    """The SRT's last cue ran past the end of the WAV after Ctrl-C: words are now written once the audio covers
+    them, and at an interruption the one running past the audio ends with it, those after it are dropped."""
+    from dsmcli.outputs import WriterOptions
+    from dsmcli.results import Word
+    from dsmcli.speak_output import OutputSink
+
+    monkeypatch.chdir(tmp_path)
+    (plan,) = plan_outputs([("--text", "speech")], "out.wav", raw=False, play=False, formats=["srt", "json"],
+                           force=False)
+    sink = OutputSink(plan, force=False, writer_options=WriterOptions(model="m"), errors=[])
+    frame = np.full(1920, 0.1, dtype=np.float32)  # 80 ms
+    words = [Word(" one", 0.16, 0.40), Word(" two.", 0.40, 0.72), Word(" three", 0.72, 1.04)]
+    for word in words:
+        sink.word(word)
+    for _ in range(8):  # 0.64 s of audio, then Ctrl-C
+        sink.audio(frame)
+    assert soundfile.info("out.wav").frames == 8 * 1920
+    sink.abort()
+    audio_seconds = soundfile.info("out.wav").duration
+    assert audio_seconds == pytest.approx(0.64)
+    srt = (tmp_path / "out.srt").read_text()
+    assert srt == "1\n00:00:00,160 --> 00:00:00,640\none two.\n\n"
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert [(w["word"], w["end"]) for s in document["segments"] for w in s["words"]] == [(" one", 0.4), (" two.", 0.64)]
+    assert document["duration"] == pytest.approx(0.64)
+    assert capsys.readouterr().err.splitlines() == [
+        "dsm: wrote out.wav (0.6 s, interrupted)", "dsm: wrote out.srt (2 words, interrupted)",
+        "dsm: wrote out.json (2 words, interrupted)"]

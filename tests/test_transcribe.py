@@ -124,6 +124,17 @@ def test_tokens_and_words_equal_the_reference(stt, tiny_stt, speech, reference, 
     assert [(w.text, w.start, w.end) for w in words] == [(w.text, w.start, w.end) for w in expected]
     assert len(words) >= 5
     assert sink.duration == pytest.approx(len(speech) / 24000)
+    # each word holds its text tokens' log-probabilities (JSON avg_logprob), the reference's at those steps
+    text_steps = [step for step, token in enumerate(ref_tokens) if token > 3]
+    ours_logprobs = [value for w in words for value in w.token_logprobs]
+    assert len(ours_logprobs) == len(text_steps) and all(value <= 0 for value in ours_logprobs)
+    # the free-running reference's logits are ours until its Mimi codes part from ours (a codec near-tie)
+    codes_part = np.argwhere(our_codes(stt, speech) != reference.codes)
+    parted = None if not len(codes_part) else int(codes_part[0][0]) + reference.first_frame_step
+    same = [k for k, step in enumerate(text_steps) if parted is None or step < parted]
+    assert len(same) >= 10, "the fixture must give text tokens before any near-tie"
+    assert [ours_logprobs[k] for k in same] == pytest.approx([reference.logprobs[text_steps[k]] for k in same],
+                                                             abs=1e-4)
 
 
 def test_batch_slots_equal_single_runs(stt, bria_24k, loona_24k):
@@ -153,7 +164,7 @@ def test_cli_outputs_hold_the_words_of_the_library_run(tiny_stt, speech, our_run
     soundfile.write(wav, speech, 24000, subtype="FLOAT")
     capfd.readouterr()
     main(["transcribe", str(wav), "-m", tiny_stt, "-f", "json", "-f", "srt", "-f", "vtt", "-f", "tsv",
-          "-f", "txt", "-f", "jsonl", "-o", str(tmp_path / "out")])  # in this process: no start-up cost
+          "-f", "txt", "-f", "jsonl", "-o", f"{tmp_path / 'out'}/"])  # in this process: no start-up cost
     assert capfd.readouterr() == ("", "")
     expected = [e for e in our_run[0].events if isinstance(e, Word)]
     assert len(expected) >= 5
@@ -162,6 +173,11 @@ def test_cli_outputs_hold_the_words_of_the_library_run(tiny_stt, speech, our_run
     assert [w["word"] for w in words] == [w.text for w in expected]
     assert [w["start"] for w in words] == [round(w.start, 2) for w in expected]
     assert data["text"] == "".join(w.text for w in expected)
+    cursor = 0
+    for segment in data["segments"]:  # avg_logprob: the mean over the segment's text tokens; no figure: null
+        in_segment, cursor = expected[cursor : cursor + len(segment["words"])], cursor + len(segment["words"])
+        values = [value for w in in_segment for value in w.token_logprobs]
+        assert segment["avg_logprob"] == pytest.approx(sum(values) / len(values)) and segment["no_speech_prob"] is None
     srt = (tmp_path / "out" / "talk.srt").read_text()
     stamps = re.findall(r"^(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)$", srt, re.M)
     assert len(stamps) == len(data["segments"])

@@ -170,11 +170,23 @@ def test_unknown_format_without_ffmpeg(capfd, tiny_stt, files, tmp_path, monkeyp
     assert_one_error_line(err, "clip.xyz", "install ffmpeg", ".xyz")
 
 
+@pytest.mark.parametrize("ffmpeg", [True, False], ids=["ffmpeg", "no-ffmpeg"])
+def test_a_text_file_is_not_audio(capfd, files, tmp_path, monkeypatch, ffmpeg):
+    """It said "install ffmpeg to read .txt files" (or quoted ffmpeg's "Invalid data")."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Bonjour, ceci est une note — pas de l'audio.\n" * 200, encoding="utf-8")
+    if not ffmpeg:
+        monkeypatch.setenv("PATH", str(tmp_path))
+    code, out, err = dsm(capfd, "transcribe", notes, "-m", "no/such-model")
+    assert code == 4 and out == ""
+    assert_one_error_line(err, "notes.txt: a text file, not audio")
+
+
 def test_output_errors_come_before_the_model_loads(capfd, tiny_stt, files, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a directory should be")
     code, _, err = dsm(capfd, "transcribe", files / "clip.wav", "-m", "no/such-model", "-f", "srt",
-                       "-o", blocker / "out")
+                       "-o", f"{blocker / 'out'}/")
     assert code == 1
     assert_one_error_line(err, "cannot create directory", "not a directory")
     (tmp_path / "clip.srt").write_text("keep me")
@@ -213,7 +225,7 @@ def test_vad_marks_turn_ends_in_jsonl_json_and_srt(capfd, tiny_stt, bria_24k, tm
     soundfile.write(wav, bria_24k(20.0), SAMPLE_RATE, subtype="FLOAT")
     code, _, err = dsm(capfd, "transcribe", wav, "-m", tiny_stt, "--vad", "--vad-threshold", "0.2",
                        "--max-line-width", "60", "--max-line-count", "3", "-f", "jsonl", "-f", "json", "-f", "srt",
-                       "-o", tmp_path / "out")
+                       "-o", f"{tmp_path / 'out'}/")
     assert (code, err) == (0, "")
     events = [json.loads(line) for line in (tmp_path / "out" / "talk.jsonl").read_text().splitlines()]
     words = [e["text"] for e in events if e["type"] == "Word"]
@@ -327,3 +339,38 @@ def test_decoder_chatter_is_dropped_and_other_stderr_output_kept(capfd):
             os.write(2, b"progress 50%\n")  # e.g. another thread's progress bar
     quiet.close()
     assert capfd.readouterr().err == "progress 50%\n" * 2 and quiet.dropped == 4
+
+
+def test_output_file_extension_picks_the_format(capfd, tiny_stt, files, tmp_path):
+    """-o x.srt writes SRT (it wrote plain text); -o result is a file, not a directory; a mismatch is refused."""
+    code, _, err = dsm(capfd, "transcribe", files / "clip.wav", "-m", tiny_stt, "-f", "srt", "-o", f"{tmp_path}/")
+    assert (code, err) == (0, "")
+    reference = (tmp_path / "clip.srt").read_text()
+    assert reference.startswith("1\n00:00:")
+    code, _, err = dsm(capfd, "transcribe", files / "clip.wav", "-m", tiny_stt, "-o", tmp_path / "x.srt")
+    assert (code, err) == (0, "") and (tmp_path / "x.srt").read_text() == reference
+    code, out, err = dsm(capfd, "transcribe", files / "clip.wav", "-m", tiny_stt, "-o", tmp_path / "result")
+    assert (code, out, err) == (0, "", "") and (tmp_path / "result").is_file()
+    code, stdout_text, _ = dsm(capfd, "transcribe", files / "clip.wav", "-m", tiny_stt)
+    assert (tmp_path / "result").read_text() == stdout_text
+    code, out, err = dsm(capfd, "transcribe", files / "clip.wav", "-m", "no/such-model", "-f", "txt",
+                         "-o", tmp_path / "y.srt")
+    assert code == 2 and out == "" and not (tmp_path / "y.srt").exists()
+    assert_one_error_line(err, "y.srt names the srt format", "-f txt")
+    code, _, err = dsm(capfd, "transcribe", files / "clip.wav", files / "clip.wav", "-m", "no/such-model",
+                       "-o", tmp_path / "several")
+    assert code == 2 and not (tmp_path / "several").exists()
+    assert_one_error_line(err, "several inputs need an output directory")
+
+
+def test_several_formats_without_output_go_to_the_current_directory(capfd, tiny_stt, files, tmp_path, monkeypatch):
+    """whisper's behaviour: `-f all` without -o writes <stem>.<ext> here (it failed: "only one format to stdout")."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = dsm(capfd, "transcribe", files / "clip.wav", "-m", tiny_stt, "-f", "all")
+    assert (code, out, err) == (0, "", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"clip.{ext}" for ext in ("json", "srt", "tsv", "txt", "vtt")]
+    assert json.loads((tmp_path / "clip.json").read_text())["segments"]
+    (tmp_path / "clip.txt").write_text("keep me")
+    code, _, err = dsm(capfd, "transcribe", files / "clip.wav", "-m", tiny_stt, "--srt", "--json")
+    assert code == 1 and (tmp_path / "clip.txt").read_text() == "keep me"
+    assert_one_error_line(err, "clip.srt exists", "--force")

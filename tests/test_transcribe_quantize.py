@@ -14,7 +14,7 @@ def test_int8_transcript_close_to_fp32(run_dsm, tiny_stt, bria_24k, tmp_path):
     texts = {}
     for method in ("none", "int8"):
         out = run_dsm("transcribe", wav, "-m", tiny_stt, "--quantize", method, "--threads", "1",
-                      "-f", "json", "-o", tmp_path / method)
+                      "-f", "json", "-o", f"{tmp_path / method}/")
         assert out.returncode == 0, out.stderr.decode()
         data = json.loads((tmp_path / method / "talk.json").read_text())
         texts[method] = [w["word"] for seg in data["segments"] for w in seg["words"]]

@@ -96,6 +96,45 @@ def test_wav_piped_on_stdin_gives_the_words_of_the_file(tiny_stt, wav_file, file
     assert words_of(out) == file_words
 
 
+@pytest.mark.parametrize("kind", ["flac", "mp3"])
+def test_encoded_audio_piped_on_stdin_gives_the_words_of_the_file(kind, tiny_stt, wav_file, tmp_path, capfd,
+                                                                   monkeypatch):
+    """`cat talk.mp3 | dsm transcribe -` (it said "not a WAV stream"): the words of `dsm transcribe talk.mp3`."""
+    import shutil
+
+    from dsmcli.cli import main
+
+    if kind == "mp3" and shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed (tools/setup.sh --test)")
+    path = tmp_path / f"talk.{kind}"
+    if kind == "mp3":
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav_file), "-q:a", "2", str(path)],
+                       check=True)
+    else:
+        soundfile.write(path, soundfile.read(wav_file, dtype="int16")[0], SAMPLE_RATE, format="FLAC")
+    main(["transcribe", str(path), "-m", tiny_stt, "-f", "jsonl", "-o", str(tmp_path / "file.jsonl")])
+    expected = words_of((tmp_path / "file.jsonl").read_text())
+    assert len(expected) >= 5
+    read_end, write_end = os.pipe()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(read_end, "rb")))
+    data = path.read_bytes()
+
+    def feed():
+        with os.fdopen(write_end, "wb") as pipe:
+            for start in range(0, len(data), 4000):
+                pipe.write(data[start : start + 4000])
+                pipe.flush()
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    capfd.readouterr()
+    main(["transcribe", "-", "-m", tiny_stt, "-f", "jsonl"])
+    writer.join()
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert words_of(out) == expected
+
+
 def read_ready(stream, timeout: float) -> bytes:
     """What the process wrote on ``stream`` within ``timeout`` seconds (b"" if nothing)."""
     ready, _, _ = select.select([stream], [], [], timeout)
@@ -134,7 +173,7 @@ def test_ctrl_c_leaves_valid_outputs_and_exit_code_130(tiny_stt, bria_24k, tmp_p
     wav = tmp_path / "talk.wav"
     soundfile.write(wav, bria_24k(None), SAMPLE_RATE, subtype="PCM_16")  # 45 s: still running at the signal
     out = tmp_path / "out"
-    process = dsm_process("transcribe", wav, "-m", tiny_stt, "-f", "srt", "-f", "jsonl", "-f", "json", "-o", out,
+    process = dsm_process("transcribe", wav, "-m", tiny_stt, "-f", "srt", "-f", "jsonl", "-f", "json", "-o", f"{out}/",
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     jsonl, deadline = out / "talk.jsonl", time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline and process.poll() is None:

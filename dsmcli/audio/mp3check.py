@@ -63,13 +63,20 @@ def _xing_frames(frame: bytes) -> int | None:
     return None
 
 
-def _id3v2_size(data: mmap.mmap, position: int) -> int:
-    """Bytes of the ID3v2 tag at ``position`` (header, body and footer)."""
+def id3v2_size(header: bytes) -> int:
+    """Bytes of the ID3v2 tag whose 10-byte header is ``header`` (header, body and footer); 0 if it is none."""
+    if len(header) < ID3V2_HEADER or not header.startswith(b"ID3"):
+        return 0
     size = 0
-    for byte in data[position + 6 : position + 10]:  # "syncsafe": 7 bits per byte
+    for byte in header[6:10]:  # "syncsafe": 7 bits per byte
         size = (size << 7) | (byte & 0x7F)
-    footer = ID3V2_HEADER if data[position + 5] & ID3V2_FOOTER_FLAG else 0
+    footer = ID3V2_HEADER if header[5] & ID3V2_FOOTER_FLAG else 0
     return ID3V2_HEADER + size + footer
+
+
+def _id3v2_size(data: mmap.mmap, position: int) -> int:
+    """Bytes of the ID3v2 tag at ``position`` (a header cut by the end of the file counts as its 10 bytes)."""
+    return id3v2_size(data[position : position + ID3V2_HEADER]) or ID3V2_HEADER
 
 
 def _is_frame_chain(data: mmap.mmap, position: int) -> bool:

@@ -233,12 +233,12 @@ def open_sink(
     target: str | Path, rate: int = SAMPLE_RATE, channels: int = 1, *, raw: bool = False, force: bool = False
 ) -> AudioSink:
     """The sink for ``target``: ``-`` is stdout (WAV, or raw s16le with ``raw``); a path picks
-    by extension (.wav, .raw/.pcm, .flac, .ogg, .mp3). Refuses to overwrite without ``force``."""
+    by extension (.wav or none, .raw/.pcm, .flac, .ogg, .mp3). Refuses to overwrite without ``force``."""
     if str(target) == STDOUT:
         return RawWriter(STDOUT, rate, channels) if raw else WavWriter(STDOUT, rate, channels)
     path = Path(target)
     suffix = path.suffix.lower()
-    if not raw and suffix not in (".wav", *RAW_EXTENSIONS, *SOUNDFILE_FORMATS):
+    if not raw and suffix not in ("", ".wav", *RAW_EXTENSIONS, *SOUNDFILE_FORMATS):
         raise OutputError(f"{path}: unknown audio extension (use .wav, .flac, .ogg, .mp3 or .raw)")
     if path.is_dir():
         raise OutputError(f"{path} is a directory")
@@ -248,7 +248,7 @@ def open_sink(
         raise OutputError(f"cannot write {path}: no such directory {path.parent}")
     if raw or suffix in RAW_EXTENSIONS:
         return RawWriter(path, rate, channels)
-    if suffix == ".wav":
+    if suffix in ("", ".wav"):  # a file name without extension gets WAV
         return WavWriter(path, rate, channels)
     return SoundfileWriter(path, rate, channels)
 

@@ -12,6 +12,7 @@ import numpy as np
 from dsmcli.audio.decoders import DecodedStream, ffmpeg_path, open_ffmpeg, open_pcm_stream, open_soundfile
 from dsmcli.audio.mp3check import check_mp3_complete
 from dsmcli.audio.pcm import STREAM_READ_BYTES, ByteReader, PcmFormat
+from dsmcli.audio.piped import open_piped
 from dsmcli.audio.resample import StreamResampler
 from dsmcli.constants import SAMPLE_RATE
 from dsmcli.errors import InputError, UsageError
@@ -19,6 +20,7 @@ from dsmcli.errors import InputError, UsageError
 STDIN = "-"
 STDIN_NAME = "<stdin>"
 DEFAULT_CHUNK_SECONDS = 1.0
+TEXT_SNIFF_BYTES = 4096
 # Extensions libsndfile decodes; anything else goes to ffmpeg.
 SOUNDFILE_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64"}
@@ -111,8 +113,9 @@ def open_audio(
     """Open ``source`` (a path, or ``-`` for ``stdin``) for streaming decoding.
 
     Files go through libsndfile (wav/flac/ogg/mp3/...) or, for other extensions, ffmpeg,
-    read ``chunk_seconds`` at a time. ``-`` reads a WAV stream from stdin (a pipe; sizes
-    may be unknown) in small reads, yielding chunks as bytes arrive. ``raw=True`` reads
+    read ``chunk_seconds`` at a time. ``-`` reads stdin (a pipe) as bytes arrive, in constant
+    memory: WAV (sizes may be unknown) in small reads, FLAC and Ogg through libsndfile, other
+    formats (MP3, ...) through ffmpeg as a pipe filter (``dsmcli.audio.piped``). ``raw=True`` reads
     headerless signed 16-bit little-endian PCM at ``rate`` Hz (default ``SAMPLE_RATE``)
     with ``channels`` (default 1), from stdin or a file. Raises ``InputError`` when the
     input cannot be opened and ``UsageError`` for inconsistent arguments.
@@ -122,6 +125,8 @@ def open_audio(
     raw_format = _raw_format(raw, rate, channels)
     if str(source) == STDIN:
         stream = stdin if stdin is not None else sys.stdin.buffer
+        if raw_format is None:
+            return AudioSource(STDIN_NAME, open_piped(stream, STDIN_NAME))
         return AudioSource(STDIN_NAME, open_pcm_stream(ByteReader(stream, STDIN_NAME), raw_format, STREAM_READ_BYTES))
     path = Path(source)
     name = str(source)
@@ -163,9 +168,27 @@ def _check_file(path: Path, name: str) -> None:
         raise InputError(f"{name}: empty file")
 
 
+def _is_text(path: Path) -> bool:
+    """The file starts with UTF-8 text (no NUL byte): no audio format does."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(TEXT_SNIFF_BYTES)
+    except OSError:
+        return False
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start >= len(head) - 3 and len(head) == TEXT_SNIFF_BYTES  # a character cut by the sniff
+    return True
+
+
 def _open_encoded(path: Path, name: str, chunk_seconds: float) -> DecodedStream:
     """libsndfile for its formats (ffmpeg as a fallback when present), else ffmpeg."""
     if path.suffix.lower() not in SOUNDFILE_EXTENSIONS:
+        if _is_text(path):  # not "install ffmpeg to read .txt files"
+            raise InputError(f"{name}: a text file, not audio")
         return open_ffmpeg(path, name, chunk_seconds)
     try:
         decoded = open_soundfile(path, name, chunk_seconds)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from dsmcli.cli import app
+from dsmcli.cli import INPUT, MODEL, OUTPUT, PERFORMANCE, app, examples
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
@@ -19,21 +19,34 @@ MODEL_HELP = "Registry name, Hub repo id or local dir. Default: the registry's d
 PATHS_HELP = "Comma-separated: stt, tts, codec (= codec-encode,codec-decode). Default: the model's task + codec."
 
 
-@app.command("bench")
+@app.command("bench", epilog=examples(
+    "dsm bench --random-weights --model stt-1b-en_fr --batch 1,8     # no download",
+    "dsm bench --random-weights --quantize int8 --threads 2 --json",
+    "dsm bench --model tts-1.6b-en_fr --paths tts,codec",
+))
 def bench_cmd(
-    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    paths: str | None = typer.Option(None, "--paths", metavar="PATHS", help=PATHS_HELP, rich_help_panel=INPUT),
+    steps: int = typer.Option(20, "--steps", metavar="N", help="Timed steady-state steps per configuration.",
+                              rich_help_panel=INPUT),
+    warmup: int = typer.Option(3, "--warmup", metavar="N", help="Warm-up steps per configuration (reported apart).",
+                               rich_help_panel=INPUT),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (schema in benchmarks/README.md).",
+                                  rich_help_panel=OUTPUT),
+    model: str | None = typer.Option(None, "--model", "-m", metavar="NAME", help=MODEL_HELP, rich_help_panel=MODEL),
     random_weights: bool = typer.Option(
-        False, "--random-weights", help="Build the model's exact architecture with random weights (no download)."),
-    batch: str = typer.Option("1", "--batch", "-b", help="Batch sizes, comma-separated, e.g. 1,8,32."),
-    paths: str | None = typer.Option(None, "--paths", help=PATHS_HELP),
-    steps: int = typer.Option(20, "--steps", help="Timed steady-state steps per configuration."),
-    warmup: int = typer.Option(3, "--warmup", help="Warm-up steps per configuration (reported apart)."),
-    device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
+        False, "--random-weights", rich_help_panel=MODEL,
+        help="Build the model's exact architecture with random weights (no download)."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the random weights and inputs.",
+                             rich_help_panel=MODEL),
+    batch: str = typer.Option("1", "--batch", "-b", metavar="N,N...", help="Batch sizes, comma-separated, e.g. 1,8,32.",
+                              rich_help_panel=PERFORMANCE),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
+                               rich_help_panel=PERFORMANCE),
     dtype: str = dtype_option(),
-    quantize: str = typer.Option("none", "--quantize", help="none, or int8 (LM linear weights, per channel)."),
-    threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads (default: torch's choice)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (schema in benchmarks/README.md)."),
+    quantize: str = typer.Option("none", "--quantize", metavar="METHOD", rich_help_panel=PERFORMANCE,
+                                 help="none, or int8 (LM linear weights, per channel)."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", rich_help_panel=PERFORMANCE,
+                                       help="Torch CPU threads (default: torch's choice)."),
 ) -> None:
     """Time the stt / tts / codec paths on this device: ms per step, x real time, RTF, throughput, latency."""
     from dsmcli.bench import BenchOptions, parse_batches, parse_paths, run_bench

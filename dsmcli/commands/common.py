@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import typer
 
+from dsmcli.cli import PERFORMANCE
 from dsmcli.errors import UsageError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -12,7 +13,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 
 def dtype_option():
-    return typer.Option("auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")
+    return typer.Option("auto", "--dtype", metavar="DTYPE", rich_help_panel=PERFORMANCE,
+                        help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from dsmcli.cli import app
+from dsmcli.cli import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, app, examples
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
 from dsmcli.errors import EXIT_INTERRUPTED, ModelLoadError, UsageError
 from dsmcli.speak_model import DEFAULT_TEMPERATURE, SpeakOptions
@@ -17,12 +17,13 @@ from dsmcli.tts.state_machine import DEFAULT_MAX_PADDING
 MODEL_HELP = "TTS model: registry name, Hub repo id or local dir. Default: the registry's default TTS model."
 VOICE_REPO_HELP = "Voices repository (registry name, Hub repo id or local dir) for --voice paths."
 THREADS_HELP = "CPU threads (default: one per physical core)."
-OUTPUT_HELP = ("Audio output: FILE (.wav, .flac, .ogg, .raw), DIR (one <input>.wav each) or - (WAV on stdout, "
-               "raw s16le with --raw). Default: <input>.wav in the current directory (none with --play).")
+OUTPUT_HELP = ("Audio output: FILE (.wav or none, .flac, .ogg, .raw), DIR (existing, or ending with /: one <input>.wav "
+               "each) or - (WAV on stdout, raw s16le with --raw). Default: <input>.wav in the current directory "
+               "(none with --play).")
 
 
 def _model_option():
-    return typer.Option(None, "--model", "-m", help=MODEL_HELP)
+    return typer.Option(None, "--model", "-m", metavar="NAME", help=MODEL_HELP, rich_help_panel=MODEL)
 
 
 def _options(temperature: float, cfg: Optional[float], padding_bonus: float, seed: Optional[int],
@@ -47,9 +48,8 @@ def _named_voices(pairs: Optional[List[str]]) -> tuple[tuple[str, str], ...]:
 
 def _run(**fields) -> None:
     from dsmcli.hub import default_model
-    from dsmcli.speak_run import SpeakRequest, execute
-
     from dsmcli.cpu_threads import set_threads
+    from dsmcli.speak_run import SpeakRequest, execute
 
     set_threads(fields.pop("threads"))
     device = fields.pop("device_name")
@@ -66,40 +66,61 @@ def _run(**fields) -> None:
     sys.exit(result.exit_code)
 
 
-@app.command("speak")
+@app.command("speak", epilog=examples(
+    'dsm speak --text "Hello world." -o hello.wav --srt     # hello.wav and its word timings, hello.srt',
+    'llm "tell a story" | dsm speak - --play               # speaks while the text still arrives',
+    "dsm speak a.txt b.txt -o out/ --voice expresso/ex01-ex02_default_001_channel1_168s.wav",
+    "dsm speak note.txt -o - --raw | aplay -r 24000 -f S16_LE -c 1 -t raw -",
+    "dsm speak note.txt -m tts-0.75b-en-public --voice my_voice.mp3 -o clone.wav",
+))
 def speak_cmd(
-    inputs: List[str] = typer.Argument(None, help="UTF-8 text files, or - to speak stdin as the text arrives."),
-    text: Optional[str] = typer.Option(None, "--text", "-t", help="Speak this text (instead of files)."),
+    inputs: List[str] = typer.Argument(None, metavar="FILE...",
+                                       help="UTF-8 text files, or - to speak stdin as the text arrives."),
+    text: Optional[str] = typer.Option(None, "--text", "-t", metavar="TEXT", help="Speak this text (instead of files).",
+                                       rich_help_panel=INPUT),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help=OUTPUT_HELP,
+                                         rich_help_panel=OUTPUT),
+    raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono).", rich_help_panel=OUTPUT),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs.", rich_help_panel=OUTPUT),
+    srt: bool = typer.Option(False, "--srt", help="Also write word timestamps as SRT subtitles.",
+                             rich_help_panel=OUTPUT),
+    json_: bool = typer.Option(False, "--json", help="Also write word timestamps as JSON.", rich_help_panel=OUTPUT),
+    formats: Optional[List[str]] = typer.Option(None, "--format", "-f", metavar="FORMAT", rich_help_panel=OUTPUT,
+                                                help="Word-timestamp formats: srt, vtt, tsv, txt, json, jsonl "
+                                                     "(repeatable)."),
     model: Optional[str] = _model_option(),
     voice: List[str] = typer.Option(
-        None, "--voice", "-v",
+        None, "--voice", "-v", metavar="VOICE", rich_help_panel=MODEL,
         help="Voice: a path in the voices repo, a local .safetensors embedding or .wav with its embedding beside it "
              "(tts-1.6b); any audio file (tts-0.75b). Once for all inputs, or once per input."),
-    voice_repo: Optional[str] = typer.Option(None, "--voice-repo", help=VOICE_REPO_HELP),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP),
-    raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono)."),
-    play: bool = typer.Option(False, "--play", help="Play on the speakers while generating."),
-    audio_device: Optional[str] = typer.Option(
-        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel="Devices",
-        help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
-    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel="Devices",
-                                      help="List the sound output devices (index, name) and exit."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
-    srt: bool = typer.Option(False, "--srt", help="Also write word timestamps as SRT subtitles."),
-    json_: bool = typer.Option(False, "--json", help="Also write word timestamps as JSON."),
-    formats: Optional[List[str]] = typer.Option(None, "--format", "-f", help="Word-timestamp formats: srt, vtt, "
-                                                "tsv, txt, json, jsonl (repeatable)."),
-    temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0 = greedy)."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance: a LUT value 1.0..4.0 for distilled models, "
-                                        "the real coefficient otherwise (1 = off). Default 2.0."),
-    padding_bonus: float = typer.Option(0.0, "--padding-bonus", help="Added to the PAD logit: > 0 speaks slower."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same audio)."),
-    n_q: Optional[int] = typer.Option(None, "--n-q", help="Audio codebooks to generate (default: all)."),
-    max_padding: int = typer.Option(DEFAULT_MAX_PADDING, "--max-padding", help="Steps before a word is forced."),
-    device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
+    voice_repo: Optional[str] = typer.Option(None, "--voice-repo", metavar="REPO", help=VOICE_REPO_HELP,
+                                             rich_help_panel=MODEL),
+    temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", metavar="T",
+                                      help="Sampling temperature (0 = greedy).", rich_help_panel=DECODING),
+    cfg: Optional[float] = typer.Option(None, "--cfg", metavar="X", rich_help_panel=DECODING,
+                                        help="Guidance: a LUT value 1.0..4.0 for distilled models, the real "
+                                             "coefficient otherwise (1 = off). Default 2.0."),
+    padding_bonus: float = typer.Option(0.0, "--padding-bonus", metavar="X", rich_help_panel=DECODING,
+                                        help="Added to the PAD logit: > 0 speaks slower."),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Random seed (same seed, same audio).",
+                                       rich_help_panel=DECODING),
+    n_q: Optional[int] = typer.Option(None, "--n-q", metavar="N", help="Audio codebooks to generate (default: all).",
+                                      rich_help_panel=DECODING),
+    max_padding: int = typer.Option(DEFAULT_MAX_PADDING, "--max-padding", metavar="N",
+                                    help="Steps before a word is forced.", rich_help_panel=DECODING),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
+                               rich_help_panel=PERFORMANCE),
     dtype: str = dtype_option(),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Inputs generated in parallel."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP, rich_help_panel="Performance"),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Inputs generated in parallel.",
+                                   rich_help_panel=PERFORMANCE),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help=THREADS_HELP,
+                                          rich_help_panel=PERFORMANCE),
+    play: bool = typer.Option(False, "--play", help="Play on the speakers while generating.", rich_help_panel=DEVICES),
+    audio_device: Optional[str] = typer.Option(
+        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel=DEVICES,
+        help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
+    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel=DEVICES,
+                                      help="List the sound output devices (index, name) and exit."),
 ) -> None:
     """Text → speech, streaming. Several files run as parallel batch slots; - speaks stdin as it arrives."""
     from dsmcli.speak_run import SpeakInput
@@ -114,34 +135,53 @@ def speak_cmd(
          dtype_name=dtype, batch_size=batch_size, threads=threads)
 
 
-@app.command("dialog")
+@app.command("dialog", epilog=examples(
+    "dsm dialog talk.txt -v vctk/p225_023.wav -v vctk/p226_023.wav -o talk.wav   # [S1]/[S2] lines, a voice each",
+    "dsm dialog talk.txt --voices Alice=vctk/p225_023.wav --voices Bob=vctk/p226_023.wav -o talk.wav",
+    "cat talk.txt | dsm dialog - --play --srt -o talk.wav",
+))
 def dialog_cmd(
-    scripts: List[str] = typer.Argument(None, help="Dialog scripts ([S1] text / Name: text lines), or - for stdin."),
+    scripts: List[str] = typer.Argument(None, metavar="SCRIPT...",
+                                        help="Dialog scripts ([S1] text / Name: text lines), or - for stdin."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help=OUTPUT_HELP,
+                                         rich_help_panel=OUTPUT),
+    raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono).", rich_help_panel=OUTPUT),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs.", rich_help_panel=OUTPUT),
+    srt: bool = typer.Option(False, "--srt", help="Also write word timestamps as SRT subtitles.",
+                             rich_help_panel=OUTPUT),
+    json_: bool = typer.Option(False, "--json", help="Also write word timestamps as JSON.", rich_help_panel=OUTPUT),
     model: Optional[str] = _model_option(),
-    voice: List[str] = typer.Option(None, "--voice", "-v", help="One voice per speaker, in order of appearance."),
-    voices: List[str] = typer.Option(None, "--voices", help="NAME=VOICE for a speaker named in the script."),
-    voice_repo: Optional[str] = typer.Option(None, "--voice-repo", help=VOICE_REPO_HELP),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help=OUTPUT_HELP),
-    raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono)."),
-    play: bool = typer.Option(False, "--play", help="Play on the speakers while generating."),
-    audio_device: Optional[str] = typer.Option(
-        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel="Devices",
-        help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
-    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel="Devices",
-                                      help="List the sound output devices (index, name) and exit."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
-    srt: bool = typer.Option(False, "--srt", help="Also write word timestamps as SRT subtitles."),
-    json_: bool = typer.Option(False, "--json", help="Also write word timestamps as JSON."),
-    temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature (0 = greedy)."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="Distilled-CFG value 1.0..4.0 (default 2.0)."),
-    padding_bonus: float = typer.Option(0.0, "--padding-bonus", help="Added to the PAD logit: > 0 speaks slower."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same audio)."),
-    n_q: Optional[int] = typer.Option(None, "--n-q", help="Audio codebooks to generate (default: all)."),
-    max_padding: int = typer.Option(DEFAULT_MAX_PADDING, "--max-padding", help="Steps before a word is forced."),
-    device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
+    voice: List[str] = typer.Option(None, "--voice", "-v", metavar="VOICE", rich_help_panel=MODEL,
+                                    help="One voice per speaker, in order of appearance."),
+    voices: List[str] = typer.Option(None, "--voices", metavar="NAME=VOICE", rich_help_panel=MODEL,
+                                     help="The voice of a speaker named in the script."),
+    voice_repo: Optional[str] = typer.Option(None, "--voice-repo", metavar="REPO", help=VOICE_REPO_HELP,
+                                             rich_help_panel=MODEL),
+    temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", metavar="T",
+                                      help="Sampling temperature (0 = greedy).", rich_help_panel=DECODING),
+    cfg: Optional[float] = typer.Option(None, "--cfg", metavar="X", help="Distilled-CFG value 1.0..4.0 (default 2.0).",
+                                        rich_help_panel=DECODING),
+    padding_bonus: float = typer.Option(0.0, "--padding-bonus", metavar="X", rich_help_panel=DECODING,
+                                        help="Added to the PAD logit: > 0 speaks slower."),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Random seed (same seed, same audio).",
+                                       rich_help_panel=DECODING),
+    n_q: Optional[int] = typer.Option(None, "--n-q", metavar="N", help="Audio codebooks to generate (default: all).",
+                                      rich_help_panel=DECODING),
+    max_padding: int = typer.Option(DEFAULT_MAX_PADDING, "--max-padding", metavar="N",
+                                    help="Steps before a word is forced.", rich_help_panel=DECODING),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
+                               rich_help_panel=PERFORMANCE),
     dtype: str = dtype_option(),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Scripts generated in parallel."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=THREADS_HELP, rich_help_panel="Performance"),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Scripts generated in parallel.",
+                                   rich_help_panel=PERFORMANCE),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help=THREADS_HELP,
+                                          rich_help_panel=PERFORMANCE),
+    play: bool = typer.Option(False, "--play", help="Play on the speakers while generating.", rich_help_panel=DEVICES),
+    audio_device: Optional[str] = typer.Option(
+        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel=DEVICES,
+        help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
+    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel=DEVICES,
+                                      help="List the sound output devices (index, name) and exit."),
 ) -> None:
     """Multi-speaker script → one audio with turn-taking (two voices, MAIN then OTHER)."""
     from dsmcli.speak_run import SpeakInput
@@ -171,11 +211,12 @@ def _list_devices_and_exit(wanted: bool) -> None:
         sys.exit(0)
 
 
-@app.command("voices")
+@app.command("voices", epilog=examples("dsm voices", "dsm voices --json", "dsm voices --voice-repo ./my_voices"))
 def voices_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print the voices as JSON.", rich_help_panel=OUTPUT),
     model: Optional[str] = _model_option(),
-    voice_repo: Optional[str] = typer.Option(None, "--voice-repo", help=VOICE_REPO_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the voices as JSON."),
+    voice_repo: Optional[str] = typer.Option(None, "--voice-repo", metavar="REPO", help=VOICE_REPO_HELP,
+                                             rich_help_panel=MODEL),
 ) -> None:
     """List the voices available offline for a TTS model (cached voices repo or a local folder)."""
     from dsmcli.speak_run import available_voices

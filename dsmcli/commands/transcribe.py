@@ -7,61 +7,89 @@ from typing import List, Optional
 
 import typer
 
-from dsmcli.cli import app
+from dsmcli.cli import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, app, examples
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
 from dsmcli.errors import EXIT_INTERRUPTED, EXIT_OK
 
 
-@app.command("transcribe")
+@app.command("transcribe", epilog=examples(
+    "dsm transcribe talk.mp3                      # text on stdout, each word as soon as it is final",
+    "dsm transcribe talk.mp3 -o talk.srt          # subtitles (the extension picks the format)",
+    "dsm transcribe *.mp3 -f all -o out/          # txt srt vtt tsv json per file, batched",
+    "cat talk.mp3 | dsm transcribe - -f jsonl     # stdin (wav/flac/ogg/mp3...) as it arrives",
+    "dsm transcribe --mic --srt -o live.srt       # the microphone, until Ctrl-C",
+))
 def transcribe_cmd(
-    inputs: List[str] = typer.Argument(None, help="Audio files, or - for audio piped on stdin (WAV or --raw)."),
-    model: str = typer.Option("stt-1b-en_fr", "--model", "-m", help="Registry name, Hub repo id or local dir."),
+    inputs: List[str] = typer.Argument(
+        None, metavar="FILE...", help="Audio files, or - for audio piped on stdin (wav, flac, ogg, mp3, ...)."),
+    raw: bool = typer.Option(False, "--raw", help="Input is headerless s16le PCM (see --rate, --channels).",
+                             rich_help_panel=INPUT),
+    rate: Optional[int] = typer.Option(None, "--rate", metavar="HZ", help="Sample rate of --raw input (default 24000).",
+                                       rich_help_panel=INPUT),
+    channels: Optional[int] = typer.Option(None, "--channels", metavar="N", help="Channels of --raw input (default 1).",
+                                           rich_help_panel=INPUT),
     output_format: List[str] = typer.Option(
-        None, "--format", "-f", help="txt, srt, vtt, tsv, json, jsonl or all (repeatable). Default: txt."),
-    srt: bool = typer.Option(False, "--srt", help="Shortcut for --format srt."),
-    json_: bool = typer.Option(False, "--json", help="Shortcut for --format json."),
+        None, "--format", "-f", metavar="FORMAT", rich_help_panel=OUTPUT,
+        help="txt, srt, vtt, tsv, json, jsonl or all (repeatable). Default: the -o file's extension, else txt."),
+    srt: bool = typer.Option(False, "--srt", help="Shortcut for --format srt.", rich_help_panel=OUTPUT),
+    json_: bool = typer.Option(False, "--json", help="Shortcut for --format json.", rich_help_panel=OUTPUT),
     output: Optional[str] = typer.Option(
-        None, "--output", "-o",
-        help="Output file or directory (- = stdout). Default: stdout for one input, else the current directory."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
-    mic: bool = typer.Option(False, "--mic", help="Transcribe the microphone live (Ctrl-C to stop)."),
-    audio_device: Optional[str] = typer.Option(
-        None, "--input-device", "--device-in", metavar="DEVICE", rich_help_panel="Devices",
-        help="Sound input for --mic: an index or (part of) a name from --list-devices. Default: the system's."),
-    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel="Devices",
-                                      help="List the sound input devices (index, name) and exit."),
-    save_audio: Optional[str] = typer.Option(
-        None, "--save-audio", metavar="FILE", rich_help_panel="Devices",
-        help="With --mic: also write what the microphone heard (the samples transcribed) to this .wav or .flac."),
-    raw: bool = typer.Option(False, "--raw", help="Input is headerless s16le PCM (see --rate, --channels)."),
-    rate: Optional[int] = typer.Option(None, "--rate", help="Sample rate of --raw input (default 24000)."),
-    channels: Optional[int] = typer.Option(None, "--channels", help="Channels of --raw input (default 1)."),
-    device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
-    dtype: str = dtype_option(),
-    temperature: float = typer.Option(0.0, "--temperature", help="Text sampling temperature (0 = greedy)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for --temperature > 0."),
+        None, "--output", "-o", metavar="PATH", rich_help_panel=OUTPUT,
+        help="Output file, directory (existing, or ending with /) or - (stdout). Default: stdout for one input and "
+             "format, else <input>.<ext> in the current directory."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs.", rich_help_panel=OUTPUT),
+    gap: Optional[float] = typer.Option(None, "--gap", metavar="SECONDS",
+                                        help="Start a new segment after a pause this long.", rich_help_panel=OUTPUT),
+    max_line_width: Optional[int] = typer.Option(None, "--max-line-width", metavar="N",
+                                                 help="Subtitle line width (chars).", rich_help_panel=OUTPUT),
+    max_line_count: Optional[int] = typer.Option(None, "--max-line-count", metavar="N",
+                                                 help="Lines per cue (with width).", rich_help_panel=OUTPUT),
+    max_words_per_line: Optional[int] = typer.Option(None, "--max-words-per-line", metavar="N",
+                                                     help="Words per cue line.", rich_help_panel=OUTPUT),
+    highlight_words: bool = typer.Option(False, "--highlight-words", help="Underline each word in its cue.",
+                                         rich_help_panel=OUTPUT),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress", rich_help_panel=OUTPUT,
+        help="Progress bar per input on stderr. Default: on a terminal, unless the text is printed there."),
+    model: str = typer.Option("stt-1b-en_fr", "--model", "-m", metavar="NAME",
+                              help="Registry name, Hub repo id or local dir.", rich_help_panel=MODEL),
+    temperature: float = typer.Option(0.0, "--temperature", metavar="T", help="Text sampling temperature (0 = greedy).",
+                                      rich_help_panel=DECODING),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Random seed for --temperature > 0.",
+                                       rich_help_panel=DECODING),
+    vad: bool = typer.Option(
+        False, "--vad", rich_help_panel=DECODING,
+        help="Mark semantic ends of turn (jsonl events, json marks, a new cue/line; models with VAD heads)."),
+    vad_threshold: float = typer.Option(0.5, "--vad-threshold", metavar="P", help="End-of-turn probability threshold.",
+                                        rich_help_panel=DECODING),
     prompt: Optional[str] = typer.Option(
-        None, "--prompt", rich_help_panel="Decoding",
+        None, "--prompt", metavar="TEXT", rich_help_panel=DECODING,
         help="Experimental: text forced as the start of what the model writes, e.g. the words of --prompt-audio "
              "to steer a spelling; it is not written to the outputs."),
     prompt_audio: Optional[str] = typer.Option(
-        None, "--prompt-audio", rich_help_panel="Decoding",
+        None, "--prompt-audio", metavar="FILE", rich_help_panel=DECODING,
         help="Experimental: audio fed before each input (then 0.8 s of silence) to steer spelling, style or "
              "language; not transcribed, word times stay those of the input."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Files transcribed in parallel."),
-    vad: bool = typer.Option(
-        False, "--vad", help="Mark semantic ends of turn (jsonl events, json marks, a new cue/line; models with VAD heads)."),
-    vad_threshold: float = typer.Option(0.5, "--vad-threshold", help="End-of-turn probability threshold."),
-    gap: Optional[float] = typer.Option(None, "--gap", help="Start a new segment after a pause this long (s)."),
-    max_line_width: Optional[int] = typer.Option(None, "--max-line-width", help="Subtitle line width (chars)."),
-    max_line_count: Optional[int] = typer.Option(None, "--max-line-count", help="Lines per cue (with width)."),
-    max_words_per_line: Optional[int] = typer.Option(None, "--max-words-per-line", help="Words per cue line."),
-    highlight_words: bool = typer.Option(False, "--highlight-words", help="Underline each word in its cue."),
-    progress: Optional[bool] = typer.Option(
-        None, "--progress/--no-progress",
-        help="Progress bar per input on stderr. Default: on a terminal, unless the text is printed there."),
-    quantize: str = typer.Option("none", "--quantize", help="none, or int8 (LM weights; faster on CPU)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores)."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
+                               rich_help_panel=PERFORMANCE),
+    dtype: str = dtype_option(),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Files transcribed in parallel.",
+                                   rich_help_panel=PERFORMANCE),
+    quantize: str = typer.Option("none", "--quantize", metavar="METHOD",
+                                 help="none, or int8 (LM weights; faster on CPU).", rich_help_panel=PERFORMANCE),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N",
+                                          help="CPU threads (default: all cores).",
+                                          rich_help_panel=PERFORMANCE),
+    mic: bool = typer.Option(False, "--mic", help="Transcribe the microphone live (Ctrl-C to stop).",
+                             rich_help_panel=DEVICES),
+    audio_device: Optional[str] = typer.Option(
+        None, "--input-device", "--device-in", metavar="DEVICE", rich_help_panel=DEVICES,
+        help="Sound input for --mic: an index or (part of) a name from --list-devices. Default: the system's."),
+    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel=DEVICES,
+                                      help="List the sound input devices (index, name) and exit."),
+    save_audio: Optional[str] = typer.Option(
+        None, "--save-audio", metavar="FILE", rich_help_panel=DEVICES,
+        help="With --mic: also write what the microphone heard (the samples transcribed) to this .wav or .flac."),
 ) -> None:
     """Speech → text with word timestamps, streaming. Many files are batched; - reads stdin as it arrives."""
     from dsmcli.commands import transcribe_run as run

@@ -33,11 +33,14 @@ from dsmcli.errors import (
     UsageError,
 )
 from dsmcli.outputs import (
+    DEFAULT_FORMAT,
     STDOUT,
     TranscriptOutput,
     WriterOptions,
+    is_directory_target,
     open_writers,
     output_paths,
+    resolve_formats,
 )
 from dsmcli.results import TranscriptEvent
 from dsmcli.segments import SegmentOptions, SubtitleOptions
@@ -107,9 +110,12 @@ def report(message: object, kind: str = "error") -> None:
 
 
 def pick_formats(formats: list[str] | None, *, srt: bool, json_: bool) -> list[str]:
+    """The formats asked for; empty: inferred from the output file's extension, else txt (see ``output_paths``)."""
     chosen = list(formats or [])
     chosen += ["srt"] * srt + ["json"] * json_
-    return chosen or ["txt"]
+    if chosen:
+        resolve_formats(chosen)  # an unknown name is a usage error before anything else
+    return chosen
 
 
 def pick_sources(inputs: list[str], *, mic: bool) -> list[str]:
@@ -153,8 +159,10 @@ def _stem(source: str) -> str:
 
 
 def _output_for(request: Request) -> str | None:
-    """One input and no -o: results go to stdout (one format). Several inputs: the current directory."""
-    if request.output is None and len(request.sources) == 1 and len(request.formats) == 1:
+    """No -o: one input in one format goes to stdout; several inputs or formats to ``<stem>.<ext>`` in the
+    current directory, as whisper does."""
+    if request.output is None and len(request.sources) == 1 and len(resolve_formats(request.formats or
+                                                                                     [DEFAULT_FORMAT])) == 1:
         return STDOUT
     return request.output
 
@@ -211,8 +219,9 @@ def check_outputs(request: Request) -> None:
     """Fail before loading the model if an output exists (without --force), collides with another input's,
     or cannot be created."""
     target = _output_for(request)
-    if len(request.sources) > 1 and target is not None and Path(target).suffix and not Path(target).is_dir():
-        raise UsageError("several inputs need an output directory, not a file name")
+    if len(request.sources) > 1 and target not in (None, STDOUT) and not is_directory_target(target):
+        raise UsageError(f"several inputs need an output directory, not the file name {target} "
+                         f"(-o {target.rstrip('/')}/ writes <dir>/<input>.<ext>)")
     owners: dict[Path, str] = {}
     for source in request.sources:
         for path in output_paths(request.formats, target, _stem(source)).values():

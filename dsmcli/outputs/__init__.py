@@ -11,15 +11,16 @@ Typical use::
 
 from dsmcli.outputs.base import TranscriptWriter, WriterOptions
 from dsmcli.outputs.fanout import TranscriptOutput
-from dsmcli.outputs.files import STDOUT, open_writers, output_paths
+from dsmcli.outputs.files import STDOUT, is_directory_target, open_writers, output_paths
 from dsmcli.outputs.jsonfmt import JSON_SCHEMA_VERSION, JsonlWriter, JsonWriter, segment_to_dict, transcript_to_dict
-from dsmcli.outputs.registry import ALL_FORMATS, WRITERS, format_for_path, resolve_formats
+from dsmcli.outputs.registry import ALL_FORMATS, DEFAULT_FORMAT, WRITERS, format_for_path, resolve_formats
 from dsmcli.outputs.subtitles import SrtWriter, VttWriter
 from dsmcli.outputs.text import TsvWriter, TxtWriter
 from dsmcli.outputs.timestamps import format_timestamp
 
 __all__ = [
     "ALL_FORMATS",
+    "DEFAULT_FORMAT",
     "JSON_SCHEMA_VERSION",
     "STDOUT",
     "WRITERS",
@@ -34,6 +35,7 @@ __all__ = [
     "WriterOptions",
     "format_for_path",
     "format_timestamp",
+    "is_directory_target",
     "open_writers",
     "output_paths",
     "resolve_formats",

@@ -10,29 +10,52 @@ from typing import BinaryIO, TextIO, cast
 
 from dsmcli.errors import OutputError, UsageError
 from dsmcli.outputs.base import TranscriptWriter, WriterOptions
-from dsmcli.outputs.registry import WRITERS, resolve_formats
+from dsmcli.outputs.registry import DEFAULT_FORMAT, WRITERS, format_for_path, resolve_formats
 
 STDOUT = "-"
+
+
+def is_directory_target(output: Path | str) -> bool:
+    """``output`` names a directory: it exists as one, or its spelling ends with a path separator.
+
+    Anything else (``result``, ``talk.srt``) is a file name, even without an extension."""
+    text = str(output)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
 
 
 def output_paths(formats: list[str], output: Path | str | None, stem: str) -> dict[str, Path | None]:
     """Format → path (``None`` = stdout) for ``output``.
 
-    ``None``: the current directory. ``-``: stdout (one format only). An existing directory,
-    or a path without an extension: ``<dir>/<stem>.<ext>`` for each format. Otherwise a file
-    path, which takes exactly one format.
+    ``formats`` are the ones asked for (``-f``); empty means "infer": a file name's extension
+    (``x.srt`` → srt), else ``txt``. ``None``: the current directory. ``-``: stdout (one format
+    only). A directory (see ``is_directory_target``): ``<dir>/<stem>.<ext>`` for each format.
+    Otherwise a file, which takes exactly one format, and whose known extension must match it.
     """
-    names = resolve_formats(formats)
     if output is not None and str(output) == STDOUT:
+        names = resolve_formats(formats or [DEFAULT_FORMAT])
         if len(names) != 1:
             raise UsageError("only one output format can be written to stdout")
         return {names[0]: None}
-    target = Path(".") if output is None else Path(output)
-    if target.is_dir() or not target.suffix:
-        return {name: target / f"{stem}.{name}" for name in names}
+    if output is None or is_directory_target(output):
+        folder = Path(".") if output is None else Path(output)
+        return {name: folder / f"{stem}.{name}" for name in resolve_formats(formats or [DEFAULT_FORMAT])}
+    target = Path(output)
+    return {file_format(formats, target): target}
+
+
+def file_format(formats: list[str], target: Path) -> str:
+    """The one format of the output file ``target``: ``formats`` (one), else its extension's, else txt."""
+    named = format_for_path(target.name)
+    if not formats:
+        return named or DEFAULT_FORMAT
+    names = resolve_formats(formats)
     if len(names) != 1:
-        raise UsageError(f"{target} is a file name; several formats need an output directory")
-    return {names[0]: target}
+        raise UsageError(f"{target} is a file name; several formats need an output directory "
+                         f"(-o {target}{os.sep} writes <dir>/<input>.<ext>)")
+    if named is not None and named != names[0]:
+        raise UsageError(f"-o {target} names the {named} format but -f {names[0]} was asked: "
+                         f"use -o {target.with_suffix('.' + names[0]).name}, or leave out -f")
+    return names[0]
 
 
 def _check_writable(paths: list[Path], force: bool) -> None:

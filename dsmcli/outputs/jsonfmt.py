@@ -1,8 +1,9 @@
 """JSON (whisper's result schema, written at close) and JSONL (Kyutai's event names, live).
 
-JSON keys are whisper's. Fields DSM has no counterpart for carry neutral values:
-``seek`` 0, ``tokens`` [], ``avg_logprob`` 0.0, ``no_speech_prob`` 0.0; ``temperature`` is
-the run's; ``compression_ratio`` is computed as whisper does. A word's ``probability`` is
+JSON keys are whisper's. ``avg_logprob`` is the mean log-probability of the segment's text
+tokens (``null`` when they are unknown, as for the words of ``dsm speak``); ``no_speech_prob``
+is ``null`` (DSM has no such figure); ``seek`` 0 and ``tokens`` []; ``temperature`` is the
+run's; ``compression_ratio`` is computed as whisper does. A word's ``probability`` is
 ``null`` when the model's token probabilities were not given. Times are rounded to 2
 decimals, as whisper rounds word times. Top-level ``model``, ``duration`` and the schema
 ``version`` are added.
@@ -11,6 +12,7 @@ decimals, as whisper rounds word times. Top-level ``model``, ``duration`` and th
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from typing import Any
 
@@ -26,6 +28,12 @@ def compression_ratio(text: str) -> float:
     """whisper's gzip compression ratio of the UTF-8 text (high means repetitive)."""
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def average_logprob(segment: Segment) -> float | None:
+    """Mean log-probability of the segment's text tokens (whisper's ``avg_logprob``), or None if unknown."""
+    values = [value for word in segment.words for value in word.token_logprobs]
+    return math.fsum(values) / len(values) if values else None
 
 
 def _word_dict(word: Word) -> dict[str, Any]:
@@ -47,9 +55,9 @@ def segment_to_dict(segment: Segment, temperature: float = 0.0) -> dict[str, Any
         "text": segment.text,
         "tokens": [],
         "temperature": temperature,
-        "avg_logprob": 0.0,
+        "avg_logprob": average_logprob(segment),
         "compression_ratio": compression_ratio(segment.text),
-        "no_speech_prob": 0.0,
+        "no_speech_prob": None,
         "words": [_word_dict(word) for word in segment.words],
     }
 

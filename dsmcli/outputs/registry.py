@@ -13,6 +13,7 @@ WRITERS: dict[str, type[TranscriptWriter]] = {
 }
 ALL_FORMATS = "all"  # whisper's "-f all": txt, srt, vtt, tsv, json
 WHISPER_FORMATS = ("txt", "vtt", "srt", "tsv", "json")
+DEFAULT_FORMAT = "txt"  # when neither -f nor the output file's extension names one
 
 
 def resolve_formats(formats: list[str] | tuple[str, ...]) -> list[str]:
