@@ -15,8 +15,9 @@ first audio, then times ``--steps`` steady-state steps. Each part is timed by wr
 * Mimi decode: ``Mimi.decode_step``;
 * other: the rest of the step (token rings, hooks, the frame read back).
 
-Python overhead is estimated with ``torch.profiler`` over the same steps: the step's wall time minus the time
-spent inside top-level operators (ATen and the native ops), i.e. the time the interpreter spends between them.
+Python overhead is estimated with ``torch.profiler`` over the same number of steps: the shares of the time spent
+in the products (native kernels, attention, BLAS), in all the other small operators (their dispatch included)
+and outside any operator (the interpreter between them).
 A measurement, never a unit test; loads a real-size model: wrap it in ``flock /tmp/bigmodel.lock`` on a shared
 machine.
 """
@@ -80,17 +81,30 @@ def instrument() -> Clock:
     return clock
 
 
-def python_overhead_ms(step: Callable[[], None], steps: int) -> tuple[float, object]:
-    """Median over ``steps`` of (wall - time inside top-level operators), and the profiler (for its table)."""
+WORK_OPS = ("dsmcli_", "aten::_scaled_dot_product", "aten::mm", "aten::addmm", "aten::bmm")  # the products
+
+
+def overhead_shares(step: Callable[[], None], steps: int) -> tuple[dict[str, float], object]:
+    """Under ``torch.profiler`` over ``steps`` steps: the shares of the profiled wall time spent in the products
+    (native kernels, attention, BLAS), in all other (small) operators, and outside any operator (the interpreter
+    between ops), plus the small operators' calls per step; and the profiler (for its table). Shares, not times:
+    the profiler slows small ops more than products, so they are upper bounds for the small ops."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        walls = []
+        start = time.perf_counter()
         for _ in range(steps):
-            start = time.perf_counter()
             step()
-            walls.append((time.perf_counter() - start) * 1e3)
-    top = [e for e in prof.events() if e.cpu_parent is None]
-    inside = sum(e.cpu_time_total for e in top) / 1e3 / steps  # us -> ms, per step
-    return statistics.median(walls) - inside, prof
+        wall_us = (time.perf_counter() - start) * 1e6
+    work = small = calls = 0.0
+    for entry in prof.key_averages():
+        if entry.key.startswith(WORK_OPS):
+            work += entry.self_cpu_time_total
+        else:
+            small += entry.self_cpu_time_total
+            calls += entry.count
+    between = max(0.0, wall_us - work - small)
+    total = work + small + between
+    return {"products": work / total, "small ops": small / total, "between ops": between / total,
+            "small op calls per step": calls / steps}, prof
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,18 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         totals.append((time.perf_counter() - start) * 1e3)
         for part in PARTS:
             parts[part].append(clock.ms.get(part, 0.0))
-    step_ms = statistics.median(totals)
-    print(f"\n{args.model} {args.quantize} batch {args.batch}: {step_ms:.1f} ms per step (median of {args.steps}, "
-          f"{args.threads} threads, load {os.getloadavg()[0]:.1f})")
+    step_ms = statistics.fmean(totals)  # means: the parts add up to the step
+    print(f"\n{args.model} {args.quantize} batch {args.batch}: {step_ms:.1f} ms per step (mean of {args.steps}; "
+          f"median {statistics.median(totals):.1f}; {args.threads} threads, load {os.getloadavg()[0]:.1f})")
     accounted = 0.0
     for part in PARTS:
-        ms = statistics.median(parts[part])
-        accounted += ms if part not in ("depformer sampling",) else 0.0
+        ms = statistics.fmean(parts[part])
+        accounted += ms if part != "depformer sampling" else 0.0  # inside the depformer's time
         print(f"  {part:20s} {ms:7.1f} ms  {100 * ms / step_ms:5.1f} %")
     print(f"  {'other':20s} {step_ms - accounted:7.1f} ms  {100 * (step_ms - accounted) / step_ms:5.1f} %")
-    overhead, prof = python_overhead_ms(runner.step, args.steps)
-    print(f"  python overhead (wall outside top-level ops): {overhead:.1f} ms per step "
-          f"({100 * overhead / step_ms:.1f} %, under the profiler)")
+    shares, prof = overhead_shares(runner.step, args.steps)
+    calls = shares.pop("small op calls per step")
+    print("  under torch.profiler: " + ", ".join(f"{name} {100 * share:.1f} %" for name, share in shares.items())
+          + f"; {calls:.0f} small op calls per step")
     if args.table:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.table))
     return 0
