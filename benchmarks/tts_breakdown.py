@@ -1,6 +1,6 @@
 """Where a TTS step's time goes: backbone, the depformer's sequential sub-steps, sampling, Mimi decode, the rest.
 
-    python benchmarks/tts_profile.py [--model tts-1.6b-en_fr] [--quantize int8] [--batch 1] [--steps 8]
+    python benchmarks/tts_breakdown.py [--model tts-1.6b-en_fr] [--quantize int8] [--batch 1] [--steps 8]
                                      [--threads 2] [--table 25]
 
 Runs ``dsm bench``'s TTS path (:class:`dsmcli.bench_paths.TtsRunner`: the LM step with the depformer sampling
