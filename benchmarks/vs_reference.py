@@ -407,7 +407,8 @@ def summary(t: dict[str, Timing], agree: dict[str, float], args) -> list[str]:
              (f"| {args.quantize[0]} text-logit cosine vs our fp32 (min / mean over {agree['steps']} steps) | | "
               f"{agree['cosine_min']:.5f} / {agree['cosine_mean']:.5f} | | >= {TARGETS['cosine']} "
               f"{'ok' if agree['cosine_min'] >= TARGETS['cosine'] else 'BELOW TARGET'} |"),
-             (f"| {args.quantize[0]} greedy text-token agreement vs our fp32 | | {100 * agree['greedy_agreement']:.1f} % "
+             (f"| {args.quantize[0]} greedy text-token agreement vs our fp32 | | "
+              f"{100 * agree['greedy_agreement']:.1f} % "
               f"(disagreements at fp32 top-2 margins <= {agree['max_disagreeing_margin_std']:.3f} logit std; "
               f"median margin {agree['median_margin_std']:.3f}) | | |")]
     return lines

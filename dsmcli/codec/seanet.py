@@ -99,11 +99,11 @@ class _LayerStack(nn.Module):
         arithmetic up to float rounding), else layer by layer."""
         plan = self._native_plan()
         if plan is not None and plan.convs[0].native_fits(x) and (op := seanet_step_op()) is not None:
-            states = _conv_states(self.model, state)
-            return op(x, plan.program, plan.weights, plan.biases, [conv.native_tail(s) for conv, s in
-                                                                   zip(plan.convs, states)],
-                      plan.strides, plan.dilations, [conv.native_fresh(s) for conv, s in zip(plan.convs, states)],
-                      active, self.config.elu_alpha)
+            pairs = list(zip(plan.convs, _conv_states(self.model, state)))
+            tails = [conv.native_tail(s) for conv, s in pairs]
+            fresh = [conv.native_fresh(s) for conv, s in pairs]
+            return op(x, plan.program, plan.weights, plan.biases, tails, plan.strides, plan.dilations, fresh, active,
+                      self.config.elu_alpha)
         return step_layers(self.model, x, state, active)
 
     def _native_plan(self) -> NativePlan | None:
@@ -118,8 +118,8 @@ class _LayerStack(nn.Module):
         def add(layer: nn.Module) -> bool:
             if isinstance(layer, nn.ELU) and layer.alpha == self.config.elu_alpha:
                 program.append(ELU)
-            elif isinstance(layer, (CausalConv1d, CausalConvTranspose1d)) and (code := layer.native_code()) is not None:
-                program.append(code)
+            elif isinstance(layer, (CausalConv1d, CausalConvTranspose1d)) and layer.native_code() is not None:
+                program.append(layer.native_code())
                 convs.append(layer)
             elif isinstance(layer, ResidualUnit) and layer.shortcut is None:
                 program.append(PUSH)

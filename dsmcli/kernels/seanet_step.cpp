@@ -10,10 +10,12 @@
 //   CONVTR_DW (a depthwise one: Mimi's 12.5 -> 25 Hz upsample).
 // Each conv runs in the formulation that is fastest for its shape, as in dsmcli/codec/kernels.py: a direct loop
 // for tiny inputs (one channel), the native few-row product (fp32_product.h) for outputs of <= 4 steps, else a
-// BLAS product of the weight [O, C*K] with the unfolded input [C*K, T]. A transposed conv is one BLAS product of
-// the input [T, C] with its weight [C, O*K] followed by the overlap-add of the K-long pieces (col2im), or a direct
-// loop when depthwise. Sums run in other orders than torch's conv1d and conv_transpose1d (float rounding). Samples are computed one at a time, so a slot's result does not depend on its
-// batch mates; slots with active false keep their tails (their output is garbage), as in the torch path.
+// BLAS product of the weight [O, C*K] with the unfolded input [C*K, T]. A transposed conv is one product of the
+// input [T, C] with its weight [C, O*K] (BLAS; for <= 4 steps a kernel streaming the weight once) followed by the
+// overlap-add of the K-long pieces (col2im), or a direct loop when depthwise. Sums run in other orders than
+// torch's conv1d and conv_transpose1d (float rounding). Samples are computed one at a time, so a slot's result
+// does not depend on its batch mates; slots with active false keep their tails and overlaps (their output is
+// garbage), as in the torch path.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -292,7 +294,8 @@ std::vector<Layer> make_layers(at::IntArrayRef program, int64_t B, at::TensorLis
     const int64_t K = w.size(2), S = strides[i];
     if (op == kConv) {
       const int64_t P = (K - 1) * dilations[i] + 1 - S;
-      TORCH_CHECK(P >= 0 && tail.scalar_type() == at::kFloat && tail.is_contiguous() && tail.numel() == B * w.size(1) * P,
+      TORCH_CHECK(P >= 0 && tail.scalar_type() == at::kFloat && tail.is_contiguous() &&
+                      tail.numel() == B * w.size(1) * P,
                   "conv tail: float32 [B, C, P]");
       bool* first = nullptr;
       const c10::optional<at::Tensor> flag = fresh.get(i);
