@@ -1,7 +1,7 @@
 """Mimi speed, ours vs the reference (``moshi``), on the same real-size weights, in the same run.
 
     python benchmarks/codec_speed.py [--mimi FILE] [--threads 2] [--rounds 3] [--seconds 4]
-                                     [--batches 1 8] [--json results.json]
+                                     [--batches 1 8] [--json results.json] [--decode-ab]
 
 Streaming encode and decode of real speech (bria.mp3), one 80 ms frame of each of ``B`` streams per
 call, and one-shot encode and decode of a whole clip. Figures are wall ms per call (streaming; per
@@ -12,6 +12,11 @@ first call of each round, the warm-up, is kept apart in ``--json``).
 On a shared machine prefer ``--threads 1``, or ``OMP_WAIT_POLICY=PASSIVE`` in the environment: with the
 default (spinning) policy, 2 threads on 2 busy cores make every parallel op wait for a time slice (ours went
 from ~100 to ~500 ms per encoded frame at load 7; the reference suffers alike).
+
+``--decode-ab`` instead times our streaming decode against itself with the SEANet decoder run layer by layer as
+before session 5 (each conv one native call, ELUs, residual adds and transposed convs in torch), interleaved in
+one process, with the process CPU time per frame (all threads) next to the wall time: the figure to trust when
+other jobs share the machine.
 
 Weights: ``--mimi FILE`` (a Mimi in the released layout, e.g. the test suite's
 ``tests/.fixtures/real-mimi-*/…safetensors``), else that test fixture if present, else a real-size random
@@ -152,6 +157,35 @@ def _no_grad(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tor
         return fn(x)
 
 
+def decode_ab(ours: Mimi, codes: torch.Tensor, rounds: int) -> None:
+    """Our streaming decode, native SEANet decoder vs the layer-by-layer path, interleaved; wall and CPU ms/frame."""
+    from dsmcli.codec.conv import CausalConvTranspose1d
+    from dsmcli.codec.seanet import SEANetDecoder
+
+    native_plan, native_code = SEANetDecoder._native_plan, CausalConvTranspose1d.native_code
+
+    def run(native: bool) -> list[tuple[float, float]]:
+        SEANetDecoder._native_plan = native_plan if native else (lambda self: None)
+        CausalConvTranspose1d.native_code = native_code if native else (lambda self: None)
+        state, times = ours.init_state(codes.shape[0]), []
+        for i in range(codes.shape[-1]):
+            wall, cpu = time.perf_counter(), time.process_time()
+            ours.decode_step(codes[..., i : i + 1], state)
+            times.append(((time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3))
+        return times[1:]
+
+    pooled: dict[str, list[tuple[float, float]]] = {"native": [], "layer by layer": []}
+    try:
+        for _ in range(rounds):
+            for name in pooled:
+                pooled[name] += run(name == "native")
+    finally:
+        SEANetDecoder._native_plan, CausalConvTranspose1d.native_code = native_plan, native_code
+    for name, times in pooled.items():
+        print(f"stream decode B={codes.shape[0]} {name:15s} wall {statistics.median(t[0] for t in times):7.2f} ms  "
+              f"CPU {statistics.median(t[1] for t in times):7.2f} ms per call (median of {len(times)})")
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -209,6 +243,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=4.0, help="speech per stream and round")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="streams per streaming call")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--decode-ab", action="store_true",
+                        help="only: our streaming decode, native SEANet decoder vs layer by layer (see above)")
     return parser.parse_args(argv)
 
 
@@ -222,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dsm-codec-speed-") as tmp:
         path = find_weights(args.mimi, Path(tmp))
         print(f"weights: {path}")
+        if args.decode_ab:
+            ours = Mimi.load(path)
+            for batch in args.batches:
+                decode_ab(ours, ours.encode(speech(args.seconds, batch, ours.frame_size)), args.rounds)
+            return 0
         results = measure(path, args)
     load_after = os.getloadavg()[0]
     print(f"\nms per call (B frames), medians of {args.rounds} interleaved rounds, {args.threads} threads, "

@@ -1,10 +1,11 @@
 """dsmcli vs the reference (``moshi``) on the same random weights, the same inputs, the same machine, one run.
 
     python benchmarks/vs_reference.py [--arch stt-1b-en_fr] [--threads 2] [--rounds 3] [--steps 16]
-                                      [--mimi FILE] [--workdir DIR] [--json results.json]
+                                      [--quantize int8 ...] [--mimi FILE] [--workdir DIR] [--json results.json]
 
 1. Mimi: a real-size random Mimi (``tools/make_fixtures.py``'s ``make_real_mimi``, or ``--mimi FILE``) is loaded
-   by both; streaming encode of real speech (bria.mp3) frame by frame, then one-shot encode.
+   by both; streaming encode of real speech (bria.mp3) frame by frame, one-shot encode, and the streaming decode
+   of its codes frame by frame (what ``dsm speak`` runs per step).
 2. LM: the reference ``LMModel`` of the architecture is built with random weights (bf16-valued, so the released
    bf16 file is lossless), saved in the released layout (``save_lm``) next to a ``config.json``, and ours is
    loaded from that directory through ``LM.load``: bit-identical weights. Both step greedy on the Mimi codes of
@@ -13,7 +14,15 @@
    rounds; int8 agreement (text-logit cosine similarity, greedy token agreement) is measured teacher-forced
    against our fp32 run on the same codes.
 
-Needs ~10 GB of RAM at the peak (the reference fp32 model and ours, 4 GB each) and ~2 GB of disk.
+A TTS architecture (``--arch tts-1.6b-en_fr``) is timed on the TTS step instead: no input codes, the conditions of
+one random 10 s voice (and the first value of each lookup-table condition) for both, the depformer sampling every
+generated codebook (temperature 0.6, top-k 250 / 25 for text, no CFG batch doubling); the reference steps
+``LMGen`` as its ``TTSModel.generate`` does. Each ``--quantize`` mode then reloads ours from the checkpoint,
+quantizes it and times it against fresh reference rounds (no agreement figures for TTS: sampling).
+
+``--arch`` is a registry name or a directory holding a ``config.json`` (e.g. a test fixture repo, for a quick run).
+Needs ~10 GB of RAM at the peak for stt-1b (the reference fp32 model and ours, 4 GB each), ~15 GB for tts-1.6b,
+and ~2-4 GB of disk: run it under ``flock /tmp/bigmodel.lock`` on a shared machine.
 Never run as a unit test: it is a measurement.
 """
 
@@ -43,14 +52,17 @@ from fixturelib.audio import SHARED_DATA, speech_24k
 from dsmcli.architectures import released_config
 from dsmcli.codec import Mimi
 from dsmcli.constants import FRAME_SIZE
-from dsmcli.engine import LM, LMStream, SamplingOptions, StepHooks
+from dsmcli.engine import LM, ConditionInputs, LMStream, SamplingOptions, StepHooks, TensorCondition
 from dsmcli.engine.quantize import quantize_lm
 
 NON_LM_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
                "lm_gen_config", "tts_config", "stt_config", "model_id")
 SPEECH = "bria.mp3"
 NORM_GAIN = (0.6, 1.4)
-TARGETS = {"mimi_encode": 4.0, "lm_fp32": 1.0, "lm_int8": 3.0, "throughput": 3.0, "cosine": 0.999}
+TARGETS = {"mimi_encode": 4.0, "lm_fp32": 1.0, "lm_int8": 3.0, "throughput": 3.0, "cosine": 0.999, "tts_fp32": 2.0}
+TTS_TEMP, TTS_TOP_K, TTS_TEXT_TOP_K = 0.6, 250, 25  # the dsm speak / reference TTSModel defaults
+VOICE_FRAMES = 125  # one 10 s voice embedding at 12.5 Hz
+MAX_SPEAKERS = 5  # the reference TTSModel's default
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,7 @@ def speech_frames(seconds: float) -> torch.Tensor:
     return wav[: len(wav) // FRAME_SIZE * FRAME_SIZE].view(-1, 1, 1, FRAME_SIZE)
 
 
-def bench_mimi(path: Path, frames: torch.Tensor, rounds: int) -> dict[str, Timing]:
+def bench_mimi(path: Path, frames: torch.Tensor, codes: torch.Tensor, rounds: int) -> dict[str, Timing]:
     from make_fixtures import load_ref_mimi
 
     ref, ours = load_ref_mimi(path, None, 32), Mimi.load(path)
@@ -136,6 +148,17 @@ def bench_mimi(path: Path, frames: torch.Tensor, rounds: int) -> dict[str, Timin
     result = interleaved({"ref_stream": ref_stream, "ours_stream": our_stream}, rounds)
     print("Mimi one-shot encode (ms per frame)")
     result.update(interleaved({"ref_oneshot": one_shot(ref), "ours_oneshot": one_shot(ours)}, rounds))
+
+    def ref_decode() -> tuple[list[tuple[float, float]], float]:
+        with torch.no_grad(), ref.streaming(1):
+            return timed_run(lambda i: ref.decode(codes[..., i : i + 1]), 0, codes.shape[-1])
+
+    def our_decode() -> tuple[list[tuple[float, float]], float]:
+        state = ours.init_state(1)
+        return timed_run(lambda i: ours.decode_step(codes[..., i : i + 1], state), 0, codes.shape[-1])
+
+    print("Mimi streaming decode (ms per 80 ms frame, batch 1)")
+    result.update(interleaved({"ref_decode": ref_decode, "ours_decode": our_decode}, rounds))
     return result
 
 
@@ -243,6 +266,93 @@ def agreement(fp32: tuple[torch.Tensor, torch.Tensor], int8: tuple[torch.Tensor,
             "max_disagreeing_margin_std": float(margin[differ].max()) if bool(differ.any()) else 0.0}
 
 
+# -------------------------------------------------------------------------------------------- TTS
+
+
+def tts_conditions(config: dict, batch: int, seed: int):
+    """The same conditions for both sides: (ours, the reference's ``ConditionAttributes`` list). Lookup tables
+    take their first value; tensor conditions one random 10 s voice in the first of ``max_speakers`` slots."""
+    from moshi.conditioners import ConditionAttributes
+    from moshi.conditioners import TensorCondition as RefTensorCondition
+
+    speakers = int(config.get("tts_config", {}).get("max_speakers", MAX_SPEAKERS))
+    generator = torch.Generator().manual_seed(seed)
+    values, tensors, ref_text, ref_tensors = {}, {}, {}, {}
+    for name, spec in config.get("conditioners", {}).items():
+        if spec["type"] == "lut":
+            value = spec["lut"]["possible_values"][0]
+            values[name], ref_text[name] = [value] * batch, value
+            continue
+        voice = torch.randn(1, speakers * VOICE_FRAMES, spec["tensor"]["dim"], generator=generator)
+        mask = torch.zeros(1, speakers * VOICE_FRAMES, dtype=torch.bool)
+        mask[:, :VOICE_FRAMES] = True
+        tensors[name] = TensorCondition(voice.expand(batch, -1, -1).contiguous(), mask.expand(batch, -1).contiguous())
+        ref_tensors[name] = RefTensorCondition(voice, mask)
+    ours = ConditionInputs(values, tensors)
+    return ours, [ConditionAttributes(text=dict(ref_text), tensor=dict(ref_tensors)) for _ in range(batch)]
+
+
+def ref_tts_contender(ref_lm, config: dict, batch: int, warmup: int, steps: int, seed: int):
+    """The reference TTS step as ``TTSModel.generate`` runs it (``LMGen`` with the conditions, no input codes)."""
+    from moshi.models import LMGen
+
+    _ours, attributes = tts_conditions(config, batch, seed)
+
+    def run() -> tuple[list[tuple[float, float]], float]:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            condition_tensors = ref_lm.condition_provider.prepare_and_provide(attributes)
+            gen = LMGen(ref_lm, temp=TTS_TEMP, temp_text=TTS_TEMP, top_k=TTS_TOP_K, top_k_text=TTS_TEXT_TOP_K,
+                        condition_tensors=condition_tensors, cfg_is_no_text=True)
+            empty = torch.zeros(batch, ref_lm.n_q - ref_lm.dep_q, 1, dtype=torch.long)
+            with gen.streaming(batch):
+                return timed_run(lambda i: gen.step(empty), warmup, steps)
+
+    return run
+
+
+def our_tts_contender(lm: LM, config: dict, batch: int, warmup: int, steps: int, seed: int):
+    condition, _attributes = tts_conditions(config, batch, seed)
+    options = SamplingOptions(temp=TTS_TEMP, top_k=TTS_TOP_K, text_temp=TTS_TEMP, text_top_k=TTS_TEXT_TOP_K)
+
+    def run() -> tuple[list[tuple[float, float]], float]:
+        stream = LMStream(lm, options, cfg_no_text=True, num_generated=lm.config.dep_q,
+                          generator=torch.Generator().manual_seed(seed))
+        state = stream.init_state(batch, condition)
+        return timed_run(lambda i: stream.step(None, state), warmup, steps)
+
+    return run
+
+
+def tts_phases(ref_lm, checkpoint: Path, config: dict, args) -> dict[str, Timing]:
+    """Batch 1: ours fp32 vs the reference fp32, then each ``--quantize`` mode of ours (reloaded, quantized) vs
+    fresh reference rounds."""
+    w, n, seed = args.warmup, args.steps, args.seed
+    timings: dict[str, Timing] = {}
+    for mode in ("fp32", *args.quantize):
+        ours = LM.load(checkpoint, dtype=torch.float32)
+        if mode != "fp32":
+            report = quantize_lm(ours, mode)
+            print(f"quantized {report.tensors} weights: {report.bytes_before / 2**30:.2f} -> "
+                  f"{report.bytes_after / 2**30:.2f} GiB (groups of {report.group_size}, {report.kernel_used} kernel)")
+        print(f"TTS step, batch 1 (ours {mode})")
+        result = interleaved({"ref_tts_b1": ref_tts_contender(ref_lm, config, 1, w, n, seed),
+                              f"ours_tts_{mode}_b1": our_tts_contender(ours, config, 1, w, n, seed)}, args.rounds)
+        timings[f"ref_tts_b1@{mode}"] = result["ref_tts_b1"]
+        timings[f"ours_tts_{mode}_b1"] = result[f"ours_tts_{mode}_b1"]
+        del ours
+    return timings
+
+
+def tts_summary(t: dict[str, Timing], args) -> list[str]:
+    lines = ["| figure | reference | ours | ratio | target |", "|---|---|---|---|---|", *mimi_rows(t),
+             row("TTS step batch 1 fp32, ms", t["ref_tts_b1@fp32"], t["ours_tts_fp32_b1"], TARGETS["tts_fp32"])]
+    for mode in args.quantize:
+        lines.append(row(f"TTS step batch 1, ours --quantize {mode} vs ref fp32, ms", t[f"ref_tts_b1@{mode}"],
+                         t[f"ours_tts_{mode}_b1"], None))
+    return lines
+
+
 # ------------------------------------------------------------------------------------------- main
 
 
@@ -260,21 +370,28 @@ def lm_phase(label: str, ref_lm, ours: LM, codes: torch.Tensor, args) -> dict[st
 
 
 def _ratio_rows(t: dict[str, Timing], args) -> list[str]:
-    rb, ob = args.ref_batch, args.our_batch
+    rb, ob, mode = args.ref_batch, args.our_batch, args.quantize[0]  # the quantized runs are stored as "int8"
     tput = lambda name, batch: 1e3 * batch / t[name].median_ms  # stream-steps per second
     rows = []
-    if "ref_stream" in t:
-        rows += [row("Mimi streaming encode, ms/frame", t["ref_stream"], t["ours_stream"], TARGETS["mimi_encode"]),
-                 row("Mimi one-shot encode, ms/frame", t["ref_oneshot"], t["ours_oneshot"], None)]
+    rows += mimi_rows(t)
     rows += [row("LM step batch 1 fp32, ms", t["ref_b1"], t["ours_fp32_b1"], TARGETS["lm_fp32"]),
-             row("LM step batch 1, ours --quantize int8 vs ref fp32, ms", t["ref_b1@int8"], t["ours_int8_b1"],
+             row(f"LM step batch 1, ours --quantize {mode} vs ref fp32, ms", t["ref_b1@int8"], t["ours_int8_b1"],
                  TARGETS["lm_int8"])]
     for label, ref, target in (("fp32", f"ref_b{rb}", None), ("int8", f"ref_b{rb}@int8", TARGETS["throughput"])):
         ours, theirs = tput(f"ours_{label}_b{ob}", ob), tput(ref, rb)
         goal = "" if target is None else f">= {target:g}x {'ok' if ours / theirs >= target else 'BELOW TARGET'}"
-        rows.append(f"| LM stream-steps/s, ours b{ob} {label} vs ref b{rb} | {theirs:.1f} /s | {ours:.1f} /s | "
+        shown = mode if label == "int8" else label
+        rows.append(f"| LM stream-steps/s, ours b{ob} {shown} vs ref b{rb} | {theirs:.1f} /s | {ours:.1f} /s | "
                     f"{ours / theirs:.2f}x | {goal} |")
     return rows
+
+
+def mimi_rows(t: dict[str, Timing]) -> list[str]:
+    if "ref_stream" not in t:
+        return []
+    return [row("Mimi streaming encode, ms/frame", t["ref_stream"], t["ours_stream"], TARGETS["mimi_encode"]),
+            row("Mimi one-shot encode, ms/frame", t["ref_oneshot"], t["ours_oneshot"], None),
+            row("Mimi streaming decode, ms/frame", t["ref_decode"], t["ours_decode"], None)]
 
 
 def row(figure: str, ref: Timing, ours: Timing, target: float | None) -> str:
@@ -287,10 +404,11 @@ def row(figure: str, ref: Timing, ours: Timing, target: float | None) -> str:
 
 def summary(t: dict[str, Timing], agree: dict[str, float], args) -> list[str]:
     lines = ["| figure | reference | ours | ratio | target |", "|---|---|---|---|---|", *_ratio_rows(t, args),
-             (f"| int8 text-logit cosine vs our fp32 (min / mean over {agree['steps']} steps) | | "
+             (f"| {args.quantize[0]} text-logit cosine vs our fp32 (min / mean over {agree['steps']} steps) | | "
               f"{agree['cosine_min']:.5f} / {agree['cosine_mean']:.5f} | | >= {TARGETS['cosine']} "
               f"{'ok' if agree['cosine_min'] >= TARGETS['cosine'] else 'BELOW TARGET'} |"),
-             (f"| int8 greedy text-token agreement vs our fp32 | | {100 * agree['greedy_agreement']:.1f} % "
+             (f"| {args.quantize[0]} greedy text-token agreement vs our fp32 | | "
+              f"{100 * agree['greedy_agreement']:.1f} % "
               f"(disagreements at fp32 top-2 margins <= {agree['max_disagreeing_margin_std']:.3f} logit std; "
               f"median margin {agree['median_margin_std']:.3f}) | | |")]
     return lines
@@ -298,7 +416,10 @@ def summary(t: dict[str, Timing], agree: dict[str, float], args) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="stt-1b-en_fr", help="registry name of an STT architecture")
+    parser.add_argument("--arch", default="stt-1b-en_fr",
+                        help="registry name of an STT or TTS architecture, or a directory with a config.json")
+    parser.add_argument("--quantize", nargs="+", default=["int8"],
+                        help="our quantized modes to time (STT: the first one, with its agreement figures)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
     parser.add_argument("--steps", type=int, default=16, help="timed steps per round (after --warmup)")
@@ -314,6 +435,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def architecture_config(arch: str) -> dict:
+    """The ``config.json`` of a registry architecture or of a directory holding one (a deep copy: the reference's
+    builder and ours each get their own nested dicts)."""
+    directory = Path(arch)
+    if (directory / "config.json").is_file():
+        return json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    return released_config(arch)
+
+
+def stt_phases(ref_lm, ours: LM, codes: torch.Tensor, timings: dict[str, Timing], args) -> dict[str, float]:
+    """fp32, then the first ``--quantize`` mode (in place), each against the reference fp32; agreement figures."""
+    mode = args.quantize[0]
+    timings.update(lm_phase("fp32", ref_lm, ours, codes, args))
+    fp32_run = text_logits_run(ours, codes, None)
+    report = quantize_lm(ours, mode)
+    print(f"quantized {report.tensors} weights: {report.bytes_before / 2**30:.2f} -> "
+          f"{report.bytes_after / 2**30:.2f} GiB (groups of {report.group_size}, {report.kernel_used} kernel)")
+    quantized = lm_phase(mode, ref_lm, ours, codes, args)
+    timings.update({k + "@int8" if k.startswith("ref_") else k.replace(f"_{mode}_", "_int8_"): v
+                    for k, v in quantized.items()})
+    return agreement(fp32_run, text_logits_run(ours, codes, fp32_run[1]))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -327,23 +471,22 @@ def main(argv: list[str] | None = None) -> int:
 
             mimi_path = make_real_mimi(Path(tmp) / "mimi.safetensors")
         frames = speech_frames(args.speech_seconds)
-        timings = {} if args.skip_mimi else bench_mimi(mimi_path, frames, args.rounds)
         codes = speech_codes(mimi_path, frames)
-        config = released_config(args.arch)
-        lm_kwargs = {k: v for k, v in config.items() if k not in NON_LM_KEYS}
+        timings = {} if args.skip_mimi else bench_mimi(mimi_path, frames, codes, args.rounds)
+        config = architecture_config(args.arch)
+        lm_kwargs = {k: copy.deepcopy(v) for k, v in config.items() if k not in NON_LM_KEYS}
         ref_lm = random_reference_lm(lm_kwargs, args.seed)
-        ours = LM.load(write_checkpoint(ref_lm, config, mimi_path, workdir), dtype=torch.float32)
+        checkpoint = write_checkpoint(ref_lm, config, mimi_path, workdir)
         print(f"weights ready after {time.time() - started:.0f} s")
-        timings.update(lm_phase("fp32", ref_lm, ours, codes, args))
-        fp32_run = text_logits_run(ours, codes, None)
-        report = quantize_lm(ours, "int8")
-        print(f"quantized {report.tensors} weights: {report.bytes_before / 2**30:.2f} -> "
-              f"{report.bytes_after / 2**30:.2f} GiB (groups of {report.group_size}, {report.kernel_used} kernel)")
-        int8_timings = lm_phase("int8", ref_lm, ours, codes, args)
-        timings.update({k + "@int8" if k.startswith("ref_") else k: v for k, v in int8_timings.items()})
-        agree = agreement(fp32_run, text_logits_run(ours, codes, fp32_run[1]))
-        del ref_lm, ours
-    lines = summary(timings, agree, args)
+        if config.get("model_type") == "tts":
+            timings.update(tts_phases(ref_lm, checkpoint, config, args))
+            del ref_lm
+            lines, agree = tts_summary(timings, args), {}
+        else:
+            ours = LM.load(checkpoint, dtype=torch.float32)
+            agree = stt_phases(ref_lm, ours, codes, timings, args)
+            del ref_lm, ours
+            lines = summary(timings, agree, args)
     print(f"\n{args.arch} random weights, {args.threads} threads, medians of {args.rounds} interleaved rounds "
           f"({time.time() - started:.0f} s in all; load now {os.getloadavg()[0]:.1f})")
     print("\n".join(lines))

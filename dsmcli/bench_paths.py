@@ -4,9 +4,11 @@
   ``Transcriber`` does so a transcript never depends on its batch mates), then one LM step on the codes of the
   previous frame, text tokens read back to the host. First output = the step whose text covers the first
   audio frame (silence prefix + text delay).
-* ``tts``: one LM step with the depformer sampling every generated codebook (skipped during the audio delay,
-  as ``Synthesizer`` does), then Mimi's streaming decoder on the time-aligned frame once it holds audio,
-  PCM read back to the host. First output = the first decoded audio frame.
+* ``tts``: the step of ``dsm speak`` (``Synthesizer._step``): one LM step with the depformer sampling every
+  generated codebook (skipped during the audio delay), the audio-token hook that zeroes each codebook before its
+  delay, then Mimi's streaming decoder on the time-aligned frame of the slots whose frame holds audio, PCM
+  clipped and read back to the host as float32. First output = the first decoded audio frame (its time includes
+  every step before it, Mimi decode included).
 * ``codec-encode`` / ``codec-decode``: Mimi alone, streaming, batch ``B`` in one call.
 
 Inputs are deterministic noise / random codes: with random weights nothing else makes sense, and the cost of a
@@ -40,6 +42,8 @@ from dsmcli.speak_model import (
     DEFAULT_TEMPERATURE,
     TEXT_TOP_K,
 )
+from dsmcli.engine.stream import StepHooks, StepInfo
+from dsmcli.speak import CLIP
 from dsmcli.tts.voices import DEFAULT_MAX_SPEAKERS
 
 NOISE_LEVEL = 0.1  # amplitude of the noise fed to the encoder
@@ -145,27 +149,35 @@ class TtsRunner:
         config, device = model.lm.config, model.lm.device
         self.model, self.batch = model, batch
         generator = torch.Generator(device=device).manual_seed(seed)
-        self.stream = LMStream(model.lm, _tts_sampling(model), cfg_no_text=True, num_generated=config.dep_q,
-                               generator=generator)
+        self.stream = LMStream(model.lm, _tts_sampling(model), hooks=StepHooks(audio_tokens=self._on_audio),
+                               cfg_no_text=True, num_generated=config.dep_q, generator=generator)
         self.condition = tts_condition(model, batch, seed)
         self.delay_steps = model.tts_delay_steps
+        delays = torch.tensor(config.delays[1 : config.dep_q + 1], dtype=torch.long, device=device)
+        self.audio_start = delays + self.delay_steps  # [G] first step whose audio token is real
         self.skip_audio = torch.full((batch, config.dep_q), ZERO_TOKEN_ID, dtype=torch.long, device=device)
         self.first_output_steps = self.delay_steps + config.max_delay + 1
+
+    def _on_audio(self, audio: Tensor, info: StepInfo) -> Tensor:
+        """``Synthesizer._on_audio`` without an audio prefix: each codebook is zero before its delay."""
+        return torch.where(info.offsets[:, None] < self.audio_start, ZERO_TOKEN_ID, audio)
 
     def start(self) -> None:
         self.state = self.stream.init_state(self.batch, self.condition)
         self.mimi_state = self.model.mimi.init_state(self.batch)
-        self.steps = 0
 
     def step(self) -> None:
-        early = self.steps < self.delay_steps
+        """``Synthesizer._step`` and ``_decode`` for a batch of slots that are all ready."""
+        early = bool((self.state.offsets < self.delay_steps).all())
         out = self.stream.step(None, self.state, replace_audio=self.skip_audio if early else None)
-        self.steps += 1
-        if self.steps - 1 - self.model.lm.config.max_delay >= self.delay_steps:
+        times = self.state.offsets - 1 - self.model.lm.config.max_delay  # [B] time of the frame just completed
+        decode = out.frame_valid & (times >= self.delay_steps)
+        if bool(decode.any()):
             codes = out.frame[:, 1:, None].clamp(min=0)
-            self.model.mimi.decode_step(codes, self.mimi_state).cpu()
-        else:
-            out.text_tokens.tolist()
+            active = None if bool(decode.all()) else decode
+            pcm = self.model.mimi.decode_step(codes, self.mimi_state, active=active)
+            pcm[:, 0].clamp(-CLIP, CLIP).float().cpu().numpy()
+        out.text_tokens.tolist()
 
 
 class CodecRunner:

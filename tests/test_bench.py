@@ -128,3 +128,31 @@ def test_usage_errors(tiny_stt, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--model", "no-such-model", "--random-weights"])
     assert exit_info.value.code == 3 and "unknown model" in capsys.readouterr().err
+
+
+def test_tts_path_steps_like_speak_and_decodes_from_the_first_audio(tiny_tts, monkeypatch):
+    """The timed TTS step is ``dsm speak``'s: no Mimi decode before the first audio frame, one decode of every
+    slot per step from then on, and the audio tokens zero before each codebook's delay (the speak hook)."""
+    from dsmcli.bench_paths import TtsRunner
+    from dsmcli.codec import Mimi
+    from dsmcli.engine.config import ZERO_TOKEN_ID
+
+    model = load_bench_model(tiny_tts, torch.device("cpu"), torch.float32, random_weights=True, seed=1)
+    decoded: list[int] = []
+    original = Mimi.decode_step
+    monkeypatch.setattr(Mimi, "decode_step", lambda self, codes, state, active=None:
+                        decoded.append(codes.shape[0]) or original(self, codes, state, active))
+    runner = TtsRunner(model, 2, seed=0)
+    outputs = []
+    step_stream = runner.stream.step
+    runner.stream.step = lambda *args, **kwargs: outputs.append(step_stream(*args, **kwargs)) or outputs[-1]
+    runner.start()
+    delays = model.lm.config.delays[1 : model.lm.config.dep_q + 1]
+    for step in range(runner.first_output_steps + 3):
+        runner.step()
+        assert len(decoded) == max(0, step + 2 - runner.first_output_steps), step
+        audio = outputs[-1].audio_tokens  # [B, G]: this step's audio tokens, after the hook
+        early = [q for q, delay in enumerate(delays) if step < delay + runner.delay_steps]
+        if step >= runner.delay_steps and early:
+            assert (audio[:, early] == ZERO_TOKEN_ID).all()
+    assert decoded == [2] * 4

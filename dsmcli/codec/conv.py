@@ -24,7 +24,11 @@ from dsmcli.codec import kernels
 from dsmcli.codec.config import PadMode
 from dsmcli.kernels import seanet_step_op
 
-CONV_PROGRAM = [1]  # the native SEANet step's program for one conv (dsmcli/kernels/seanet_step.cpp)
+CONV, CONVTR, CONVTR_DEPTHWISE = 1, 4, 5  # op codes of the native SEANet step (dsmcli/kernels/seanet_step.cpp)
+
+
+def _native_fits(x: Tensor, weight: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
 
 
 class SlotState(Protocol):
@@ -111,9 +115,17 @@ class CausalConv1d(nn.Module):
                                dtype=weight.dtype)
         return ConvState(previous, torch.ones(batch_size, device=weight.device, dtype=torch.bool))
 
+    def native_code(self) -> int | None:
+        """This conv's op code in the native SEANet step's program, or None if that step cannot run it."""
+        return CONV if self.layer.groups == 1 else None
+
     def native_fits(self, x: Tensor) -> bool:
         """Whether the native SEANet step (``dsmcli/kernels/seanet_step.cpp``) can run this conv on ``x``."""
-        return x.device.type == "cpu" and x.dtype == self.layer.weight.dtype == torch.float32 and self.layer.groups == 1
+        return _native_fits(x, self.layer.weight) and self.native_code() is not None
+
+    def native_tail(self, state: ConvState) -> Tensor:
+        """The native step's ``tails`` argument: the input tail."""
+        return state.previous
 
     def native_fresh(self, state: ConvState) -> Tensor | None:
         """The native step's ``fresh`` argument: the flags in the replicate pad mode, else None (zeros)."""
@@ -125,7 +137,7 @@ class CausalConv1d(nn.Module):
         self._check(x)
         if self.native_fits(x) and (op := seanet_step_op()) is not None:
             layer = self.layer
-            return op(x, CONV_PROGRAM, [layer.weight], [layer.bias], [state.previous], [self.stride], [self.dilation],
+            return op(x, [CONV], [layer.weight], [layer.bias], [state.previous], [self.stride], [self.dilation],
                       [self.native_fresh(state)], active, 1.0)
         if not self.context:
             return self._convolve(x)
@@ -149,6 +161,8 @@ class CausalConvTranspose1d(nn.Module):
         super().__init__()
         self.convtr = nested("convtr", nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride,
                                                           groups=groups, bias=bias))
+        self.stride = stride
+        self.dilation = 1
         self.overlap = kernel_size - stride
         if self.overlap < 0:
             raise ValueError(f"transposed conv kernel {kernel_size} shorter than stride {stride}")
@@ -167,7 +181,32 @@ class CausalConvTranspose1d(nn.Module):
         return ConvTrState(torch.zeros(batch_size, self.layer.out_channels, self.overlap, device=weight.device,
                                        dtype=weight.dtype))
 
+    def native_code(self) -> int | None:
+        """This transposed conv's op code in the native SEANet step's program, or None if it cannot run it."""
+        layer = self.layer
+        if layer.groups == 1:
+            return CONVTR
+        return CONVTR_DEPTHWISE if layer.groups == layer.in_channels == layer.out_channels else None
+
+    def native_fits(self, x: Tensor) -> bool:
+        """Whether the native SEANet step (``dsmcli/kernels/seanet_step.cpp``) can run this conv on ``x``."""
+        return _native_fits(x, self.layer.weight) and self.native_code() is not None
+
+    def native_tail(self, state: ConvTrState) -> Tensor:
+        """The native step's ``tails`` argument: the partial overlap."""
+        return state.partial
+
+    def native_fresh(self, state: ConvTrState) -> None:
+        """The native step's ``fresh`` argument: none (a transposed conv has no padding)."""
+        return None
+
     def step(self, x: Tensor, state: ConvTrState, active: Tensor | None = None) -> Tensor:
+        """One streaming step; slots with ``active`` False keep their state (their output is garbage). On CPU in
+        float32 one native call (one product and the overlap-add, without the Python round trips)."""
+        if self.native_fits(x) and (op := seanet_step_op()) is not None:
+            layer = self.layer
+            return op(x, [self.native_code()], [layer.weight], [layer.bias], [state.partial], [self.stride], [1],
+                      [None], active, 1.0)
         y = self.layer(x)
         if not self.overlap:
             return y

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from dsmcli.codec.config import SEANetConfig
-from dsmcli.codec.conv import CausalConv1d, CausalConvTranspose1d, ConvState, SlotState
+from dsmcli.codec.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState, SlotState
 from dsmcli.kernels import seanet_step_op
 
-ELU, CONV, PUSH, ADD = 0, 1, 2, 3  # the native step's program (dsmcli/kernels/seanet_step.cpp)
+ELU, PUSH, ADD = 0, 2, 3  # the native step's program (dsmcli/kernels/seanet_step.cpp; conv codes: conv.py)
 
 
 @dataclass
@@ -84,6 +84,7 @@ class _LayerStack(nn.Module):
     """A ``model`` layer list with one-shot and streaming evaluation."""
 
     model: nn.ModuleList
+    config: SEANetConfig
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.model:
@@ -94,7 +95,46 @@ class _LayerStack(nn.Module):
         return init_layer_states(self.model, batch_size)
 
     def step(self, x: Tensor, state: LayerStates, active: Tensor | None = None) -> Tensor:
+        """Streaming step; on CPU in float32 one native call (``dsmcli/kernels/seanet_step.cpp``: the same
+        arithmetic up to float rounding), else layer by layer."""
+        plan = self._native_plan()
+        if plan is not None and plan.convs[0].native_fits(x) and (op := seanet_step_op()) is not None:
+            pairs = list(zip(plan.convs, _conv_states(self.model, state)))
+            tails = [conv.native_tail(s) for conv, s in pairs]
+            fresh = [conv.native_fresh(s) for conv, s in pairs]
+            return op(x, plan.program, plan.weights, plan.biases, tails, plan.strides, plan.dilations, fresh, active,
+                      self.config.elu_alpha)
         return step_layers(self.model, x, state, active)
+
+    def _native_plan(self) -> NativePlan | None:
+        """The layers as the native step's program (built once), or None if a layer does not fit it (a residual
+        shortcut conv, a grouped conv, another activation)."""
+        cached = getattr(self, "_plan", None)
+        if cached is not None and cached.weights[0] is cached.convs[0].layer.weight:
+            return cached
+        program: list[int] = []
+        convs: list[CausalConv1d | CausalConvTranspose1d] = []
+
+        def add(layer: nn.Module) -> bool:
+            if isinstance(layer, nn.ELU) and layer.alpha == self.config.elu_alpha:
+                program.append(ELU)
+            elif isinstance(layer, (CausalConv1d, CausalConvTranspose1d)) and layer.native_code() is not None:
+                program.append(layer.native_code())
+                convs.append(layer)
+            elif isinstance(layer, ResidualUnit) and layer.shortcut is None:
+                program.append(PUSH)
+                if not all(add(inner) for inner in layer.block):
+                    return False
+                program.append(ADD)
+            else:
+                return False
+            return True
+
+        if not all(add(layer) for layer in self.model) or not convs:
+            return None
+        self._plan = NativePlan(program, convs, [c.layer.weight for c in convs], [c.layer.bias for c in convs],
+                                [c.stride for c in convs], [c.dilation for c in convs])
+        return self._plan
 
 
 class SEANetEncoder(_LayerStack):
@@ -113,47 +153,6 @@ class SEANetEncoder(_LayerStack):
         layers += [nn.ELU(c.elu_alpha), CausalConv1d(width, c.dimension, c.last_kernel_size, pad_mode=c.pad_mode)]
         self.model = nn.ModuleList(layers)
 
-    def step(self, x: Tensor, state: LayerStates, active: Tensor | None = None) -> Tensor:
-        """Streaming step; on CPU in float32 one native call (``dsmcli/kernels/seanet_step.cpp``: the same
-        arithmetic up to float rounding), else layer by layer."""
-        plan = self._native_plan()
-        if plan is not None and plan.convs[0].native_fits(x) and (op := seanet_step_op()) is not None:
-            states = _conv_states(self.model, state)
-            return op(x, plan.program, plan.weights, plan.biases, [s.previous for s in states], plan.strides,
-                      plan.dilations, [conv.native_fresh(s) for conv, s in zip(plan.convs, states)], active,
-                      self.config.elu_alpha)
-        return super().step(x, state, active)
-
-    def _native_plan(self) -> NativePlan | None:
-        """The layers as the native step's program (built once), or None if a layer does not fit it (a residual
-        shortcut conv, a grouped conv, another activation)."""
-        cached = getattr(self, "_plan", None)
-        if cached is not None and cached.weights[0] is cached.convs[0].layer.weight:
-            return cached
-        program: list[int] = []
-        convs: list[CausalConv1d] = []
-
-        def add(layer: nn.Module) -> bool:
-            if isinstance(layer, nn.ELU) and layer.alpha == self.config.elu_alpha:
-                program.append(ELU)
-            elif isinstance(layer, CausalConv1d) and layer.layer.groups == 1:
-                program.append(CONV)
-                convs.append(layer)
-            elif isinstance(layer, ResidualUnit) and layer.shortcut is None:
-                program.append(PUSH)
-                if not all(add(inner) for inner in layer.block):
-                    return False
-                program.append(ADD)
-            else:
-                return False
-            return True
-
-        if not all(add(layer) for layer in self.model) or not convs:
-            return None
-        self._plan = NativePlan(program, convs, [c.layer.weight for c in convs], [c.layer.bias for c in convs],
-                                [c.stride for c in convs], [c.dilation for c in convs])
-        return self._plan
-
 
 @dataclass
 class NativePlan:
@@ -161,20 +160,20 @@ class NativePlan:
     bias, stride and dilation."""
 
     program: list[int]
-    convs: list[CausalConv1d]
+    convs: list[CausalConv1d | CausalConvTranspose1d]
     weights: list[Tensor]
     biases: list[Tensor | None]
     strides: list[int]
     dilations: list[int]
 
 
-def _conv_states(layers: nn.ModuleList, states: LayerStates) -> list[ConvState]:
-    """The conv states of ``layers`` in order (residual units' blocks included)."""
-    found: list[ConvState] = []
+def _conv_states(layers: nn.ModuleList, states: LayerStates) -> list[ConvState | ConvTrState]:
+    """The states of the (transposed) convs of ``layers`` in order (residual units' blocks included)."""
+    found: list[ConvState | ConvTrState] = []
     for layer, item in zip(layers, states.items):
         if isinstance(layer, ResidualUnit):
             found += _conv_states(layer.block, item.block)
-        elif isinstance(layer, CausalConv1d):
+        elif isinstance(layer, (CausalConv1d, CausalConvTranspose1d)):
             found.append(item)
     return found
 
@@ -184,7 +183,7 @@ class SEANetDecoder(_LayerStack):
 
     def __init__(self, config: SEANetConfig):
         super().__init__()
-        c = config
+        self.config = c = config
         width = c.n_filters * 2 ** len(c.ratios)
         layers: list[nn.Module] = [CausalConv1d(c.dimension, width, c.kernel_size, pad_mode=c.pad_mode)]
         for ratio in c.ratios:
