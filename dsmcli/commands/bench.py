@@ -30,7 +30,7 @@ def bench_cmd(
     warmup: int = typer.Option(3, "--warmup", help="Warm-up steps per configuration (reported apart)."),
     device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
     dtype: str = dtype_option(),
-    quantize: str = typer.Option("none", "--quantize", help="none, or int8 (LM linear weights, per channel)."),
+    quantize: str = typer.Option("none", "--quantize", help="none, int8 or int4 (LM linear weights, group-wise)."),
     threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads (default: torch's choice)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON (schema in benchmarks/README.md)."),
@@ -44,7 +44,7 @@ def bench_cmd(
     try:
         method = QuantMethod(quantize)
     except ValueError:
-        raise UsageError(f"--quantize {quantize!r}: choose none or int8") from None
+        raise UsageError(f"--quantize {quantize!r}: choose none, int8 or int4") from None
     options = BenchOptions(
         model=model or default_model("stt"), batch_sizes=parse_batches(batch), paths=parse_paths(paths),
         steps=steps, warmup=warmup, device=resolve_device(device), dtype=resolve_dtype(dtype, device),

@@ -44,6 +44,18 @@ def _named_voices(pairs: Optional[List[str]]) -> tuple[tuple[str, str], ...]:
     return tuple(named)
 
 
+QUANTIZE_HELP = "none, int8 or int4: the LM's weights (faster on CPU; int8 is the accurate one)."
+
+
+def _quantize(name: str) -> str:
+    from dsmcli.engine.quantize import QuantMethod
+
+    try:
+        return QuantMethod(name).value
+    except ValueError:
+        raise UsageError(f"--quantize: unknown method {name!r} (none, int8, int4)") from None
+
+
 def _run(**fields) -> None:
     from dsmcli.hub import default_model
     from dsmcli.speak_run import SpeakRequest, execute
@@ -91,6 +103,7 @@ def speak_cmd(
     device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
     dtype: str = dtype_option(),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Inputs generated in parallel."),
+    quantize: str = typer.Option("none", "--quantize", help=QUANTIZE_HELP, rich_help_panel="Performance"),
 ) -> None:
     """Text → speech, streaming. Several files run as parallel batch slots; - speaks stdin as it arrives."""
     from dsmcli.speak_run import SpeakInput
@@ -101,7 +114,7 @@ def speak_cmd(
     _run(inputs=items, model=model, voices=tuple(voice or []), voice_repo=voice_repo, output=output, raw=raw,
          play=play, audio_device=_device(audio_device), force=force, formats=_formats(formats, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
-         dtype_name=dtype, batch_size=batch_size)
+         dtype_name=dtype, batch_size=batch_size, quantize=_quantize(quantize))
 
 
 @app.command("dialog")
@@ -127,6 +140,7 @@ def dialog_cmd(
     device: str = typer.Option("auto", "--device", help="Torch device: auto, cpu, cuda, cuda:1, mps."),
     dtype: str = dtype_option(),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Scripts generated in parallel."),
+    quantize: str = typer.Option("none", "--quantize", help=QUANTIZE_HELP, rich_help_panel="Performance"),
 ) -> None:
     """Multi-speaker script → one audio with turn-taking (two voices, MAIN then OTHER)."""
     from dsmcli.speak_run import SpeakInput
@@ -137,7 +151,7 @@ def dialog_cmd(
          voices=tuple(voice or []), named_voices=_named_voices(voices), voice_repo=voice_repo, output=output,
          raw=raw, play=play, audio_device=_device(audio_device), force=force, formats=_formats(None, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
-         dtype_name=dtype, batch_size=batch_size)
+         dtype_name=dtype, batch_size=batch_size, quantize=_quantize(quantize))
 
 
 def _device(name: Optional[str]) -> int | str | None:

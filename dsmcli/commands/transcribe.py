@@ -46,7 +46,7 @@ def transcribe_cmd(
     progress: Optional[bool] = typer.Option(
         None, "--progress/--no-progress",
         help="Progress bar per input on stderr. Default: on a terminal, unless the text is printed there."),
-    quantize: str = typer.Option("none", "--quantize", help="none, or int8 (LM weights; faster on CPU)."),
+    quantize: str = typer.Option("none", "--quantize", help="none, int8 or int4 (LM weights; faster on CPU)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores)."),
 ) -> None:
     """Speech → text with word timestamps, streaming. Many files are batched; - reads stdin as it arrives."""

@@ -1,6 +1,7 @@
 """Native CPU kernels, compiled on first use with torch's C++ extension builder.
 
 * ``int8_linear_op()``: ``torch.ops.dsmcli_int8.linear`` (``int8_linear.cpp``), the LM's int8 weights.
+* ``int4_linear_op()``: ``torch.ops.dsmcli_int4.linear`` (``int4_linear.cpp``), the LM's 4-bit weights.
 * ``fp32_linear_op()``: ``torch.ops.dsmcli_fp32.linear`` (``fp32_linear.cpp``), a few float32 rows against a
   large float32 weight (Mimi's streaming steps); ``rvq_encode_op()``: ``torch.ops.dsmcli_fp32.rvq_encode`` from
   the same file, Mimi's residual quantizer on that product.
@@ -92,6 +93,13 @@ def int8_linear_op() -> Callable | None:
     """The compiled ``linear(x [M, K] f32, w [N, K] i8, scales [N, G] f32, wsum [N, G] i32, group_size) -> [M, N]``
     op, or None."""
     return _load("dsmcli_int8", "int8_linear.cpp", "int8")
+
+
+@functools.cache
+def int4_linear_op() -> Callable | None:
+    """The compiled ``linear(x [M, K] f32, w [N, K / 2] u8 (packed nibbles), scales [N, G] f32, group_size)
+    -> [M, N]`` op, or None."""
+    return _load("dsmcli_int4", "int4_linear.cpp", "int4")
 
 
 @functools.cache
