@@ -5,7 +5,7 @@
   previous frame, text tokens read back to the host. First output = the step whose text covers the first
   audio frame (silence prefix + text delay).
 * ``tts``: one LM step with the depformer sampling every generated codebook (skipped during the audio delay,
-  as ``Synthesizer`` does), then Mimi's streaming decoder on the time-aligned frame once it holds audio,
+  and codebooks still inside their own delay skipped, as ``Synthesizer`` does), then Mimi's streaming decoder on the time-aligned frame once it holds audio,
   PCM read back to the host. First output = the first decoded audio frame.
 * ``codec-encode`` / ``codec-decode``: Mimi alone, streaming, batch ``B`` in one call.
 
@@ -151,6 +151,7 @@ class TtsRunner:
         self.delay_steps = model.tts_delay_steps
         self.skip_audio = torch.full((batch, config.dep_q), ZERO_TOKEN_ID, dtype=torch.long, device=device)
         self.first_output_steps = self.delay_steps + config.max_delay + 1
+        self.audio_start = [delay + self.delay_steps for delay in config.delays[1 : config.dep_q + 1]]
 
     def start(self) -> None:
         self.state = self.stream.init_state(self.batch, self.condition)
@@ -159,7 +160,10 @@ class TtsRunner:
 
     def step(self) -> None:
         early = self.steps < self.delay_steps
-        out = self.stream.step(None, self.state, replace_audio=self.skip_audio if early else None)
+        # as dsm speak: codebooks still inside their delay + the audio delay are -1, the depformer stops before them
+        needed = max((k + 1 for k, start in enumerate(self.audio_start) if start <= self.steps), default=0)
+        out = self.stream.step(None, self.state, replace_audio=self.skip_audio if early else None,
+                               audio_needed=needed)
         self.steps += 1
         if self.steps - 1 - self.model.lm.config.max_delay >= self.delay_steps:
             codes = out.frame[:, 1:, None].clamp(min=0)

@@ -9,6 +9,8 @@
   streaming step of Mimi's transformer in one call.
 * ``seanet_step_op()``: ``torch.ops.dsmcli_seanet.step`` (``seanet_step.cpp``), a whole streaming step of Mimi's
   SEANet encoder in one call.
+* ``depformer_step_op()``: ``torch.ops.dsmcli_depformer.step`` (``depformer_step.cpp``), one depformer sub-step
+  (its whole stack, output norm and head) in one call, on the linears above.
 * ``decode_attention_op()``: ``torch.ops.dsmcli_attn.decode`` (``decode_attention.cpp``), one query step per slot
   and head over a float32 or float16 KV ring (the int8 LM's attention); ``ring_write_op()``:
   ``torch.ops.dsmcli_attn.write`` from the same file, a step's keys and values into such a ring.
@@ -126,6 +128,13 @@ def seanet_step_op() -> Callable | None:
     """The compiled ``step(x [B, C, N], program, weights, biases, tails, strides, dilations, fresh, active, alpha)``
     op (see ``seanet_step.cpp``), or None."""
     return _load("dsmcli_seanet", "seanet_step.cpp", "Mimi streaming", "step")
+
+
+@functools.cache
+def depformer_step_op() -> Callable | None:
+    """The compiled ``step(input [B, D], weights, kinds, group_sizes, keys, values, position, num_heads, eps,
+    out_eps) -> logits [B, card]`` op (see ``depformer_step.cpp``), or None."""
+    return _load("dsmcli_depformer", "depformer_step.cpp", "the depformer", "step")
 
 
 @functools.cache
