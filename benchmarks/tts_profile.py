@@ -1,12 +1,13 @@
 """Where a TTS step's time goes: backbone, depformer, sampling, Mimi decode (random weights, one process).
 
     python benchmarks/tts_profile.py [--model tts-1.6b-en_fr] [--quantize int8] [--steps 8] [--warmup 2]
-                                     [--threads N] [--torch-profile]
+                                     [--rounds 2] [--modes torch,native] [--threads N] [--torch-profile]
 
 Builds the model as ``dsm bench --random-weights`` does, runs the ``tts`` bench path at batch 1 and splits
 each steady-state step (audio delay over: the depformer runs) into: the backbone (embeddings, transformer,
-text head), text sampling, the depformer's sub-steps (the network) and their sampling, and Mimi's streaming
-decode. ``--torch-profile`` also prints torch's profiler table (top ops by self CPU time) for a few steps.
+text head), sampling (text and audio), the depformer's sub-steps (the network) and Mimi's streaming decode;
+also the time to the first audio of a fresh stream. ``--modes``: the depformer's torch path and its native
+sub-steps, interleaved round by round in the same process (so machine load hits both alike). ``--torch-profile`` also prints torch's profiler table (top ops by self CPU time) for a few steps.
 A measurement, not a test: on a shared machine compare figures from the same run only.
 """
 
@@ -29,8 +30,11 @@ MS = 1e3
 
 
 class Timers:
+    """Seconds per part, summed while ``on``."""
+
     def __init__(self) -> None:
         self.totals: dict[str, float] = defaultdict(float)
+        self.on = False
 
     @contextmanager
     def __call__(self, name: str):
@@ -38,7 +42,8 @@ class Timers:
         try:
             yield
         finally:
-            self.totals[name] += time.perf_counter() - started
+            if self.on:
+                self.totals[name] += time.perf_counter() - started
 
 
 def instrument(runner: TtsRunner, timers: Timers) -> None:
@@ -74,13 +79,34 @@ def instrument(runner: TtsRunner, timers: Timers) -> None:
     runner.model.mimi.decode_step = timed_decode
 
 
+def run_round(runner: TtsRunner, steps: int, warmup: int, timers: Timers) -> tuple[float, list[float]]:
+    """A fresh stream: (seconds to the first audio, steady-state step seconds); ``timers`` get the steady steps."""
+    runner.start()
+    started = time.perf_counter()
+    for _ in range(runner.first_output_steps):
+        runner.step()
+    first = time.perf_counter() - started
+    for _ in range(warmup):
+        runner.step()
+    timers.on = True
+    walls = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        runner.step()
+        walls.append(time.perf_counter() - started)
+    timers.on = False
+    return first, walls
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tts-1.6b-en_fr")
     parser.add_argument("--quantize", default="int8", choices=[m.value for m in QuantMethod])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--modes", default="torch,native", help="depformer paths compared, interleaved per round")
     parser.add_argument("--torch-profile", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -88,32 +114,32 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     model = load_bench_model(args.model, torch.device("cpu"), torch.float32, random_weights=True,
                              quantize=QuantMethod(args.quantize))
-    print(f"loaded in {time.perf_counter() - started:.1f} s, {torch.get_num_threads()} threads", flush=True)
+    print(f"{args.model} {args.quantize}: loaded in {time.perf_counter() - started:.1f} s, "
+          f"{torch.get_num_threads()} threads", flush=True)
     runner = TtsRunner(model, 1, 0)
-    runner.start()
-    early = []
-    for _ in range(runner.first_output_steps):
-        started = time.perf_counter()
-        runner.step()
-        early.append(time.perf_counter() - started)
-    print(f"first audio after {runner.first_output_steps} steps: {sum(early) * MS:.0f} ms "
-          f"(steps: {', '.join(f'{t * MS:.0f}' for t in early)})", flush=True)
-    for _ in range(args.warmup):
-        runner.step()
-    timers = Timers()
-    instrument(runner, timers)
-    walls = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        runner.step()
-        walls.append(time.perf_counter() - started)
-    total = sum(walls)
-    print(f"steady step: median {statistics.median(walls) * MS:.1f} ms, mean {total / len(walls) * MS:.1f} ms")
-    accounted = 0.0
-    for name, seconds in timers.totals.items():
-        accounted += seconds
-        print(f"  {name:<20} {seconds / len(walls) * MS:7.1f} ms/step ({100 * seconds / total:4.1f} %)")
-    print(f"  {'other (python etc.)':<20} {(total - accounted) / len(walls) * MS:7.1f} ms/step")
+    modes = args.modes.split(",")
+    timers = {mode: Timers() for mode in modes}
+    current = Timers()
+    instrument(runner, current)
+    firsts: dict[str, list[float]] = defaultdict(list)
+    walls: dict[str, list[float]] = defaultdict(list)
+    for _ in range(args.rounds):
+        for mode in modes:
+            if model.lm.depformer is not None:
+                model.lm.depformer.native_step = mode == "native"
+            current.totals, current.on = timers[mode].totals, False
+            first, steady = run_round(runner, args.steps, args.warmup, current)
+            firsts[mode].append(first)
+            walls[mode] += steady
+    for mode in modes:
+        total = sum(walls[mode])
+        print(f"[{mode} depformer] steady step median {statistics.median(walls[mode]) * MS:.1f} ms, first audio "
+              f"median {statistics.median(firsts[mode]) * MS:.0f} ms ({runner.first_output_steps} steps)")
+        accounted = 0.0
+        for name, seconds in timers[mode].totals.items():
+            accounted += seconds
+            print(f"  {name:<20} {seconds / len(walls[mode]) * MS:7.1f} ms/step ({100 * seconds / total:4.1f} %)")
+        print(f"  {'rest (python etc.)':<20} {(total - accounted) / len(walls[mode]) * MS:7.1f} ms/step")
     if args.torch_profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -28,6 +28,9 @@ Measurements behind these choices are in benchmarks/README.md. Quantized weights
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -37,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.transformer import CrossAttention, SelfAttention
 from dsmcli.kernels import decode_attention_op, int4_linear_op, int8_linear_op
 
@@ -45,7 +49,7 @@ GROUP_SIZE = 128  # input channels sharing one scale (per output channel)
 INT4_MIN, INT4_MAX = -8, 7  # 4-bit range (stored as nibbles q + 8)
 INT4_GROUP_SIZE = 64  # int4: input channels sharing one scale (finer than int8: 4 bits need it)
 INT4_BLOCK = 64  # int4 packing: per block of 64 inputs, byte i = input i (low nibble) | input i + 32 (high)
-INT4_CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)  # scale = ratio * max|group| / 7: the least squared error wins
+INT4_CLIP_RATIOS = (1.0, 0.9, 0.8)  # scale = ratio * max|group| / 7: the least squared error wins (per group)
 NATIVE_GROUP_MULTIPLE = 64  # the native kernel's group sizes: multiples of this ...
 NATIVE_MAX_GROUP = 256  # ... up to this (its int32 lanes cannot overflow)
 TINY_SCALE = 1e-12  # floor of a scale (all-zero groups)
@@ -140,6 +144,15 @@ class Int8Weight:
         grouped = self.q.unflatten(-1, (-1, self.group_size)).float() * self.scale[..., None]
         return grouped.flatten(-2).to(dtype or self.dtype)
 
+    def rows(self, ids: Tensor) -> Tensor:
+        """``F.embedding(ids, W)``: the dequantized rows ``ids`` ``[...]`` -> ``[..., in]`` (an embedding table)."""
+        scale = self.scale[ids]
+        return (self._codes(ids).unflatten(-1, (-1, self.group_size)).float() * scale[..., None]).flatten(-2).to(
+            self.dtype)
+
+    def _codes(self, ids: Tensor) -> Tensor:
+        return self.q[ids]
+
     def __getitem__(self, index: Any) -> Int8Weight:
         parts = index if isinstance(index, tuple) else (index,)
         if len(parts) >= self.q.dim() or not all(isinstance(p, (int, slice)) for p in parts):
@@ -191,6 +204,10 @@ class Int8Weight:
             weight = bound["weight"]
             if isinstance(weight, Int8Weight) and not isinstance(bound["input"], Int8Weight):
                 return weight.linear(bound["input"], bound.get("bias"))
+        if func is F.embedding and len(args) == 2 and isinstance(args[1], Int8Weight):
+            options = kwargs or {}
+            if options.get("padding_idx") is None and options.get("max_norm") is None:
+                return args[1].rows(args[0])
         name = getattr(func, "__name__", str(func))
         raise TypeError(f"{name} is not supported on an {cls.bits}-quantized weight (only F.linear and indexing)")
 
@@ -275,6 +292,9 @@ class Int4Weight(Int8Weight):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.q, self.scale))
 
+    def _codes(self, ids: Tensor) -> Tensor:
+        return unpack_int4(self.q[ids])
+
     def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
         grouped = unpack_int4(self.q).unflatten(-1, (-1, self.group_size)).float() * self.scale[..., None]
         return grouped.flatten(-2).to(dtype or self.dtype)
@@ -323,6 +343,7 @@ class QuantizeReport:
     bytes_after: int
     group_size: int = GROUP_SIZE
     native_tensors: int = 0
+    embeddings: int = 0  # token embedding tables stored as int8 (not counted in ``tensors``)
 
     @property
     def kernel_used(self) -> str:
@@ -335,12 +356,13 @@ class QuantizeReport:
 
 
 def _linear_weights(lm: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
-    """(qualified module name, module, attribute) of every float linear weight to quantize."""
+    """(qualified module name, module, attribute) of every float linear weight and token embedding table to
+    quantize."""
     for name, module in lm.named_modules():
         if f"{name}.".startswith(SKIPPED_PREFIXES):
             continue
         attributes: tuple[str, ...] = ()
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, TokenEmbedding)):
             attributes = ("weight",)
         elif isinstance(module, (SelfAttention, CrossAttention)):
             attributes = ATTENTION_WEIGHTS
@@ -356,6 +378,26 @@ def quantization_targets(lm: nn.Module) -> dict[str, tuple[nn.Module, str]]:
             for name, module, attribute in _linear_weights(lm)}
 
 
+MMAP_THRESHOLD = 4 << 20  # glibc: blocks this large are mapped on their own, and unmapped when freed
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+@functools.cache
+def _unmap_large_blocks() -> None:
+    """Make glibc return large freed blocks to the system at once. By default its mmap threshold grows to the size
+    of the largest block freed (up to 32 MB), so the float weights freed while quantizing went back to the heap,
+    fragmented by the quantized weights allocated between them: the process kept ~1 GB it no longer used (TTS 1.6B,
+    int8). A fixed threshold stops that. Nothing happens off glibc."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        if hasattr(libc, "gnu_get_libc_version"):
+            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except OSError:
+        pass
+
+
 class WeightQuantizer:
     """Replaces float weights by quantized ones one at a time and tallies the :class:`QuantizeReport`: what
     :func:`quantize_lm` does to a whole model, and what loading does weight by weight (so that a quantized model
@@ -368,7 +410,8 @@ class WeightQuantizer:
             raise ValueError("WeightQuantizer needs a quantization method (int8, int4)")
         self.group_size = DEFAULT_GROUP_SIZES[self.method] if group_size is None else group_size
         self.weight_class = WEIGHT_CLASSES[self.method]
-        self.tensors = self.params = self.before = self.after = self.native = 0
+        _unmap_large_blocks()
+        self.tensors = self.params = self.before = self.after = self.native = self.embeddings = 0
 
     def prepare(self, lm: nn.Module, device: torch.device | str) -> None:
         """The LM-wide settings of a quantized model: attention on the native kernel over float16 rings (the
@@ -377,18 +420,24 @@ class WeightQuantizer:
             lm.native_attention = torch.device(device).type == "cpu" and decode_attention_op() is not None
 
     def replace(self, module: nn.Module, attribute: str, weight: Tensor) -> None:
-        """Set ``module.attribute`` to the quantized ``weight`` (the float one is not kept)."""
+        """Set ``module.attribute`` to the quantized ``weight`` (the float one is not kept). Token embedding tables
+        are stored as int8 whatever the method (a few rows are read per step: precision is cheap there)."""
         module._parameters.pop(attribute, None)
-        quantized = self.weight_class.from_float(weight, self.kernel, self.group_size)
+        if isinstance(module, TokenEmbedding):
+            quantized: Int8Weight = Int8Weight.from_float(weight, Int8Kernel.DEQUANTIZE)
+            self.embeddings += 1
+        else:
+            quantized = self.weight_class.from_float(weight, self.kernel, self.group_size)
+            self.native += quantized.resolved_kernel() is Int8Kernel.NATIVE
+            self.tensors += 1
         setattr(module, attribute, quantized)
-        self.native += quantized.resolved_kernel() is Int8Kernel.NATIVE
-        self.tensors, self.params = self.tensors + 1, self.params + weight.numel()
+        self.params += weight.numel()
         self.before += weight.numel() * weight.element_size()
         self.after += quantized.nbytes
 
     def report(self) -> QuantizeReport:
         return QuantizeReport(self.method, self.kernel, self.tensors, self.params, self.before, self.after,
-                              self.group_size, self.native)
+                              self.group_size, self.native, self.embeddings)
 
 
 def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
