@@ -1,22 +1,31 @@
-"""Int8 quantization of the LM's linear weights, applied after loading (``quantize_lm(lm, "int8")``).
+"""Int8 and int4 quantization of the LM's weights (``--quantize int8|int4``; ``LM.load(..., quantize=...)``).
 
 Every linear weight of the backbone, the depformer, the text/audio heads and the demuxed text embedding is
 stored as int8 with one float32 scale per output channel and per group of :data:`GROUP_SIZE` input channels
-(symmetric, ``scale = max|group| / 127``); the float conditioners are left alone (they run once per stream).
-Group-wise scales follow the weights' local range: on the stt-1b architecture the text logits stay within cosine
-0.999 of the float path, where one scale per output channel does not (see benchmarks/README.md). The weights are
-swapped for :class:`Int8Weight`, a tensor-like object that the model's own ``F.linear`` calls dispatch to
-(``__torch_function__``), so the network code is unchanged and the default (unquantized) path is untouched.
+(symmetric, ``scale = max|group| / 127``), or as 4-bit codes in [-8, 7] (two per byte) with one scale per
+group of :data:`INT4_GROUP_SIZE` (the scale of each group chosen among a few clipping ratios for the least
+squared error); the float conditioners are left alone (they run once per stream). The token embedding tables
+are stored as int8 in both modes (a few rows are read per step; they were a third of the float leftovers).
+Group-wise scales follow the weights' local range: on the stt-1b architecture the int8 text logits stay within
+cosine 0.999 of the float path, where one scale per output channel does not (see benchmarks/README.md); int4 is
+much further off on random weights (a harsh case for 4 bits: int8 stays the recommended CPU mode). The weights
+are swapped for :class:`Int8Weight` / :class:`Int4Weight`, tensor-like objects that the model's own
+``F.linear`` / ``F.embedding`` calls dispatch to (``__torch_function__``), so the network code is unchanged and
+the default (unquantized) path is untouched.
+
+A model loaded with ``quantize=`` (or drawn with random weights by ``dsm bench``) is quantized weight by weight
+as it is read (:class:`WeightQuantizer`): no float copy of the quantized weights ever exists, so the peak memory
+is the quantized model plus one float weight. :func:`quantize_lm` does the same to a model already loaded.
 A quantized LM also attends with the native CPU attention kernel over float16 KV rings (``LM.native_attention``,
 see :mod:`dsmcli.engine.kv_rings`): with the 750-step window full, the KV reads cost more than the int8 weights
 at batch 16, and SDPA read them at half the machine's bandwidth.
 
 Kernels (:class:`Int8Kernel`), both reading the same int8 weights:
 
-* ``native``: ``dsmcli/kernels/int8_linear.cpp``, compiled on first use (AVX-512 VNNI where the CPU has it). Each
-  activation row is carried as int16 with its own scale (error ~2^-16 of the row's peak) and multiplied in
-  exact integer arithmetic per group; it streams the int8 weights at close to memory speed at batch 1 and
-  every row's result is independent of its batch mates, bit for bit.
+* ``native``: ``dsmcli/kernels/int8_linear.cpp`` / ``int4_linear.cpp``, compiled on first use (AVX-512 VNNI where
+  the CPU has it). Each activation row is carried as int16 with its own scale (error ~2^-16 of the row's peak)
+  and multiplied in exact integer arithmetic per group; they stream the weights at close to memory speed at
+  batch 1 and every row's result is independent of its batch mates, bit for bit.
 * ``dequantize``: pure torch, ``F.linear`` with the weight dequantized on the fly to the activations' dtype. Used
   off CPU, when the native kernel cannot be built, and for weights whose input width is not a multiple of
   :data:`NATIVE_GROUP_MULTIPLE` (tiny test models). Correct everywhere, not fast on CPU.
