@@ -139,3 +139,15 @@ def test_audio_needed_stops_the_depformer_with_the_same_draws(tiny_tts, needed):
     assert torch.equal(runs[0], runs[1])
     assert bool((runs[1][:skip_steps, :, 1 + needed:] == ZERO_TOKEN_ID).all())
     assert bool((runs[1][skip_steps:, :, 1:] >= 0).all())
+
+
+def test_quantizing_after_a_float_stream_rebuilds_the_native_runner(tiny_tts):
+    from dsmcli.engine.quantize import Int4Weight, quantize_lm
+
+    lm = _wide_depformer_lm(tiny_tts, "none")
+    _run(lm, True)  # the float runner is built and used
+    quantize_lm(lm, "int4")
+    native = lm.depformer.native(torch.float32, "cpu") if lm.depformer is not None else None
+    assert native is not None and native.arguments(0) is not None
+    assert 2 in native.arguments(0)[1] and not any(isinstance(t, Int4Weight) for t in native.arguments(0)[0])
+    _assert_close(_run(lm, True), _run(lm, False), QUANTIZED_RTOL)

@@ -65,6 +65,10 @@ class Depformer(nn.Module):
         self.native_step = True  # sub-steps in one native call where supported (False: always the torch path)
         self._native: tuple[NativeDepformer | None] | None = None  # resolved at the first init_state
 
+    def forget_native(self) -> None:
+        """Drop the native runner (it holds the weights it was built with): call after replacing weights."""
+        self._native = None
+
     def native(self, dtype: torch.dtype, device: torch.device | str) -> NativeDepformer | None:
         """The native sub-step runner, or None (disabled, or not supported here)."""
         if not self.native_step:

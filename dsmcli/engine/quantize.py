@@ -424,9 +424,13 @@ class WeightQuantizer:
 
     def prepare(self, lm: nn.Module, device: torch.device | str) -> None:
         """The LM-wide settings of a quantized model: attention on the native kernel over float16 rings (the
-        quantized path is not bit-exact anyway); the kernel is built now, not at the first step."""
+        quantized path is not bit-exact anyway); the kernel is built now, not at the first step. The depformer's
+        native sub-steps forget the weights they were given (they are about to be replaced)."""
         if hasattr(lm, "native_attention"):
             lm.native_attention = torch.device(device).type == "cpu" and decode_attention_op() is not None
+        depformer = getattr(lm, "depformer", None)
+        if depformer is not None and hasattr(depformer, "forget_native"):
+            depformer.forget_native()
 
     def replace(self, module: nn.Module, attribute: str, weight: Tensor) -> None:
         """Set ``module.attribute`` to the quantized ``weight`` (the float one is not kept). Token embedding tables
