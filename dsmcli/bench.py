@@ -14,7 +14,7 @@ compute second), ``rtf = 1 / x_realtime`` (compute / audio: piper's and coqui's 
 JSON output (``--json``; :data:`SCHEMA_VERSION`), documented in benchmarks/README.md::
 
     {"schema": "dsm-bench", "version": 1, "model": str, "random_weights": bool, "model_type": "stt"|"tts",
-     "params": int, "device": str, "dtype": str, "quantize": "none"|"int8", "quantize_kernel": str|null,
+     "params": int, "device": str, "dtype": str, "quantize": "none"|"int8"|"int4", "quantize_kernel": str|null,
      "threads": int, "torch": str, "platform": str, "load_seconds": float, "load_average": [start, end]|null,
      "results": [{"path": str, "batch": int, "steps": int, "ms_per_step": {"median", "p10", "p90", "min",
                   "max", "mean"}, "x_realtime": float, "rtf": float, "throughput_x_realtime": float,

@@ -23,7 +23,7 @@ from dsmcli.codec import Mimi
 from dsmcli.codec.config import MimiConfig
 from dsmcli.codec.quantizer import ResidualVQ
 from dsmcli.engine import LM, LMConfig
-from dsmcli.engine.quantize import QuantizeReport, QuantMethod, quantize_lm
+from dsmcli.engine.quantize import QuantizeReport, QuantMethod, WeightQuantizer, quantization_targets
 from dsmcli.errors import ModelLoadError
 from dsmcli.hub import Checkpoint, ModelSource, NotCachedError, load_checkpoint
 from dsmcli.stt import SttTiming
@@ -89,25 +89,55 @@ def _kind(checkpoint: Checkpoint) -> ModelKind:
                              "and tts models") from None
 
 
+def _fill(name: str, param: torch.Tensor, generator: torch.Generator, fan_in_dims: int) -> None:
+    """One parameter as :func:`fill_random` fills it."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        param.zero_()
+    elif leaf in NORM_GAIN_NAMES or param.dim() == 1:
+        param.fill_(1.0)
+    else:
+        fan_in = max(1, param.shape[-fan_in_dims:].numel())
+        param.normal_(0.0, fan_in ** -0.5, generator=generator)
+
+
 def fill_random(module: nn.Module, generator: torch.Generator, fan_in_dims: int) -> None:
     """Biases 0, norm gains and other 1-D weights 1, everything else N(0, 1/fan_in) where fan_in is the product
     of the last ``fan_in_dims`` dims (1 for linear ``[..., out, in]`` layouts, 2 for conv ``[out, in, k]``)."""
     with torch.no_grad():
         for name, param in module.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "bias":
-                param.zero_()
-            elif leaf in NORM_GAIN_NAMES or param.dim() == 1:
-                param.fill_(1.0)
+            _fill(name, param, generator, fan_in_dims)
+
+
+def random_lm(config: LMConfig, device: torch.device, dtype: torch.dtype, seed: int,
+              quantize: QuantMethod = QuantMethod.NONE) -> LM:
+    """An LM of ``config`` with random weights, in eval mode without gradients (conditioners stay float32).
+
+    With ``quantize`` the parameters are drawn one by one (the same values, in the same order) and each linear
+    weight is quantized as soon as it is drawn: the float model never exists (``lm.quantization`` says what
+    was done)."""
+    if quantize is QuantMethod.NONE:
+        lm = LM(config, device="meta", dtype=dtype).to_empty(device=device)
+        fill_random(lm, torch.Generator(device=device).manual_seed(seed), fan_in_dims=1)
+        return lm.eval().requires_grad_(False)
+    lm = LM(config, device="meta", dtype=dtype)
+    if any(True for _ in lm.buffers()):
+        raise ValueError("random_lm cannot quantize while building a model with buffers")
+    quantizer = WeightQuantizer(quantize)
+    quantizer.prepare(lm, device)
+    targets = quantization_targets(lm)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in list(lm.named_parameters()):
+            value = torch.empty_like(param, device=device)
+            _fill(name, value, generator, fan_in_dims=1)
+            module_name, _, attribute = name.rpartition(".")
+            if name in targets:
+                quantizer.replace(*targets[name], value)
             else:
-                fan_in = max(1, param.shape[-fan_in_dims:].numel())
-                param.normal_(0.0, fan_in ** -0.5, generator=generator)
-
-
-def random_lm(config: LMConfig, device: torch.device, dtype: torch.dtype, seed: int) -> LM:
-    """An LM of ``config`` with random weights, in eval mode without gradients (conditioners stay float32)."""
-    lm = LM(config, device="meta", dtype=dtype).to_empty(device=device)
-    fill_random(lm, torch.Generator(device=device).manual_seed(seed), fan_in_dims=1)
+                lm.get_submodule(module_name)._parameters[attribute] = nn.Parameter(value, requires_grad=False)
+            del value
+    lm.quantization = quantizer.report()
     return lm.eval().requires_grad_(False)
 
 
@@ -144,10 +174,10 @@ def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, ra
         checkpoint = bench_checkpoint(model, random_weights)
         kind = _kind(checkpoint)
         if random_weights:
-            lm = random_lm(LMConfig.from_dict(checkpoint.lm_kwargs), device, dtype, seed)
+            lm = random_lm(LMConfig.from_dict(checkpoint.lm_kwargs), device, dtype, seed, quantize)
             mimi = random_mimi(_mimi_config(checkpoint), device, seed + 1)
         else:
-            lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype)
+            lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype, quantize=quantize)
             mimi = Mimi.load(model, device=device)
     except NotCachedError as exc:
         if random_weights or model not in ARCHITECTURES:
@@ -156,6 +186,5 @@ def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, ra
                              f"--model {model}`, or run `dsm download {model}` where the Hub is reachable") from None
     codebooks = lm.config.n_q if kind is ModelKind.STT else lm.config.dep_q
     mimi.set_num_codebooks(codebooks)
-    report = quantize_lm(lm, quantize) if quantize is not QuantMethod.NONE else None
-    return BenchModel(checkpoint.name, kind, checkpoint, lm, mimi, random_weights, report,
+    return BenchModel(checkpoint.name, kind, checkpoint, lm, mimi, random_weights, lm.quantization,
                       time.perf_counter() - started)

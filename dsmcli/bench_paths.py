@@ -5,10 +5,10 @@
   previous frame, text tokens read back to the host. First output = the step whose text covers the first
   audio frame (silence prefix + text delay).
 * ``tts``: the step of ``dsm speak`` (``Synthesizer._step``): one LM step with the depformer sampling every
-  generated codebook (skipped during the audio delay), the audio-token hook that zeroes each codebook before its
-  delay, then Mimi's streaming decoder on the time-aligned frame of the slots whose frame holds audio, PCM
-  clipped and read back to the host as float32. First output = the first decoded audio frame (its time includes
-  every step before it, Mimi decode included).
+  generated codebook (skipped during the audio delay, and codebooks still inside their own delay skipped), the
+  audio-token hook that zeroes each codebook before its delay, then Mimi's streaming decoder on the time-aligned
+  frame of the slots whose frame holds audio, PCM clipped and read back to the host as float32. First output =
+  the first decoded audio frame (its time includes every step before it, Mimi decode included).
 * ``codec-encode`` / ``codec-decode``: Mimi alone, streaming, batch ``B`` in one call.
 
 Inputs are deterministic noise / random codes: with random weights nothing else makes sense, and the cost of a
@@ -168,8 +168,12 @@ class TtsRunner:
 
     def step(self) -> None:
         """``Synthesizer._step`` and ``_decode`` for a batch of slots that are all ready."""
-        early = bool((self.state.offsets < self.delay_steps).all())
-        out = self.stream.step(None, self.state, replace_audio=self.skip_audio if early else None)
+        offsets = self.state.offsets
+        early = bool((offsets < self.delay_steps).all())
+        reached = (self.audio_start <= offsets.max()).nonzero()  # as Synthesizer._audio_needed
+        needed = int(reached.max()) + 1 if reached.numel() else 0
+        out = self.stream.step(None, self.state, replace_audio=self.skip_audio if early else None,
+                               audio_needed=needed)
         times = self.state.offsets - 1 - self.model.lm.config.max_delay  # [B] time of the frame just completed
         decode = out.frame_valid & (times >= self.delay_steps)
         if bool(decode.any()):

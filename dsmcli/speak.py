@@ -249,13 +249,23 @@ class Synthesizer:
             waiting[0].feed.wait(WAIT_SECONDS)
 
     # ------------------------------------------------------------------------------------- step
+    def _audio_needed(self, offsets: Tensor, active: Tensor) -> int:
+        """Leading codebooks whose tokens some stepping slot keeps: the others are forced to -1 this step (before
+        their delay + the audio delay), so the depformer need not compute them."""
+        stepping = offsets[active]
+        if stepping.numel() == 0:
+            return 0
+        reached = (self.audio_start <= stepping.max()).nonzero()
+        return int(reached.max()) + 1 if reached.numel() else 0
+
     def _step(self, slots: list[_Slot | None], ready: Tensor) -> None:
         assert self._lm_state is not None
         device = self.model.lm.device
         active = ready.to(device)
         offsets = self._lm_state.offsets
         early = bool((offsets[active] < self.model.delay_steps).all())
-        out = self.stream.step(None, self._lm_state, active=active, replace_audio=self.skip_audio if early else None)
+        out = self.stream.step(None, self._lm_state, active=active, replace_audio=self.skip_audio if early else None,
+                               audio_needed=self._audio_needed(offsets, active))
         times = self._lm_state.offsets - 1 - self.max_delay  # [B] time of the frame just completed
         decode = out.frame_valid & (times >= self.model.delay_steps)
         pcm = self._decode(out.frame, decode) if bool(decode.any()) else None

@@ -105,11 +105,12 @@ class TtsModel:
     @classmethod
     def load(cls, name_or_path: str | Path, *, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, n_q: int | None = None,
-             voice_repo: str | Path | None = None) -> TtsModel:
-        """Load a TTS checkpoint (registry name, Hub repo id or local dir). Raises ModelLoadError / UsageError."""
+             voice_repo: str | Path | None = None, quantize: str = "none") -> TtsModel:
+        """Load a TTS checkpoint (registry name, Hub repo id or local dir); ``quantize`` (none, int8, int4)
+        quantizes the LM while loading. Raises ModelLoadError / UsageError."""
         checkpoint = load_checkpoint(name_or_path)
         voices = checked_voice_setup(checkpoint, voice_repo)
-        lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype)
+        lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype, quantize=quantize)
         codebooks = codebooks_to_generate(lm.config, n_q, voices)
         mimi = Mimi.load(name_or_path, device=device, num_codebooks=codebooks)
         if "audio_delay" not in checkpoint.tts_config:

@@ -91,6 +91,7 @@ class SpeakRequest:
     dtype: torch.dtype = torch.float32
     n_q: int | None = None
     batch_size: int = 8
+    quantize: str = "none"  # none, int8, int4: the LM's linear weights (dsmcli.engine.quantize)
     audio_device: Any = None
     speaker_factory: Any = None
     stdin: BinaryIO | None = None
@@ -241,6 +242,7 @@ def execute(request: SpeakRequest) -> RunResult:
     if not prepared:
         return result
     model = TtsModel.load(request.model, device=request.device, dtype=request.dtype, n_q=request.n_q,
+                          quantize=request.quantize,
                           voice_repo=request.voice_repo)
     jobs = _Jobs(request, model)
     work = [jobs.job(p, sink) for p, sink in prepared]

@@ -78,11 +78,12 @@ class SttModel:
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32) -> "SttModel":
+             dtype: torch.dtype = torch.float32, quantize: str = "none") -> "SttModel":
+        """Load an STT checkpoint; ``quantize`` (none, int8, int4) quantizes the LM while loading."""
         checkpoint = load_checkpoint(name_or_path)
         if checkpoint.model_type != "stt":
             raise ModelLoadError(f"{checkpoint.name} is a {checkpoint.model_type!r} model, not speech-to-text")
-        lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype)
+        lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype, quantize=quantize)
         if lm.config.dep_q != 0:
             raise ModelLoadError(f"{checkpoint.name}: a speech-to-text model generates no audio (dep_q must be 0)")
         mimi = Mimi.load(name_or_path, device=device, num_codebooks=lm.config.n_q)

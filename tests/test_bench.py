@@ -123,7 +123,7 @@ def test_usage_errors(tiny_stt, capsys):
     with pytest.raises(UsageError, match="needs a tts model"):
         run_bench(BenchOptions(model=tiny_stt, paths=(BenchPath.TTS,), steps=1, warmup=0))
     with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--model", tiny_stt, "--quantize", "int4"])
+        main(["bench", "--model", tiny_stt, "--quantize", "int3"])
     assert exit_info.value.code == 2 and "--quantize" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--model", "no-such-model", "--random-weights"])

@@ -44,7 +44,7 @@ def bench_cmd(
                                rich_help_panel=PERFORMANCE),
     dtype: str = dtype_option(),
     quantize: str = typer.Option("none", "--quantize", metavar="METHOD", rich_help_panel=PERFORMANCE,
-                                 help="none, or int8 (LM linear weights, per channel)."),
+                                 help="none, int8 or int4 (LM linear weights, group-wise)."),
     threads: int | None = typer.Option(None, "--threads", metavar="N", rich_help_panel=PERFORMANCE,
                                        help="Torch CPU threads (default: torch's choice)."),
 ) -> None:
@@ -57,7 +57,7 @@ def bench_cmd(
     try:
         method = QuantMethod(quantize)
     except ValueError:
-        raise UsageError(f"--quantize {quantize!r}: choose none or int8") from None
+        raise UsageError(f"--quantize {quantize!r}: choose none, int8 or int4") from None
     options = BenchOptions(
         model=model or default_model("stt"), batch_sizes=parse_batches(batch), paths=parse_paths(paths),
         steps=steps, warmup=warmup, device=resolve_device(device), dtype=resolve_dtype(dtype, device),

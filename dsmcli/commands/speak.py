@@ -46,6 +46,18 @@ def _named_voices(pairs: Optional[List[str]]) -> tuple[tuple[str, str], ...]:
     return tuple(named)
 
 
+QUANTIZE_HELP = "none, int8 or int4: the LM's weights (faster on CPU; int8 is the accurate one)."
+
+
+def _quantize(name: str) -> str:
+    from dsmcli.engine.quantize import QuantMethod
+
+    try:
+        return QuantMethod(name).value
+    except ValueError:
+        raise UsageError(f"--quantize: unknown method {name!r} (none, int8, int4)") from None
+
+
 def _run(**fields) -> None:
     from dsmcli.hub import default_model
     from dsmcli.cpu_threads import set_threads
@@ -115,6 +127,8 @@ def speak_cmd(
                                    rich_help_panel=PERFORMANCE),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help=THREADS_HELP,
                                           rich_help_panel=PERFORMANCE),
+    quantize: str = typer.Option("none", "--quantize", metavar="METHOD", help=QUANTIZE_HELP,
+                                 rich_help_panel=PERFORMANCE),
     play: bool = typer.Option(False, "--play", help="Play on the speakers while generating.", rich_help_panel=DEVICES),
     audio_device: Optional[str] = typer.Option(
         None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel=DEVICES,
@@ -132,7 +146,8 @@ def speak_cmd(
     _run(inputs=items, model=model, voices=tuple(voice or []), voice_repo=voice_repo, output=output, raw=raw,
          play=play, audio_device=_device(audio_device), force=force, formats=_formats(formats, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
-         dtype_name=dtype, batch_size=batch_size, threads=threads)
+         dtype_name=dtype, batch_size=batch_size, threads=threads,
+         quantize=_quantize(quantize))
 
 
 @app.command("dialog", epilog=examples(
@@ -176,6 +191,8 @@ def dialog_cmd(
                                    rich_help_panel=PERFORMANCE),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help=THREADS_HELP,
                                           rich_help_panel=PERFORMANCE),
+    quantize: str = typer.Option("none", "--quantize", metavar="METHOD", help=QUANTIZE_HELP,
+                                 rich_help_panel=PERFORMANCE),
     play: bool = typer.Option(False, "--play", help="Play on the speakers while generating.", rich_help_panel=DEVICES),
     audio_device: Optional[str] = typer.Option(
         None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel=DEVICES,
@@ -193,7 +210,8 @@ def dialog_cmd(
          voices=tuple(voice or []), named_voices=_named_voices(voices), voice_repo=voice_repo, output=output,
          raw=raw, play=play, audio_device=_device(audio_device), force=force, formats=_formats(None, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
-         dtype_name=dtype, batch_size=batch_size, threads=threads)
+         dtype_name=dtype, batch_size=batch_size, threads=threads,
+         quantize=_quantize(quantize))
 
 
 def _device(name: Optional[str]) -> int | str | None:

@@ -76,7 +76,7 @@ def transcribe_cmd(
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Files transcribed in parallel.",
                                    rich_help_panel=PERFORMANCE),
     quantize: str = typer.Option("none", "--quantize", metavar="METHOD",
-                                 help="none, or int8 (LM weights; faster on CPU).", rich_help_panel=PERFORMANCE),
+                                 help="none, int8 or int4 (LM weights; faster on CPU).", rich_help_panel=PERFORMANCE),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N",
                                           help="CPU threads (default: all cores).",
                                           rich_help_panel=PERFORMANCE),

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsmcli.engine.quantize import QuantMethod, quantize_lm
+from dsmcli.engine.quantize import QuantMethod
 
 from dsmcli.errors import (
     EXIT_INTERRUPTED,
@@ -73,7 +73,7 @@ class Request:
     segment_options: SegmentOptions
     progress: bool | None  # None: on when stderr is a terminal (and the transcript is not printed there)
     mic_factory: Any = None  # sounddevice.InputStream stand-in (tests inject a fake)
-    quantize: QuantMethod = QuantMethod.NONE  # int8 LM linears (dsmcli.engine.quantize)
+    quantize: QuantMethod = QuantMethod.NONE  # int8 / int4 LM linears (dsmcli.engine.quantize)
     threads: int | None = None  # torch CPU threads
     prompt_text: str | None = None  # --prompt (experimental, dsmcli.stt_prompt)
     prompt_audio: str | None = None  # --prompt-audio: a file, read whole before the model loads
@@ -84,7 +84,7 @@ def quantize_method(name: str) -> QuantMethod:
     try:
         return QuantMethod(name)
     except ValueError:
-        raise UsageError(f"--quantize: unknown method {name!r} (none, int8)") from None
+        raise UsageError(f"--quantize: unknown method {name!r} (none, int8, int4)") from None
 
 
 @dataclass
@@ -358,8 +358,7 @@ def execute(request: Request, observer: Callable[[str, int], None] | None = None
         return result
     if request.threads:
         torch.set_num_threads(request.threads)
-    model = SttModel.load(request.model, device=request.device, dtype=request.dtype)
-    quantize_lm(model.lm, request.quantize)
+    model = SttModel.load(request.model, device=request.device, dtype=request.dtype, quantize=request.quantize)
     transcriber = Transcriber(model, request.options, batch_size=min(request.batch_size, len(sources)), prompt=prompt)
     sinks = [OutputSink(request, source, model.name, result) for source in sources]
     jobs = [SttJob(source, _opener(request, source, sink, result), sink) for source, sink in zip(sources, sinks)]

@@ -5,6 +5,9 @@ Codebook ``k`` reads ``input_projs[input_schedule[k]](h)`` (``h`` = backbone out
 embedding of the previous token (the text token for ``k = 0``, audio token ``k - 1`` otherwise), runs the stack
 with weight set ``schedule[k]`` at position ``k``, and ``heads[k]`` gives its logits. The KV rings hold one
 step per codebook and are emptied at the start of every main step (:meth:`DepformerState.restart`).
+
+On CPU in float32 the stack, output norm and head of a sub-step run in one native call
+(:mod:`dsmcli.engine.depformer_native`) unless ``native_step`` is False; the torch path is the fallback.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from dsmcli.engine.config import DepformerConfig, LMConfig
+from dsmcli.engine.depformer_native import NativeDepformer, native_depformer
 from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.transformer import Transformer, TransformerState
 from dsmcli.nn import make_norm
@@ -28,6 +32,8 @@ class DepformerState:
 
     transformer: TransformerState
     positions: Tensor  # [num_codebooks, B, 1]: codebook k sits at position k
+    native_keys: Tensor | None = None  # [L, B, H, num_codebooks, head_dim]: the native sub-steps' cache
+    native_values: Tensor | None = None
 
     def restart(self) -> None:
         """Empty the rings (every main step starts the depformer afresh)."""
@@ -56,11 +62,31 @@ class Depformer(nn.Module):
                                         for _ in range(cfg.num_codebooks)])
         self.heads = nn.ModuleList([nn.Linear(dim, lm.card, bias=lm.bias_proj, device=device, dtype=dtype)
                                     for _ in range(cfg.num_codebooks)])
+        self.native_step = True  # sub-steps in one native call where supported (False: always the torch path)
+        self._native: tuple[NativeDepformer | None] | None = None  # resolved at the first init_state
+
+    def forget_native(self) -> None:
+        """Drop the native runner (it holds the weights it was built with): call after replacing weights."""
+        self._native = None
+
+    def native(self, dtype: torch.dtype, device: torch.device | str) -> NativeDepformer | None:
+        """The native sub-step runner, or None (disabled, or not supported here)."""
+        if not self.native_step:
+            return None
+        if self._native is None:
+            self._native = (native_depformer(self, dtype, torch.device(device)),)
+        return self._native[0]
 
     def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> DepformerState:
         transformer = self.transformer.init_state(batch_size, self.config.num_codebooks, device, dtype)
         positions = torch.arange(self.config.num_codebooks, device=device).view(-1, 1, 1).expand(-1, batch_size, 1)
-        return DepformerState(transformer, positions.contiguous())
+        state = DepformerState(transformer, positions.contiguous())
+        if self.native(dtype, device) is not None:
+            t = self.config.transformer
+            shape = (t.num_layers, batch_size, t.num_heads, self.config.num_codebooks, t.head_dim)
+            state.native_keys = torch.zeros(shape, device=device, dtype=torch.float32)
+            state.native_values = torch.zeros(shape, device=device, dtype=torch.float32)
+        return state
 
     def logits(self, k: int, previous: Tensor, hidden: Tensor, state: DepformerState) -> Tensor:
         """Logits ``[B, card]`` of codebook ``k`` given the previous token ``[B]`` (text for ``k = 0``) and the
@@ -69,6 +95,11 @@ class Depformer(nn.Module):
         x = linear(hidden, cast(nn.Linear, self.input_projs[cfg.input_schedule[k]]).weight)
         embedding = self.text_emb if k == 0 else self.audio_emb[k - 1]
         x = x + embedding(previous[:, None])
+        if state.native_keys is not None and state.native_values is not None:
+            native = self.native(x.dtype, x.device)
+            logits = None if native is None else native.logits(k, x, state.native_keys, state.native_values)
+            if logits is not None:
+                return logits
         out = self.transformer(x, state.positions[k], state.transformer, None, cfg.transformer.weight_set(k))
         head = cast(nn.Linear, self.heads[k])
         return linear(self.out_norms[k](out), head.weight, head.bias)[:, 0]

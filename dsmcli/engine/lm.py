@@ -21,6 +21,8 @@ from dsmcli.engine.conditioning import ConditionInputs, ConditionProvider, Condi
 from dsmcli.engine.config import ZERO_TOKEN_ID, LMConfig
 from dsmcli.engine.depformer import Depformer
 from dsmcli.engine.embeddings import TokenEmbedding
+from dsmcli.engine.quantize import QuantizeReport, QuantMethod, WeightQuantizer, quantization_targets
+from dsmcli.errors import ModelLoadError
 from dsmcli.engine.transformer import Transformer, TransformerState
 from dsmcli.hub import Checkpoint, load_checkpoint
 from dsmcli.nn import make_norm
@@ -28,6 +30,7 @@ from dsmcli.nn.linear import linear
 from dsmcli.weights import assign_state, cast_floats, read_safetensors
 
 FLOAT32_PREFIXES = ("condition_provider.", "fuser.")  # file tensors kept in float32 whatever the model dtype
+FLOAT32_MODULES = ("conditioning.", "fuser.")  # the same tensors under their module names
 
 
 @dataclass(frozen=True)
@@ -63,30 +66,61 @@ class LM(nn.Module):
         # the backbone's self-attention on the native CPU kernel over float16 KV rings instead of SDPA (~3e-4
         # relative; set by quantize_lm, whose path is not bit-exact anyway, see dsmcli.engine.kv_rings)
         self.native_attention = False
+        self.quantization: QuantizeReport | None = None  # what quantization did (None: a float model)
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, name_or_path: str | Path, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.bfloat16) -> LM:
-        """Load a released checkpoint (registry name, Hub repo id or local directory)."""
-        return cls.from_checkpoint(load_checkpoint(name_or_path), device, dtype)
+             dtype: torch.dtype = torch.bfloat16, quantize: QuantMethod | str = QuantMethod.NONE) -> LM:
+        """Load a released checkpoint (registry name, Hub repo id or local directory); ``quantize``: see
+        :meth:`from_state`."""
+        return cls.from_checkpoint(load_checkpoint(name_or_path), device, dtype, quantize)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.bfloat16) -> LM:
+                        dtype: torch.dtype = torch.bfloat16, quantize: QuantMethod | str = QuantMethod.NONE) -> LM:
         config = LMConfig.from_dict(checkpoint.lm_kwargs)
         state = read_safetensors(checkpoint.lm_path, device)
-        return cls.from_state(config, state, dtype, source=f"{checkpoint.name}/{checkpoint.lm_name}")
+        return cls.from_state(config, state, dtype, source=f"{checkpoint.name}/{checkpoint.lm_name}",
+                              quantize=quantize)
 
     @classmethod
     def from_state(cls, config: LMConfig, state: dict[str, Tensor], dtype: torch.dtype = torch.bfloat16,
-                   source: str = "LM weights") -> LM:
+                   source: str = "LM weights", quantize: QuantMethod | str = QuantMethod.NONE) -> LM:
         """Build on the meta device and assign ``state`` (released names, either attention layout); floating
         tensors are cast to ``dtype`` (conditioners to float32). Tensors already of the right dtype are shared.
+        ``quantize`` (int8, int4): the linear weights are quantized one by one as they are cast, so no float copy
+        of them is ever made (:mod:`dsmcli.engine.quantize`; what was done is in :attr:`quantization`).
         The model is returned in eval mode without gradients (inference only)."""
+        if QuantMethod(quantize) is not QuantMethod.NONE:
+            return cls._from_state_quantized(config, state, dtype, source, WeightQuantizer(quantize))
         state = cast_floats(state, lambda key: torch.float32 if key.startswith(FLOAT32_PREFIXES) else dtype)
         model = cls(config, device="meta", dtype=dtype)
         assign_state(model, file_to_module_state(state, drop_depformer=config.depformer is None), source)
+        return model.eval().requires_grad_(False)
+
+    @classmethod
+    def _from_state_quantized(cls, config: LMConfig, state: dict[str, Tensor], dtype: torch.dtype, source: str,
+                              quantizer: WeightQuantizer) -> LM:
+        module_state = file_to_module_state(state, drop_depformer=config.depformer is None)
+        state.clear()  # the caller's dict no longer holds the tensors: each is freed once quantized
+        model = cls(config, device="meta", dtype=dtype)
+        device = next(iter(module_state.values())).device if module_state else torch.device("cpu")
+        quantizer.prepare(model, device)
+        for name, (module, attribute) in quantization_targets(model).items():
+            expected = module._parameters[attribute]
+            weight = module_state.pop(name, None)
+            if weight is None:
+                raise ModelLoadError(f"{source}: missing tensor {name}")
+            if expected is not None and tuple(weight.shape) != tuple(expected.shape):
+                raise ModelLoadError(f"{source}: tensor {name} has shape {tuple(weight.shape)} in the file, "
+                                     f"the model expects {tuple(expected.shape)}")
+            quantizer.replace(module, attribute, weight.to(dtype))
+            del weight
+        module_state = cast_floats(module_state, lambda key: torch.float32 if key.startswith(FLOAT32_MODULES)
+                                   else dtype)
+        assign_state(model, module_state, source)
+        model.quantization = quantizer.report()
         return model.eval().requires_grad_(False)
 
     @property

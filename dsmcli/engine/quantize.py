@@ -1,22 +1,31 @@
-"""Int8 quantization of the LM's linear weights, applied after loading (``quantize_lm(lm, "int8")``).
+"""Int8 and int4 quantization of the LM's weights (``--quantize int8|int4``; ``LM.load(..., quantize=...)``).
 
 Every linear weight of the backbone, the depformer, the text/audio heads and the demuxed text embedding is
 stored as int8 with one float32 scale per output channel and per group of :data:`GROUP_SIZE` input channels
-(symmetric, ``scale = max|group| / 127``); the float conditioners are left alone (they run once per stream).
-Group-wise scales follow the weights' local range: on the stt-1b architecture the text logits stay within cosine
-0.999 of the float path, where one scale per output channel does not (see benchmarks/README.md). The weights are
-swapped for :class:`Int8Weight`, a tensor-like object that the model's own ``F.linear`` calls dispatch to
-(``__torch_function__``), so the network code is unchanged and the default (unquantized) path is untouched.
+(symmetric, ``scale = max|group| / 127``), or as 4-bit codes in [-8, 7] (two per byte) with one scale per
+group of :data:`INT4_GROUP_SIZE` (the scale of each group chosen among a few clipping ratios for the least
+squared error); the float conditioners are left alone (they run once per stream). The token embedding tables
+are stored as int8 in both modes (a few rows are read per step; they were a third of the float leftovers).
+Group-wise scales follow the weights' local range: on the stt-1b architecture the int8 text logits stay within
+cosine 0.999 of the float path, where one scale per output channel does not (see benchmarks/README.md); int4 is
+much further off on random weights (a harsh case for 4 bits: int8 stays the recommended CPU mode). The weights
+are swapped for :class:`Int8Weight` / :class:`Int4Weight`, tensor-like objects that the model's own
+``F.linear`` / ``F.embedding`` calls dispatch to (``__torch_function__``), so the network code is unchanged and
+the default (unquantized) path is untouched.
+
+A model loaded with ``quantize=`` (or drawn with random weights by ``dsm bench``) is quantized weight by weight
+as it is read (:class:`WeightQuantizer`): no float copy of the quantized weights ever exists, so the peak memory
+is the quantized model plus one float weight. :func:`quantize_lm` does the same to a model already loaded.
 A quantized LM also attends with the native CPU attention kernel over float16 KV rings (``LM.native_attention``,
 see :mod:`dsmcli.engine.kv_rings`): with the 750-step window full, the KV reads cost more than the int8 weights
 at batch 16, and SDPA read them at half the machine's bandwidth.
 
 Kernels (:class:`Int8Kernel`), both reading the same int8 weights:
 
-* ``native``: ``dsmcli/kernels/int8_linear.cpp``, compiled on first use (AVX-512 VNNI where the CPU has it). Each
-  activation row is carried as int16 with its own scale (error ~2^-16 of the row's peak) and multiplied in
-  exact integer arithmetic per group; it streams the int8 weights at close to memory speed at batch 1 and
-  every row's result is independent of its batch mates, bit for bit.
+* ``native``: ``dsmcli/kernels/int8_linear.cpp`` / ``int4_linear.cpp``, compiled on first use (AVX-512 VNNI where
+  the CPU has it). Each activation row is carried as int16 with its own scale (error ~2^-16 of the row's peak)
+  and multiplied in exact integer arithmetic per group; they stream the weights at close to memory speed at
+  batch 1 and every row's result is independent of its batch mates, bit for bit.
 * ``dequantize``: pure torch, ``F.linear`` with the weight dequantized on the fly to the activations' dtype. Used
   off CPU, when the native kernel cannot be built, and for weights whose input width is not a multiple of
   :data:`NATIVE_GROUP_MULTIPLE` (tiny test models). Correct everywhere, not fast on CPU.
@@ -28,6 +37,9 @@ Measurements behind these choices are in benchmarks/README.md. Quantized weights
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -37,11 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.transformer import CrossAttention, SelfAttention
-from dsmcli.kernels import decode_attention_op, int8_linear_op
+from dsmcli.kernels import decode_attention_op, int4_linear_op, int8_linear_op
 
 INT8_MAX = 127  # symmetric range [-127, 127]: -128 is never produced
 GROUP_SIZE = 128  # input channels sharing one scale (per output channel)
+INT4_MIN, INT4_MAX = -8, 7  # 4-bit range (stored as nibbles q + 8)
+INT4_GROUP_SIZE = 64  # int4: input channels sharing one scale (finer than int8: 4 bits need it)
+INT4_BLOCK = 64  # int4 packing: per block of 64 inputs, byte i = input i (low nibble) | input i + 32 (high)
+INT4_CLIP_RATIOS = (1.0, 0.9, 0.8)  # scale = ratio * max|group| / 7: the least squared error wins (per group)
 NATIVE_GROUP_MULTIPLE = 64  # the native kernel's group sizes: multiples of this ...
 NATIVE_MAX_GROUP = 256  # ... up to this (its int32 lanes cannot overflow)
 TINY_SCALE = 1e-12  # floor of a scale (all-zero groups)
@@ -54,6 +71,7 @@ class QuantMethod(str, Enum):
 
     NONE = "none"
     INT8 = "int8"
+    INT4 = "int4"
 
 
 class Int8Kernel(str, Enum):
@@ -92,6 +110,8 @@ class Int8Weight:
     indexing of the leading dims and of the output dim works (``in_proj[k]``, ``in_proj[0, :dim]``), and
     ``dtype``/``device`` report the compute dtype (the replaced weight's) and device. Other operations raise.
     """
+
+    bits = "int8"
 
     def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel):
         if q.dtype != torch.int8 or q.shape[:-1] != scale.shape[:-1] or q.shape[-1] % scale.shape[-1]:
@@ -133,6 +153,15 @@ class Int8Weight:
         grouped = self.q.unflatten(-1, (-1, self.group_size)).float() * self.scale[..., None]
         return grouped.flatten(-2).to(dtype or self.dtype)
 
+    def rows(self, ids: Tensor) -> Tensor:
+        """``F.embedding(ids, W)``: the dequantized rows ``ids`` ``[...]`` -> ``[..., in]`` (an embedding table)."""
+        scale = self.scale[ids]
+        return (self._codes(ids).unflatten(-1, (-1, self.group_size)).float() * scale[..., None]).flatten(-2).to(
+            self.dtype)
+
+    def _codes(self, ids: Tensor) -> Tensor:
+        return self.q[ids]
+
     def __getitem__(self, index: Any) -> Int8Weight:
         parts = index if isinstance(index, tuple) else (index,)
         if len(parts) >= self.q.dim() or not all(isinstance(p, (int, slice)) for p in parts):
@@ -166,13 +195,16 @@ class Int8Weight:
             flat = x.reshape(-1, x.shape[-1])
             if flat.dtype != torch.float32 or not flat.is_contiguous():
                 flat = flat.float().contiguous()
-            out = self._native(flat, self.q, self.scale, self.group_sums, self.group_size)
+            out = self._native_linear(flat)
             out = out.view(*x.shape[:-1], out.shape[-1])
             if x.dtype != torch.float32:
                 out = out.to(x.dtype)
         else:
             out = F.linear(x, self.dequantize(x.dtype))
         return out if bias is None else out + bias
+
+    def _native_linear(self, flat: Tensor) -> Tensor:
+        return self._native(flat, self.q, self.scale, self.group_sums, self.group_size)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -181,8 +213,130 @@ class Int8Weight:
             weight = bound["weight"]
             if isinstance(weight, Int8Weight) and not isinstance(bound["input"], Int8Weight):
                 return weight.linear(bound["input"], bound.get("bias"))
+        if func is F.embedding and len(args) == 2 and isinstance(args[1], Int8Weight):
+            options = kwargs or {}
+            if options.get("padding_idx") is None and options.get("max_norm") is None:
+                return args[1].rows(args[0])
         name = getattr(func, "__name__", str(func))
-        raise TypeError(f"{name} is not supported on an int8-quantized weight (only F.linear and indexing)")
+        raise TypeError(f"{name} is not supported on an {cls.bits}-quantized weight (only F.linear and indexing)")
+
+
+def int4_block(in_features: int) -> int:
+    """Inputs per packed int4 block: :data:`INT4_BLOCK`, or the whole row when the width is not a multiple of it
+    (tiny models; the row must then be even)."""
+    if in_features % INT4_BLOCK == 0:
+        return INT4_BLOCK
+    if in_features % 2:
+        raise ValueError(f"int4 packs two inputs per byte: the input width {in_features} must be even")
+    return in_features
+
+
+def quantize_rows_int4(weight: Tensor, group_size: int = INT4_GROUP_SIZE) -> tuple[Tensor, Tensor]:
+    """Symmetric 4-bit per (output channel, group of ``group_size`` inputs): ``[..., out, in]`` float -> (codes
+    ``q`` int8 in [-8, 7] ``[..., out, in]``, float32 scales ``[..., out, in / group_size]``), ``weight ≈ q * scale``.
+    Each group's scale is ``r * max|group| / 7`` for the ratio ``r`` of :data:`INT4_CLIP_RATIOS` with the least
+    squared error (clipping the few largest values pays for finer steps everywhere else)."""
+    w = weight.detach().float()
+    if w.shape[-1] % group_size:
+        raise ValueError(f"group size {group_size} does not divide the input width {w.shape[-1]}")
+    grouped = w.unflatten(-1, (-1, group_size))  # [..., out, G, gs]
+    peak = grouped.abs().amax(dim=-1).clamp(min=TINY_SCALE) / INT4_MAX
+    best_scale, best_error = peak, None
+    for ratio in INT4_CLIP_RATIOS:
+        scale = peak * ratio
+        q = torch.round(grouped / scale[..., None]).clamp_(INT4_MIN, INT4_MAX)
+        error = (q.mul_(scale[..., None]) - grouped).square_().sum(dim=-1)
+        if best_error is None:
+            best_error = error
+        else:
+            better = error < best_error
+            best_scale, best_error = torch.where(better, scale, best_scale), torch.where(better, error, best_error)
+        del q, error
+    q = torch.round(grouped / best_scale[..., None]).clamp_(INT4_MIN, INT4_MAX).to(torch.int8)
+    return q.flatten(-2).contiguous(), best_scale.contiguous()
+
+
+def pack_int4(q: Tensor) -> Tensor:
+    """Codes ``[..., K]`` in [-8, 7] -> nibbles ``[..., K / 2]`` uint8 (layout: :data:`INT4_BLOCK`)."""
+    block = int4_block(q.shape[-1])
+    u = (q.to(torch.int16) - INT4_MIN).to(torch.uint8).unflatten(-1, (-1, 2, block // 2))
+    return (u[..., 0, :] | (u[..., 1, :] << 4)).flatten(-2).contiguous()
+
+
+def unpack_int4(packed: Tensor) -> Tensor:
+    """The inverse of :func:`pack_int4`: ``[..., K / 2]`` uint8 -> codes ``[..., K]`` int8."""
+    half = int4_block(2 * packed.shape[-1]) // 2
+    blocks = packed.unflatten(-1, (-1, half))
+    u = torch.stack([blocks & 0x0F, blocks >> 4], dim=-2)  # [..., K / block, 2, block / 2]
+    return (u.flatten(-3).to(torch.int8) + INT4_MIN).contiguous()
+
+
+class Int4Weight(Int8Weight):
+    """A linear weight ``[..., out, in]`` held as packed 4-bit codes ``q`` ``[..., out, in / 2]`` (uint8, see
+    :func:`pack_int4`) plus float32 ``scale`` ``[..., out, in / group]``; the same stand-in as
+    :class:`Int8Weight` (``F.linear`` and indexing), multiplied by ``dsmcli/kernels/int4_linear.cpp``
+    (``native``) or dequantized on the fly (``dequantize``)."""
+
+    bits = "int4"
+
+    def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel):
+        if q.dtype != torch.uint8 or q.shape[:-1] != scale.shape[:-1] or (2 * q.shape[-1]) % scale.shape[-1]:
+            raise ValueError(f"int4 data {tuple(q.shape)} {q.dtype} does not match scales {tuple(scale.shape)}")
+        self.q, self.scale, self.dtype, self.kernel = q, scale, dtype, kernel
+        self.group_size = 2 * q.shape[-1] // scale.shape[-1]
+        self._views: dict[str, Int8Weight] = {}
+        self._native: Any = None
+
+    @classmethod
+    def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO,
+                   group_size: int = INT4_GROUP_SIZE) -> Int4Weight:
+        q, scale = quantize_rows_int4(weight, group_size_for(weight.shape[-1], group_size))
+        return cls(pack_int4(q), scale, weight.dtype, kernel)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.q.shape[:-1], 2 * self.q.shape[-1]))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.q, self.scale))
+
+    def _codes(self, ids: Tensor) -> Tensor:
+        return unpack_int4(self.q[ids])
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
+        grouped = unpack_int4(self.q).unflatten(-1, (-1, self.group_size)).float() * self.scale[..., None]
+        return grouped.flatten(-2).to(dtype or self.dtype)
+
+    def __getitem__(self, index: Any) -> Int8Weight:
+        parts = index if isinstance(index, tuple) else (index,)
+        if len(parts) >= self.q.dim() or not all(isinstance(p, (int, slice)) for p in parts):
+            raise IndexError(f"Int4Weight{tuple(self.shape)} can only be indexed by ints / slices over the "
+                             f"leading and output dims, not {index!r}")
+        key = repr(index)
+        if key not in self._views:
+            self._views[key] = Int4Weight(self.q[index].contiguous(), self.scale[index].contiguous(), self.dtype,
+                                          self.kernel)
+        return self._views[key]
+
+    def __repr__(self) -> str:
+        return (f"Int4Weight(shape={tuple(self.shape)}, group_size={self.group_size}, dtype={self.dtype}, "
+                f"kernel={self.kernel.value})")
+
+    def resolved_kernel(self) -> Int8Kernel:
+        if self._native is None:
+            fits = (self.device.type == "cpu" and self.group_size % NATIVE_GROUP_MULTIPLE == 0
+                    and self.group_size <= NATIVE_MAX_GROUP and self.shape[-1] % INT4_BLOCK == 0)
+            op = int4_linear_op() if self.kernel is not Int8Kernel.DEQUANTIZE and fits else None
+            self._native = op or False
+        return Int8Kernel.NATIVE if self._native else Int8Kernel.DEQUANTIZE
+
+    def _native_linear(self, flat: Tensor) -> Tensor:
+        return self._native(flat, self.q, self.scale, self.group_size)
+
+
+WEIGHT_CLASSES: dict[QuantMethod, type[Int8Weight]] = {QuantMethod.INT8: Int8Weight, QuantMethod.INT4: Int4Weight}
+DEFAULT_GROUP_SIZES = {QuantMethod.INT8: GROUP_SIZE, QuantMethod.INT4: INT4_GROUP_SIZE}
 
 
 @dataclass(frozen=True)
@@ -198,6 +352,7 @@ class QuantizeReport:
     bytes_after: int
     group_size: int = GROUP_SIZE
     native_tensors: int = 0
+    embeddings: int = 0  # token embedding tables stored as int8 (not counted in ``tensors``)
 
     @property
     def kernel_used(self) -> str:
@@ -210,12 +365,13 @@ class QuantizeReport:
 
 
 def _linear_weights(lm: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
-    """(qualified module name, module, attribute) of every float linear weight to quantize."""
+    """(qualified module name, module, attribute) of every float linear weight and token embedding table to
+    quantize."""
     for name, module in lm.named_modules():
         if f"{name}.".startswith(SKIPPED_PREFIXES):
             continue
         attributes: tuple[str, ...] = ()
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, TokenEmbedding)):
             attributes = ("weight",)
         elif isinstance(module, (SelfAttention, CrossAttention)):
             attributes = ATTENTION_WEIGHTS
@@ -224,30 +380,100 @@ def _linear_weights(lm: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
                 yield name, module, attribute
 
 
-def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
-                kernel: Int8Kernel | str = Int8Kernel.AUTO, group_size: int = GROUP_SIZE) -> QuantizeReport:
-    """Quantize ``lm``'s linear weights in place (see the module docstring). ``method="none"`` does nothing.
+def quantization_targets(lm: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Qualified parameter name -> (module, attribute) of every weight :func:`quantize_lm` replaces (works on a
+    model built on the meta device: nothing is read)."""
+    return {f"{name}.{attribute}" if name else attribute: (module, attribute)
+            for name, module, attribute in _linear_weights(lm)}
 
-    Call it after the model is on its device. Each float weight is dropped as soon as its int8 copy exists, so
-    the peak memory is the float model plus one weight.
+
+MMAP_THRESHOLD = 4 << 20  # glibc: blocks this large are mapped on their own, and unmapped when freed
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+@functools.cache
+def _unmap_large_blocks() -> None:
+    """Make glibc return large freed blocks to the system at once. By default its mmap threshold grows to the size
+    of the largest block freed (up to 32 MB), so the float weights freed while quantizing went back to the heap,
+    fragmented by the quantized weights allocated between them: the process kept ~1 GB it no longer used (TTS 1.6B,
+    int8). A fixed threshold stops that. Nothing happens off glibc."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        if hasattr(libc, "gnu_get_libc_version"):
+            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except OSError:
+        pass
+
+
+class WeightQuantizer:
+    """Replaces float weights by quantized ones one at a time and tallies the :class:`QuantizeReport`: what
+    :func:`quantize_lm` does to a whole model, and what loading does weight by weight (so that a quantized model
+    never holds a float copy of the weights it quantizes: ``LM.from_state(..., quantize=...)``)."""
+
+    def __init__(self, method: QuantMethod | str, kernel: Int8Kernel | str = Int8Kernel.AUTO,
+                 group_size: int | None = None):
+        self.method, self.kernel = QuantMethod(method), Int8Kernel(kernel)
+        if self.method is QuantMethod.NONE:
+            raise ValueError("WeightQuantizer needs a quantization method (int8, int4)")
+        self.group_size = DEFAULT_GROUP_SIZES[self.method] if group_size is None else group_size
+        self.weight_class = WEIGHT_CLASSES[self.method]
+        _unmap_large_blocks()
+        self.tensors = self.params = self.before = self.after = self.native = self.embeddings = 0
+
+    def prepare(self, lm: nn.Module, device: torch.device | str) -> None:
+        """The LM-wide settings of a quantized model: attention on the native kernel over float16 rings (the
+        quantized path is not bit-exact anyway); the kernel is built now, not at the first step. The depformer's
+        native sub-steps forget the weights they were given (they are about to be replaced)."""
+        if hasattr(lm, "native_attention"):
+            lm.native_attention = torch.device(device).type == "cpu" and decode_attention_op() is not None
+        depformer = getattr(lm, "depformer", None)
+        if depformer is not None and hasattr(depformer, "forget_native"):
+            depformer.forget_native()
+
+    def replace(self, module: nn.Module, attribute: str, weight: Tensor) -> None:
+        """Set ``module.attribute`` to the quantized ``weight`` (the float one is not kept). Token embedding tables
+        are stored as int8 whatever the method (a few rows are read per step: precision is cheap there)."""
+        module._parameters.pop(attribute, None)
+        if isinstance(module, TokenEmbedding):
+            quantized: Int8Weight = Int8Weight.from_float(weight, Int8Kernel.DEQUANTIZE)
+            self.embeddings += 1
+        else:
+            quantized = self.weight_class.from_float(weight, self.kernel, self.group_size)
+            self.native += quantized.resolved_kernel() is Int8Kernel.NATIVE
+            self.tensors += 1
+        setattr(module, attribute, quantized)
+        self.params += weight.numel()
+        self.before += weight.numel() * weight.element_size()
+        self.after += quantized.nbytes
+
+    def report(self) -> QuantizeReport:
+        return QuantizeReport(self.method, self.kernel, self.tensors, self.params, self.before, self.after,
+                              self.group_size, self.native, self.embeddings)
+
+
+def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
+                kernel: Int8Kernel | str = Int8Kernel.AUTO, group_size: int | None = None) -> QuantizeReport:
+    """Quantize ``lm``'s linear weights in place (see the module docstring). ``method="none"`` does nothing;
+    ``group_size`` defaults to the method's (int8: 128, int4: 64).
+
+    Call it after the model is on its device. Each float weight is dropped as soon as its quantized copy exists,
+    so the peak memory is the float model plus one weight; loading with ``quantize=`` avoids the float model.
     """
     method, kernel = QuantMethod(method), Int8Kernel(kernel)
-    tensors = params = before = after = native = 0
     if method is QuantMethod.NONE:
-        return QuantizeReport(method, kernel, 0, 0, 0, 0, group_size)
-    if hasattr(lm, "native_attention"):  # the int8 path is not bit-exact anyway: attention on the native kernel
-        on_cpu = all(p.device.type == "cpu" for p in lm.parameters())
-        lm.native_attention = on_cpu and decode_attention_op() is not None  # built now, not at the first step
-    for _name, module, attribute in list(_linear_weights(lm)):
-        weight = module._parameters.pop(attribute)
+        return QuantizeReport(method, kernel, 0, 0, 0, 0, group_size or GROUP_SIZE)
+    quantizer = WeightQuantizer(method, kernel, group_size)
+    quantizer.prepare(lm, next((p.device for p in lm.parameters()), torch.device("cpu")))
+    if any(p.device.type != "cpu" for p in lm.parameters()):
+        lm.native_attention = False
+    for module, attribute in quantization_targets(lm).values():
+        weight = module._parameters[attribute]
         assert weight is not None
-        quantized = Int8Weight.from_float(weight, kernel, group_size)
-        setattr(module, attribute, quantized)
-        native += quantized.resolved_kernel() is Int8Kernel.NATIVE
-        tensors, params = tensors + 1, params + weight.numel()
-        before, after = before + weight.numel() * weight.element_size(), after + quantized.nbytes
+        quantizer.replace(module, attribute, weight)
         del weight
-    return QuantizeReport(method, kernel, tensors, params, before, after, group_size, native)
+    return quantizer.report()
 
 
 def is_quantized(lm: nn.Module) -> bool:

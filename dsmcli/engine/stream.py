@@ -196,9 +196,12 @@ class LMStream:
     # ------------------------------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, audio_codes: Tensor | None, state: StreamState, active: Tensor | None = None,
-             replace_audio: Tensor | None = None) -> StepOutput:
+             replace_audio: Tensor | None = None, audio_needed: int | None = None) -> StepOutput:
         """One step. ``audio_codes`` ``[B, n, 1]`` or ``[B, n]`` with ``n >= num_inputs`` (extra rows ignored; None =
-        all -1); ``active`` ``[B]`` bool (None = all); ``replace_audio`` ``[B, G(, 1)]`` skips the depformer."""
+        all -1); ``active`` ``[B]`` bool (None = all); ``replace_audio`` ``[B, G(, 1)]`` skips the depformer;
+        ``audio_needed``: only the first ``audio_needed`` generated codebooks are used by the caller (e.g. the rest
+        are forced to -1 during the audio delay): the depformer stops there, the others are -1, and their random
+        draws are still made, so every later draw is the one the full depformer would make."""
         active = state.all_active if active is None else active.to(torch.bool)
         info = StepInfo(state.offsets, active)
         self._write_inputs(state, audio_codes, active)
@@ -206,7 +209,7 @@ class LMStream:
         positions = state.model_rows(state.offsets)[:, None]
         model = self._model_step(inputs, positions, state.backbone, state.model_rows(active), state.condition_sum)
         text_logits, text = self._sample_text(model.text_logits, info)
-        audio = self._sample_audio(text, model.hidden, state, info, replace_audio)
+        audio = self._sample_audio(text, model.hidden, state, info, replace_audio, audio_needed)
         self._advance(state, text, audio, active)
         frame, valid = self._frame(state, active)
         extra = None if model.extra_probs is None else model.extra_probs[: state.batch_size, 0]
@@ -257,31 +260,48 @@ class LMStream:
         return logits, text
 
     def _sample_audio(self, text: Tensor, hidden: Tensor, state: StreamState, info: StepInfo,
-                      replace_audio: Tensor | None) -> Tensor | None:
+                      replace_audio: Tensor | None, audio_needed: int | None = None) -> Tensor | None:
         if self.num_generated == 0:
             return None
         if replace_audio is not None:
             audio = replace_audio.reshape(state.batch_size, self.num_generated).to(torch.long)
         else:
-            audio = self._depformer(text, hidden, state)
+            needed = self.num_generated if audio_needed is None else max(0, min(audio_needed, self.num_generated))
+            audio = self._depformer(text, hidden, state, needed)
         if self.hooks.audio_tokens is not None:
             audio = self.hooks.audio_tokens(audio, info)
         return audio
 
-    def _depformer(self, text: Tensor, hidden: Tensor, state: StreamState) -> Tensor:
-        """Sample the ``G`` generated codebooks ``[B, G]``, each conditioned on the previous one."""
+    def _depformer(self, text: Tensor, hidden: Tensor, state: StreamState, needed: int) -> Tensor:
+        """Sample the first ``needed`` of the ``G`` generated codebooks ``[B, G]``, each conditioned on the previous
+        one; the others are -1 (their random draws are made: see :meth:`step`)."""
         depformer, dstate, opts = self.lm.depformer, state.depformer, self.options
         assert depformer is not None and dstate is not None
         dstate.restart()
         previous = text
-        for k in range(self.num_generated):
+        for k in range(needed):
             logits = depformer.logits(k, state.model_rows(previous), hidden, dstate)
             if opts.uses_cfg:
                 conditional, unconditional = logits.chunk(2)
                 logits = cfg_mix(conditional, unconditional, opts.cfg_coef)
             state.audio[:, k] = sample_token(logits.float(), opts.temp, opts.top_k, self.generator)
             previous = state.audio[:, k]
+        if needed < self.num_generated:
+            state.audio[:, needed:] = ZERO_TOKEN_ID
+            self._skip_draws(state.batch_size, self.num_generated - needed)
         return state.audio.clone()
+
+    def _skip_draws(self, batch: int, count: int) -> None:
+        """Advance the random generator as ``count`` audio samplings of ``batch`` rows would (see
+        :func:`~dsmcli.engine.sampling.sample_token`: one exponential draw per top-k candidate)."""
+        opts = self.options
+        if opts.temp <= 0:
+            return
+        card = self.lm.config.card
+        width = min(opts.top_k, card) if opts.top_k > 0 else card
+        device = self.lm.device
+        for _ in range(count):
+            torch.empty(batch, width, device=device).exponential_(1, generator=self.generator)
 
     def _advance(self, state: StreamState, text: Tensor, audio: Tensor | None, active: Tensor) -> None:
         state.offsets = state.offsets + active.long()

@@ -1,6 +1,7 @@
 """Native CPU kernels, compiled on first use with torch's C++ extension builder.
 
 * ``int8_linear_op()``: ``torch.ops.dsmcli_int8.linear`` (``int8_linear.cpp``), the LM's int8 weights.
+* ``int4_linear_op()``: ``torch.ops.dsmcli_int4.linear`` (``int4_linear.cpp``), the LM's 4-bit weights.
 * ``fp32_linear_op()``: ``torch.ops.dsmcli_fp32.linear`` (``fp32_linear.cpp``), a few float32 rows against a
   large float32 weight (Mimi's streaming steps); ``rvq_encode_op()``: ``torch.ops.dsmcli_fp32.rvq_encode`` from
   the same file, Mimi's residual quantizer on that product.
@@ -8,6 +9,8 @@
   streaming step of Mimi's transformer in one call.
 * ``seanet_step_op()``: ``torch.ops.dsmcli_seanet.step`` (``seanet_step.cpp``), a whole streaming step of Mimi's
   SEANet encoder in one call.
+* ``depformer_step_op()``: ``torch.ops.dsmcli_depformer.step`` (``depformer_step.cpp``), one depformer sub-step
+  (its whole stack, output norm and head) in one call, on the linears above.
 * ``decode_attention_op()``: ``torch.ops.dsmcli_attn.decode`` (``decode_attention.cpp``), one query step per slot
   and head over a float32 or float16 KV ring (the int8 LM's attention); ``ring_write_op()``:
   ``torch.ops.dsmcli_attn.write`` from the same file, a step's keys and values into such a ring.
@@ -281,6 +284,13 @@ def int8_linear_op() -> Callable | None:
 
 
 @functools.cache
+def int4_linear_op() -> Callable | None:
+    """The compiled ``linear(x [M, K] f32, w [N, K / 2] u8 (packed nibbles), scales [N, G] f32, group_size)
+    -> [M, N]`` op, or None."""
+    return _load("dsmcli_int4", "int4_linear.cpp", "int4")
+
+
+@functools.cache
 def fp32_linear_op() -> Callable | None:
     """The compiled ``linear(x [M, K] f32, w [N, K] f32, bias [N] f32 | None) -> [M, N]`` op, or None."""
     return _load("fp32_linear")
@@ -304,6 +314,13 @@ def seanet_step_op() -> Callable | None:
     """The compiled ``step(x [B, C, N], program, weights, biases, tails, strides, dilations, fresh, active, alpha)``
     op (see ``seanet_step.cpp``), or None."""
     return _load("seanet_step")
+
+
+@functools.cache
+def depformer_step_op() -> Callable | None:
+    """The compiled ``step(input [B, D], weights, kinds, group_sizes, keys, values, position, num_heads, eps,
+    out_eps) -> logits [B, card]`` op (see ``depformer_step.cpp``), or None."""
+    return _load("dsmcli_depformer", "depformer_step.cpp", "the depformer", "step")
 
 
 @functools.cache

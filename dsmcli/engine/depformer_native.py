@@ -1,0 +1,124 @@
+"""The depformer's sub-steps in one native call each (``dsmcli/kernels/depformer_step.cpp``).
+
+A TTS frame runs the depformer 32 times, one codebook after the other; in torch each sub-step is ~150 small ops
+(norms, projections, a ring write, attention, the gated FFN, per layer), and their dispatch cost more than their
+arithmetic on CPU. :class:`NativeDepformer` runs the whole stack of a sub-step, its output norm and its head in
+one call, on the project's streaming linear kernels (float32, int8 or int4 weights, as the model holds them).
+The input projection, the token embedding and the sampling stay in torch.
+
+It applies to the released depformer layout on CPU in float32 (no positional embedding, RMSNorm, gated SiLU FFN,
+no layer scale, no cross-attention); :func:`native_depformer` returns None elsewhere and the torch path runs.
+Results match the torch path to float rounding (other summation orders: ~1e-6 relative on the logits).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from dsmcli.engine.quantize import Int4Weight, Int8Kernel, Int8Weight
+from dsmcli.engine.transformer import TransformerLayer
+from dsmcli.kernels import depformer_step_op, fp32_linear_op
+from dsmcli.nn.gating import Activation, GatedFFN
+from dsmcli.nn.norms import RMSNorm
+
+FLOAT, INT8, INT4 = 0, 1, 2  # the kernel's linear kinds
+
+
+def _linear_args(weight: Any) -> tuple[list[Tensor], int, int] | None:
+    """(tensors, kind, group size) of one linear weight for the kernel, or None when it cannot take it."""
+    if isinstance(weight, Int4Weight):
+        return ([weight.q, weight.scale], INT4, weight.group_size) if weight.resolved_kernel() is Int8Kernel.NATIVE \
+            else None
+    if isinstance(weight, Int8Weight):
+        if weight.resolved_kernel() is not Int8Kernel.NATIVE:
+            return None
+        return [weight.q, weight.scale, weight.group_sums], INT8, weight.group_size
+    if isinstance(weight, Tensor) and weight.dtype == torch.float32 and weight.dim() == 2:
+        return [weight.contiguous()], FLOAT, 0
+    return None
+
+
+def _norm_gain(norm: nn.Module) -> tuple[Tensor, float] | None:
+    if isinstance(norm, nn.Identity):
+        return torch.empty(0), 0.0
+    if isinstance(norm, RMSNorm) and norm.alpha.dtype == torch.float32:
+        return norm.alpha.reshape(-1).contiguous(), norm.eps
+    return None
+
+
+class NativeDepformer:
+    """The kernel's argument lists per codebook (built on first use) and the call."""
+
+    def __init__(self, depformer: nn.Module, op: Any):
+        self.depformer, self.op = depformer, op
+        self._args: dict[int, tuple[list[Tensor], list[int], list[int], float, float] | None] = {}
+
+    def arguments(self, k: int) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
+        if k not in self._args:
+            self._args[k] = self._build(k)
+        return self._args[k]
+
+    def _build(self, k: int) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
+        dep = self.depformer
+        weight_set = dep.config.transformer.weight_set(k)
+        tensors: list[Tensor] = []
+        kinds: list[int] = []
+        sizes: list[int] = []
+        eps = None
+
+        def add_linear(weight: Any) -> bool:
+            args = _linear_args(weight)
+            if args is not None:
+                tensors.extend(args[0])
+                kinds.append(args[1])
+                sizes.append(args[2])
+            return args is not None
+
+        for layer in cast(list[TransformerLayer], list(dep.transformer.layers)):
+            ffn = layer.gating[weight_set] if layer.per_step_ffn else layer.gating
+            norms = (_norm_gain(layer.norm1), _norm_gain(layer.norm2))
+            if norms[0] is None or norms[1] is None or norms[0][0].numel() == 0 or not isinstance(ffn, GatedFFN):
+                return None
+            eps = norms[0][1]
+            tensors.append(norms[0][0])
+            if not (add_linear(layer.self_attn.in_proj[weight_set]) and add_linear(layer.self_attn.out_proj[weight_set])):
+                return None
+            tensors.append(norms[1][0])
+            if not (add_linear(ffn.linear_in.weight) and add_linear(ffn.linear_out.weight)):
+                return None
+        out = _norm_gain(dep.out_norms[k])
+        if out is None or eps is None:
+            return None
+        tensors.append(out[0])
+        head = dep.heads[k]
+        if not add_linear(head.weight):
+            return None
+        tensors.append(torch.empty(0) if head.bias is None else head.bias.float().contiguous())
+        return tensors, kinds, sizes, eps, out[1]
+
+    def logits(self, k: int, x: Tensor, keys: Tensor, values: Tensor) -> Tensor | None:
+        """Logits ``[B, card]`` of codebook ``k`` from its input ``x`` ``[B, 1, D]`` (None: not supported)."""
+        args = self.arguments(k)
+        if args is None:
+            return None
+        tensors, kinds, sizes, eps, out_eps = args
+        return self.op(x[:, 0].contiguous(), tensors, kinds, sizes, keys, values, k,
+                       self.depformer.config.transformer.num_heads, eps, out_eps)
+
+
+def native_depformer(depformer: nn.Module, dtype: torch.dtype, device: torch.device) -> NativeDepformer | None:
+    """A :class:`NativeDepformer` for ``depformer`` when its layout, dtype and device allow it and the kernels
+    build here; None otherwise."""
+    cfg = depformer.config.transformer
+    layout_ok = (not cfg.positional_embedding.uses_sin and not cfg.positional_embedding.uses_rope
+                 and cfg.gating is Activation.SILU and cfg.layer_scale is None and not cfg.cross_attention
+                 and (cfg.context is None or cfg.context >= depformer.config.num_codebooks))
+    if not layout_ok or dtype != torch.float32 or device.type != "cpu":
+        return None
+    op = depformer_step_op()
+    if op is None or fp32_linear_op() is None:
+        return None
+    return NativeDepformer(depformer, op)
