@@ -69,7 +69,8 @@ def _register_optional_commands() -> None:
     """Task commands live in their own modules; each registers itself on `app`."""
     import importlib
 
-    for module in ("dsmcli.commands.transcribe", "dsmcli.commands.speak", "dsmcli.commands.bench"):
+    for module in ("dsmcli.commands.transcribe", "dsmcli.commands.speak", "dsmcli.commands.bench",
+                   "dsmcli.commands.serve"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

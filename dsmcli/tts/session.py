@@ -147,8 +147,9 @@ class TtsEngine:
     name from the model's voices repo only (no paths); their conditions are computed once and cached."""
 
     def __init__(self, model: TtsModel, options: SpeakOptions = SpeakOptions(), *, batch_size: int = 1,
-                 max_waiting: int = 0) -> None:
+                 max_waiting: int = 0, default_voice: str | None = None) -> None:
         self.model, self.options = model, options
+        self._default_voice = default_voice
         self.batch = TtsBatch(model, options, batch_size)
         self.scheduler = SlotScheduler(self.batch, max_waiting=max_waiting, name="dsm-tts-steps")
         self._cfg_value = model.cfg_value(options)
@@ -157,6 +158,10 @@ class TtsEngine:
 
     @property
     def default_voice(self) -> str | None:
+        """The voice of streams opened without one: the one given, else the reference scripts' default (embedding
+        models) or none (audio-prefix models speak without a prefix)."""
+        if self._default_voice is not None:
+            return self._default_voice
         return DEFAULT_VOICE if self.model.voices.kind is VoiceKind.EMBEDDING else None
 
     def voice(self, name: str | None) -> SlotVoice:
