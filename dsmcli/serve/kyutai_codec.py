@@ -29,8 +29,27 @@ class ClientMessage:
     id: int | None = None
 
 
+F32_ARRAYS = ("pcm", "prs")  # Vec<f32> in moshi-server: float32 on the wire; every other float is a float64
+F32_MARKER = 0xCA
+
+
+def _f32_array(packer: msgpack.Packer, values: object) -> bytes:
+    """A MessagePack array of float32 (big-endian, one 0xca marker each), built with numpy."""
+    data = np.asarray(values, dtype=">f4").reshape(-1)
+    cells = np.empty((len(data), 5), dtype=np.uint8)
+    cells[:, 0] = F32_MARKER
+    cells[:, 1:] = data.view(np.uint8).reshape(-1, 4)
+    return packer.pack_array_header(len(data)) + cells.tobytes()
+
+
 def pack(message: dict) -> bytes:
-    return msgpack.packb(message, use_single_float=True)
+    """One server message: ``pcm`` / ``prs`` as float32 arrays, times as float64 (as rmp_serde writes them)."""
+    packer = msgpack.Packer()
+    parts = [packer.pack_map_header(len(message))]
+    for key, value in message.items():
+        parts.append(packer.pack(key))
+        parts.append(_f32_array(packer, value) if key in F32_ARRAYS else packer.pack(value))
+    return b"".join(parts)
 
 
 def _unpack(data: bytes, max_len: int) -> dict:
@@ -104,7 +123,7 @@ def asr_event(event: object) -> list[dict]:
 
 def tts_event(event: object) -> list[dict]:
     if isinstance(event, AudioChunk):
-        return [{"type": "Audio", "pcm": event.pcm.tolist()}]
+        return [{"type": "Audio", "pcm": event.pcm}]
     if isinstance(event, Word):
         return [{"type": "Text", "text": event.text.strip(), "start_s": event.start, "stop_s": event.end}]
     if isinstance(event, StreamEnd) and event.error is not None:
