@@ -84,6 +84,7 @@ class _Live:
     frames: deque[np.ndarray]
     chunker: FrameChunker = field(default_factory=lambda: FrameChunker(FRAME_SIZE))
     samples: int = 0  # audio samples received
+    encoded: int = 0  # frames given to Mimi (prefix, audio, suffix)
     step: int = 0
     ended: bool = False
     markers: deque[tuple[int, int]] = field(default_factory=deque)  # (steps due, id)
@@ -93,9 +94,9 @@ class _Live:
         """A frame to encode, or the input is over and the final step (no frame) is due."""
         return bool(self.frames) or self.ended
 
-    @property
-    def buffered(self) -> int:
-        return len(self.frames) * FRAME_SIZE + self.chunker.pending
+    def buffered(self, prefix_frames: int) -> int:
+        """Samples of the client's audio received and not yet encoded (the server's own silence not counted)."""
+        return max(0, self.samples - max(0, self.encoded - prefix_frames) * FRAME_SIZE)
 
 
 class SttBatch:
@@ -159,6 +160,7 @@ class SttBatch:
                 wav = torch.from_numpy(live.frames.popleft()).to(device)[None, None]  # [1, 1, FRAME_SIZE]
                 codes[index] = self.model.mimi.encode_step(wav, live.mimi)[0]  # [n_q, 1]
                 encoded[index] = True
+                live.encoded += 1
         active = torch.from_numpy(ready).to(device)
         out = self.transcriber.stream.step(self.prev_codes, self.lm_state, active=active)
         self.prev_codes = torch.where(active[:, None, None], codes, self.prev_codes)  # frame t-1 at step t
@@ -176,7 +178,7 @@ class SttBatch:
         end_of_turn = None if values.end_of_turn is None else values.end_of_turn[index]
         events: list[object] = []
         if prs is not None and live.session.want_steps:
-            events.append(VadStep(live.step, tuple(prs[index]), live.buffered))
+            events.append(VadStep(live.step, tuple(prs[index]), live.buffered(self.model.timing.prefix_frames)))
         words: list[TranscriptEvent] = live.events.push(live.step, values.tokens[index], values.probabilities[index],
                                                         end_of_turn)
         if not encoded:  # the LM just consumed the stream's last frame
