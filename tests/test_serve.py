@@ -100,7 +100,7 @@ def start_server(*args: str) -> Server:
 @pytest.fixture(scope="module")
 def server(tiny_stt, tiny_tts, tiny_voices) -> Iterator[Server]:
     server = start_server("--stt", tiny_stt, "--tts", tiny_tts, "--voice-repo", tiny_voices, "--api-key", KEY,
-                          "--max-streams", str(MAX_STREAMS), "--temperature", "0")
+                          "--max-streams", str(MAX_STREAMS), "--temperature", "0", "--max-upload-mb", "1")
     yield server
     assert server.stop(signal.SIGINT) == 0, "".join(server.log)[-2000:]
     assert "dsm serve: stopped" in "".join(server.log)
@@ -220,6 +220,10 @@ def test_a_full_server_refuses_and_a_vanished_client_frees_its_slot(server, clip
         with connect(server, "/api/asr-streaming") as extra:
             refused = receive_all(extra)
         assert refused == [{"type": "Error", "message": "no free channels"}]
+        client = openai.OpenAI(base_url=f"{server.http}/v1", api_key=KEY, max_retries=0, timeout=IO_SECONDS)
+        with pytest.raises(openai.InternalServerError) as full:
+            client.audio.transcriptions.create(model="dsm", file=("a.wav", soundfile_bytes(clips[1])))
+        assert full.value.status_code == 503 and full.value.response.headers["retry-after"]
         sockets.pop().close()  # mid-stream
         deadline = time.monotonic() + 30
         while server.health()["stt"]["busy"] >= MAX_STREAMS and time.monotonic() < deadline:
@@ -322,7 +326,18 @@ def test_openai_speech_equals_dsm_speak(client, spoken):
     assert raw.shape == spoken.shape and np.abs(raw - spoken).max() <= 1e-4
 
 
+def soundfile_bytes(samples: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    soundfile.write(out, samples, 24000, format="WAV")
+    return out.getvalue()
+
+
 def test_openai_errors(client, server, tmp_path):
+    with pytest.raises(openai.APIStatusError) as too_big:  # --max-upload-mb 1
+        client.audio.transcriptions.create(model="dsm", file=("big.wav", b"\0" * (2 << 20)))
+    assert too_big.value.status_code == 413
     bad = tmp_path / "not-audio.wav"
     bad.write_bytes(b"this is not audio at all")
     with pytest.raises(openai.BadRequestError):

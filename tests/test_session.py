@@ -128,6 +128,18 @@ def test_a_closed_stream_frees_its_slot_and_the_others_go_on(stt_model, clips, e
         assert_same_words([e for e in third.events(timeout=TIMEOUT) if isinstance(e, Word)], expected[2])
 
 
+def test_a_full_engine_queues_up_to_max_waiting_then_refuses(stt_model, clips, expected):
+    with SttEngine(stt_model, batch_size=1, max_waiting=1) as engine:
+        first, queued = engine.open(), engine.open()
+        with pytest.raises(SchedulerFull):
+            engine.open()
+        for stream, clip in ((queued, clips[1]), (first, clips[0])):  # the queued one's input waits too
+            stream.push(clip)
+            stream.end()
+        assert_same_words([e for e in first.events(timeout=TIMEOUT) if isinstance(e, Word)], expected[0])
+        assert_same_words([e for e in queued.events(timeout=TIMEOUT) if isinstance(e, Word)], expected[1])
+
+
 def test_bad_samples_are_refused_at_the_push(stt_model):
     with SttEngine(stt_model) as engine:
         stream = engine.open()
