@@ -6,7 +6,9 @@
 Each client sends ``--seconds`` of speech (``../shared/data/bria.mp3``) in 80 ms messages at real time, starts
 at a random moment within the first second, then sends ``Eos``. Word latency = arrival of the word's message
 minus the moment its last sample (``stop_time``) was sent (a word is final at the next word boundary, so this
-includes the model's delay and the next word). A stream keeps up when the audio the server holds unprocessed
+includes the model's delay and the next word; with random weights word boundaries are rare, so read the step
+latency instead: arrival of a ``Step`` message minus the moment the last sample of its frame was sent, i.e.
+the server's processing delay, to which the model adds its fixed text delay). A stream keeps up when the audio the server holds unprocessed
 (``Step.buffered_pcm``, models with VAD heads) and the time from its ``Eos`` to the server's close (the delay's
 silence suffix, processed as fast as the engine can) both stay under ``--max-latency`` (default 1.5 s). For each N the table gives p50 / p95 word latency over all streams, the worst final lag and
 whether every stream kept up; the last line is the largest N that kept up. With a TTS model on the server
@@ -35,15 +37,20 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # this checkout's dsmcli, also in the server child process
+    sys.path.insert(0, str(REPO))
+
 FRAME = 1920
 SAMPLE_RATE = 24000
-SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "bria.mp3"
+SHARED_AUDIO = REPO.parent / "shared" / "data" / "bria.mp3"
 RECV_TIMEOUT = 30.0
 
 
 @dataclass
 class StreamStats:
     latencies: list[float] = field(default_factory=list)
+    step_latencies: list[float] = field(default_factory=list)
     final_lag: float = float("inf")
     backlog: float = 0.0  # largest audio the server held unprocessed (s), from Step messages (VAD models)
     error: str | None = None
@@ -119,7 +126,7 @@ def load_audio(seconds: float) -> np.ndarray:
     return np.resize(audio, need).astype(np.float32)  # repeats the file when it is shorter
 
 
-async def stt_client(url: str, headers: dict, audio: np.ndarray, start_delay: float) -> StreamStats:
+async def stt_client(url: str, headers: dict, audio: np.ndarray, start_delay: float, prefix: float) -> StreamStats:
     import websockets
 
     stats = StreamStats()
@@ -129,7 +136,8 @@ async def stt_client(url: str, headers: dict, audio: np.ndarray, start_delay: fl
 
         async def send() -> float:
             for i in range(0, len(audio), FRAME):
-                await asyncio.sleep(max(0.0, t0 + i / SAMPLE_RATE - time.monotonic()))
+                chunk_end = min(i + FRAME, len(audio)) / SAMPLE_RATE  # sent once "recorded", as a live source
+                await asyncio.sleep(max(0.0, t0 + chunk_end - time.monotonic()))
                 await ws.send(msgpack.packb({"type": "Audio", "pcm": audio[i:i + FRAME].tolist()},
                                             use_single_float=True))
             await ws.send(msgpack.packb({"type": "Eos"}))
@@ -141,6 +149,9 @@ async def stt_client(url: str, headers: dict, audio: np.ndarray, start_delay: fl
                 message = msgpack.unpackb(await asyncio.wait_for(ws.recv(), RECV_TIMEOUT), raw=False)
                 if message["type"] == "Step":
                     stats.backlog = max(stats.backlog, message["buffered_pcm"] / SAMPLE_RATE)
+                    frame_end = (message["step_idx"] + 1) * FRAME / SAMPLE_RATE - prefix  # its last sample
+                    if 0 < frame_end <= len(audio) / SAMPLE_RATE:
+                        stats.step_latencies.append(time.monotonic() - (t0 + frame_end))
                 elif message["type"] == "EndWord":
                     stats.latencies.append(time.monotonic() - (t0 + message["stop_time"]))
                 elif message["type"] == "Error":
@@ -170,22 +181,29 @@ async def tts_first_audio(url: str, headers: dict, voice: str) -> float:
 async def run_level(args: argparse.Namespace, url: str, audio: np.ndarray, n: int) -> dict:
     headers = {"kyutai-api-key": args.api_key} if args.api_key else {}
     rng = random.Random(n)
-    clients = [stt_client(url, headers, audio, rng.random()) for _ in range(n)]
+    clients = [stt_client(url, headers, audio, rng.random(), args.prefix_seconds) for _ in range(n)]
     tts = [tts_first_audio(url, headers, args.tts_voice)] if args.tts_voice else []
     results = await asyncio.gather(*clients, *tts, return_exceptions=True)
     streams = [r for r in results[:n] if isinstance(r, StreamStats)]
     latencies = sorted(x for s in streams for x in s.latencies)
+    steps = sorted(x for s in streams for x in s.step_latencies)
     kept = len(streams) == n and all(
         s.error is None and s.final_lag <= args.max_latency and s.backlog <= args.max_latency for s in streams)
     row = {"streams": n, "words": len(latencies), "kept_up": bool(kept),
            "p50_latency_s": statistics.median(latencies) if latencies else None,
            "p95_latency_s": float(np.percentile(latencies, 95)) if latencies else None,
+           "p50_step_latency_s": statistics.median(steps) if steps else None,
+           "p95_step_latency_s": float(np.percentile(steps, 95)) if steps else None,
            "worst_final_lag_s": max((s.final_lag for s in streams), default=None),
            "worst_backlog_s": max((s.backlog for s in streams), default=None),
            "errors": sorted({s.error for s in streams if s.error} | {repr(r) for r in results if isinstance(r, Exception)})}
     if tts:
         row["tts_first_audio_s"] = results[n] if isinstance(results[n], float) else None
     return row
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def main() -> None:
@@ -199,6 +217,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per client (at most 120)")
     parser.add_argument("--max-latency", type=float, help="keep-up bound (s), default 1.5")
     parser.add_argument("--max-clients", type=int, default=32, help="upper bound on any --streams value")
+    parser.add_argument("--prefix-seconds", type=float, default=0.0,
+                        help="the model's silence prefix (stt-1b 0, stt-2.6b 1.0), for step latencies")
     parser.add_argument("--tts-voice", help="also time one TTS request per level with this voice")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -221,9 +241,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
     for row in rows:
-        p50, p95 = row["p50_latency_s"], row["p95_latency_s"]
-        print(f"N={row['streams']:3d}  words={row['words']:5d}  p50={p50 if p50 is None else round(p50, 3)} s  "
-              f"p95={p95 if p95 is None else round(p95, 3)} s  final lag={row['worst_final_lag_s']:.2f} s  "
+        p50, p95 = _ms(row["p50_latency_s"]), _ms(row["p95_latency_s"])
+        s50, s95 = _ms(row["p50_step_latency_s"]), _ms(row["p95_step_latency_s"])
+        print(f"N={row['streams']:3d}  words={row['words']:5d}  word latency p50={p50} p95={p95}  "
+              f"step latency p50={s50} p95={s95}  final lag={row['worst_final_lag_s']:.2f} s  "
               f"backlog={row['worst_backlog_s']:.2f} s  "
               f"kept up={row['kept_up']}" + (f"  tts first audio={row.get('tts_first_audio_s')}" if args.tts_voice
                                               else "") + (f"  errors={row['errors']}" if row["errors"] else ""))
