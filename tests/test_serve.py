@@ -368,3 +368,19 @@ def test_sigterm_closes_open_streams_and_exits_0_in_bounded_time(tiny_stt, clips
         assert server.stop(signal.SIGTERM, timeout=30) == 0, "".join(server.log)[-2000:]
         assert time.monotonic() - started < 15
         receive_all(ws)  # the server closed the socket: this returns
+
+
+def test_cli_errors_are_one_line_with_their_exit_code(tiny_stt):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = [(("serve", "--port", port), 2, "--stt"),
+                 (("serve", "--stt", tiny_stt, "--port", port), 1, "cannot listen"),
+                 (("serve", "--stt", "dsm-test/no-such-model", "--port", "0"), 3, "no-such-model"),
+                 (("serve", "--stt", tiny_stt, "--port", "0", "--quantize", "int3"), 2, "int3")]
+        for args, code, fragment in cases:
+            proc = run_dsm(*args, timeout=IO_SECONDS)
+            lines = proc.stderr.decode().splitlines()
+            assert proc.returncode == code and len(lines) == 1, (args, proc.stderr)
+            assert lines[0].startswith("dsm: error: ") and fragment in lines[0]

@@ -65,13 +65,18 @@ def _tts_engine(request: ServeRequest):
 
 def execute(request: ServeRequest) -> None:
     from dsmcli.commands.transcribe_run import quantize_method
-    from dsmcli.serve.run import serve
+    from dsmcli.serve.run import bind, serve
     from dsmcli.serve.state import ServeState
 
     quantize_method(request.quantize)
     if request.threads:
         torch.set_num_threads(request.threads)
-    state = ServeState(request.options)
-    state.stt = _stt_engine(request) if request.stt else None
-    state.tts = _tts_engine(request) if request.tts else None
-    serve(state)
+    sock = bind(request.options.host, request.options.port)  # a taken port fails before the models load
+    try:
+        state = ServeState(request.options)
+        state.stt = _stt_engine(request) if request.stt else None
+        state.tts = _tts_engine(request) if request.tts else None
+    except BaseException:
+        sock.close()
+        raise
+    serve(state, sock)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 
+from dsmcli.errors import DsmError
 from dsmcli.serve.app import build_app
 from dsmcli.serve.logs import log
 from dsmcli.serve.state import ServeState
@@ -36,7 +38,21 @@ def _server_class():
     return Server
 
 
-def serve(state: ServeState) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts (DsmError: one line, exit code 1)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DsmError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(state: ServeState, sock: socket.socket | None = None) -> None:
+    """Serve on ``sock`` (bound by :func:`bind`; bound here when None) until SIGINT/SIGTERM."""
     import uvicorn
 
     options = state.options
@@ -47,12 +63,14 @@ def serve(state: ServeState) -> None:
         ws_ping_interval=10.0, ws_ping_timeout=options.idle_seconds,
     )
     server = _server_class()(config)
+    sock = bind(options.host, options.port) if sock is None else sock
     state.start()
     models = ", ".join(state.model_names())
-    log(f"listening on http://{options.host}:{options.port} ({models}; {options.max_streams} streams per model"
+    port = sock.getsockname()[1]
+    log(f"listening on http://{options.host}:{port} ({models}; {options.max_streams} streams per model"
         f"{'; API key required' if options.api_key else ''})")
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         state.stop(timeout=options.shutdown_seconds)
         log("stopped")
