@@ -65,11 +65,14 @@ def _unpack(data: bytes, max_len: int) -> dict:
 
 def _pcm(message: dict) -> np.ndarray:
     pcm = message.get("pcm")
-    if not isinstance(pcm, list) or not all(isinstance(x, (float, int)) and not isinstance(x, bool) for x in pcm):
+    if not isinstance(pcm, list):
         raise BadMessage("Audio.pcm must be an array of numbers")
-    samples = np.asarray(pcm, dtype=np.float32)
-    if not np.isfinite(samples).all():
-        raise BadMessage("Audio.pcm must hold finite numbers")
+    try:
+        samples = np.asarray(pcm, dtype=np.float32)  # in C: a string or a nested array fails here
+    except (TypeError, ValueError):
+        raise BadMessage("Audio.pcm must be an array of numbers") from None
+    if samples.ndim != 1 or not np.isfinite(samples).all():
+        raise BadMessage("Audio.pcm must be a flat array of finite numbers")
     return samples
 
 

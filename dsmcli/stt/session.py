@@ -165,7 +165,8 @@ class SttBatch:
         out = self.transcriber.stream.step(self.prev_codes, self.lm_state, active=active)
         self.prev_codes = torch.where(active[:, None, None], codes, self.prev_codes)  # frame t-1 at step t
         values = _StepValues.read(out, self.transcriber.options.vad)
-        prs = out.extra_probs[:, :, 0].tolist() if out.extra_probs is not None else None
+        wants_steps = any(live is not None and live.session.want_steps for live in self.slots)
+        prs = out.extra_probs[:, :, 0].tolist() if out.extra_probs is not None and wants_steps else None
         finished = [int(i) for i in np.flatnonzero(ready) if not self._emit(int(i), values, prs, bool(encoded[i]))]
         for index in finished:
             self.slots[index] = None
