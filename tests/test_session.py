@@ -54,7 +54,9 @@ def stream_clip(engine: SttEngine, clip: np.ndarray, chunk: int = 1000, steps: b
     for start in range(0, len(clip), chunk):
         stream.push(clip[start:start + chunk])
     stream.end()
-    return list(stream.events(timeout=TIMEOUT))
+    events = list(stream.events(timeout=TIMEOUT))
+    assert stream.backlog_seconds == 0  # every pushed sample went through the model
+    return events
 
 
 def test_a_stream_gives_the_words_of_dsm_transcribe(stt_model, clips, expected):

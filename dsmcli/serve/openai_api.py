@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from dsmcli.stt.session import SttSession
 from dsmcli.tts.session import AudioChunk
 
 RETRY_AFTER_SECONDS = "1"
+MAX_BACKLOG_SECONDS = 30.0  # audio of an upload decoded ahead of the model
+BACKLOG_WAIT_SECONDS = 0.02
 FORM_FIELD_BYTES = 64 * 1024
 MAX_SUFFIX = 12
 
@@ -81,6 +84,10 @@ def _feed_file(path: Path, session: SttSession) -> None:
     try:
         with open_audio(str(path)) as source:
             for chunk in source:
+                while session.backlog_seconds > MAX_BACKLOG_SECONDS and not session.ended:
+                    time.sleep(BACKLOG_WAIT_SECONDS)  # decode only a little ahead of the model: bounded memory
+                if session.ended:
+                    return
                 session.push(chunk)
         session.end()
     except BaseException:

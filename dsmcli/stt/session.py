@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dsmcli.audio import FrameChunker
-from dsmcli.constants import FRAME_SIZE
+from dsmcli.constants import FRAME_SIZE, SAMPLE_RATE
 from dsmcli.engine.scheduler import SlotScheduler, SlotStream, StepReport, StreamEnd
 from dsmcli.errors import InputError
 from dsmcli.results import TranscriptEvent
@@ -57,12 +57,20 @@ class SttSession(SlotStream):
     def __init__(self, deliver: Callable[[object], None] | None = None, *, steps: bool = False) -> None:
         super().__init__(deliver)
         self.want_steps = steps
+        self.pushed = 0  # samples pushed (caller side)
+        self.consumed = 0  # samples of them encoded so far (set by the step thread)
+
+    @property
+    def backlog_seconds(self) -> float:
+        """Audio pushed and not yet processed: a producer faster than real time can wait on it."""
+        return max(0, self.pushed - self.consumed) / SAMPLE_RATE
 
     def push(self, pcm: np.ndarray) -> None:
         """Float32 mono samples at 24 kHz (any length)."""
         samples = np.asarray(pcm, dtype=np.float32).reshape(-1)
         if not np.isfinite(samples).all():
             raise InputError("audio samples must be finite numbers")
+        self.pushed += len(samples)
         self._put_input(samples.copy())
 
     def mark(self, marker_id: int) -> None:
@@ -161,6 +169,8 @@ class SttBatch:
                 codes[index] = self.model.mimi.encode_step(wav, live.mimi)[0]  # [n_q, 1]
                 encoded[index] = True
                 live.encoded += 1
+                live.session.consumed = min(live.samples, max(0, live.encoded - self.model.timing.prefix_frames)
+                                            * FRAME_SIZE)
         active = torch.from_numpy(ready).to(device)
         out = self.transcriber.stream.step(self.prev_codes, self.lm_state, active=active)
         self.prev_codes = torch.where(active[:, None, None], codes, self.prev_codes)  # frame t-1 at step t
