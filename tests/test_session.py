@@ -196,3 +196,15 @@ def test_tts_streams_share_the_batch_and_unknown_voices_are_refused(tts_model):
         for name in ("../voices/alice.wav", "/etc/passwd", "hf://x/y/z", "voices/nobody.wav"):
             with pytest.raises(InputError):
                 engine.open(name)
+
+
+def test_an_audio_prefix_model_streams_what_dsm_speak_gives(tiny_tts_prefix, tiny_voices):
+    model = TtsModel.load(tiny_tts_prefix, voice_repo=tiny_voices, dtype=torch.float32)
+    options = SpeakOptions(temperature=0.0)
+    sink = RecordingSink()
+    run_jobs(model, [job("test", our_voice(model, ["voices/alice.wav"], options), fixed(model, [TEXT], options),
+                         sink)], options)
+    with TtsEngine(model, options, batch_size=2) as engine:
+        pcm, words, _ = speak_stream(engine, TEXT)
+    assert pcm.shape == sink.pcm.shape and np.abs(pcm - sink.pcm).max() <= 1e-4
+    assert [w.text for w in words] == [w.text for w in sink.words]
