@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -230,6 +231,7 @@ def main() -> None:
     if max(counts) > args.max_clients or args.seconds > 120 or min(counts) < 1:
         raise SystemExit("--streams values must be within 1..--max-clients and --seconds at most 120")
     args.max_latency = args.max_latency if args.max_latency is not None else 1.5
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` / kill: still stop the server child
     process, url = (None, args.url) if args.url else start_random_server(args)
     try:
         audio = load_audio(args.seconds)
