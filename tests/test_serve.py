@@ -384,3 +384,20 @@ def test_cli_errors_are_one_line_with_their_exit_code(tiny_stt):
             lines = proc.stderr.decode().splitlines()
             assert proc.returncode == code and len(lines) == 1, (args, proc.stderr)
             assert lines[0].startswith("dsm: error: ") and fragment in lines[0]
+
+
+def post(server: Server, path: str, data: bytes, content_type: str) -> bytes:
+    request = urllib.request.Request(f"{server.http}{path}", data=data, method="POST",
+                                     headers={"kyutai-api-key": KEY, "Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=IO_SECONDS) as response:
+        return response.read()
+
+
+def test_kyutai_http_forms(server, clip_file, transcribed, spoken):
+    with open(clip_file, "rb") as audio:
+        messages = json.loads(post(server, "/api/asr-streaming", audio.read(), "application/octet-stream"))
+    assert words_of(messages) == transcribed
+    body = json.dumps({"text": TEXT, "voice": "voices/alice.wav"}).encode()
+    samples, rate = soundfile.read(__import__("io").BytesIO(post(server, "/api/tts_streaming", body,
+                                                                   "application/json")), dtype="float32")
+    assert rate == 24000 and samples.shape == spoken.shape and np.abs(samples - spoken).max() <= 1e-4

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from dsmcli.serve import kyutai, openai_api
+from dsmcli.serve import kyutai, kyutai_http, openai_api
 from dsmcli.serve.auth import AuthMiddleware
 from dsmcli.serve.logs import LogMiddleware
 from dsmcli.serve.state import ServeState
@@ -28,6 +28,8 @@ def build_app(state: ServeState):
     routes = [
         WebSocketRoute("/api/asr-streaming", kyutai.asr_streaming),
         WebSocketRoute("/api/tts_streaming", kyutai.tts_streaming),
+        Route("/api/asr-streaming", kyutai_http.asr_post, methods=["POST"]),
+        Route("/api/tts_streaming", kyutai_http.tts_post, methods=["POST"]),
         Route("/v1/audio/transcriptions", openai_api.transcriptions, methods=["POST"]),
         Route("/v1/audio/speech", openai_api.speech, methods=["POST"]),
         Route("/v1/models", openai_api.models, methods=["GET"]),
