@@ -208,3 +208,14 @@ def test_an_audio_prefix_model_streams_what_dsm_speak_gives(tiny_tts_prefix, tin
         pcm, words, _ = speak_stream(engine, TEXT)
     assert pcm.shape == sink.pcm.shape and np.abs(pcm - sink.pcm).max() <= 1e-4
     assert [w.text for w in words] == [w.text for w in sink.words]
+
+
+def test_a_model_with_a_silence_prefix_gives_times_from_the_first_sample(tiny_stt_prefix, clips):
+    model = SttModel.load(tiny_stt_prefix)  # stt-2.6b-shaped: 1 s of silence added before the audio, no VAD
+    assert model.timing.prefix_frames > 0
+    with SttEngine(model, batch_size=2) as engine:
+        events = stream_clip(engine, clips[0], steps=True)
+    assert not any(isinstance(e, VadStep) for e in events)
+    expected = transcribe_array(model, clips[0])
+    assert len(expected) >= 3
+    assert_same_words([e for e in events if isinstance(e, Word)], expected)
