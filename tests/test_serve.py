@@ -401,3 +401,18 @@ def test_kyutai_http_forms(server, clip_file, transcribed, spoken):
     samples, rate = soundfile.read(__import__("io").BytesIO(post(server, "/api/tts_streaming", body,
                                                                    "application/json")), dtype="float32")
     assert rate == 24000 and samples.shape == spoken.shape and np.abs(samples - spoken).max() <= 1e-4
+
+
+def test_openai_speech_as_server_sent_events(server, spoken):
+    import base64
+
+    body = json.dumps({"model": "dsm", "input": TEXT, "voice": "voices/alice.wav", "response_format": "pcm",
+                       "stream_format": "sse"}).encode()
+    request = urllib.request.Request(f"{server.http}/v1/audio/speech", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=IO_SECONDS) as response:
+        events = [json.loads(line[len(b"data: "):]) for line in response.read().splitlines() if line]
+    assert events[-1]["type"] == "speech.audio.done"
+    raw = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    samples = np.frombuffer(raw, "<i2").astype(np.float32) / 32768
+    assert samples.shape == spoken.shape and np.abs(samples - spoken).max() <= 1e-4

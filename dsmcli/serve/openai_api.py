@@ -5,6 +5,7 @@ inputs and streamed into a live session; speech streams out as it is generated (
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import tempfile
@@ -214,8 +215,10 @@ def _speech_request(body: dict, max_chars: int) -> tuple[str, str | None, str]:
     fmt = fmt if fmt is not None else ("mp3" if "mp3" in formats else "wav")
     if fmt not in formats:
         raise ApiError(400, f"response_format must be one of {', '.join(formats)}", "response_format")
-    if body.get("stream_format", "audio") != "audio":
-        raise ApiError(400, "only stream_format 'audio' is supported", "stream_format")
+    stream_format = body.get("stream_format", "audio")
+    if stream_format not in ("audio", "sse") or (stream_format == "sse" and fmt not in codec.STREAMED_AUDIO):
+        raise ApiError(400, "stream_format must be 'audio', or 'sse' with response_format pcm or wav",
+                       "stream_format")
     return text, voice or None, fmt
 
 
@@ -237,8 +240,29 @@ async def speech(request: Request) -> Response:
         return error_response(exc.status, str(exc), exc.param)
     session.push(text)
     session.end()
+    if body.get("stream_format") == "sse":
+        return StreamingResponse(_audio_events(request, session, pipe), media_type="text/event-stream")
     media = codec.speech_formats()[fmt]
     return StreamingResponse(_audio_body(request, session, pipe, fmt), media_type=media)
+
+
+async def _audio_events(request: Request, session, pipe: EventPipe) -> AsyncIterator[str]:
+    """``speech.audio.delta`` events (base64 16-bit PCM, one per 80 ms frame), then ``speech.audio.done``."""
+    frames = 0
+    try:
+        async for event in pipe.until_end():
+            if isinstance(event, AudioChunk):
+                frames += 1
+                audio = base64.b64encode(codec.audio_frame(event.pcm)).decode("ascii")
+                yield codec.sse({"type": "speech.audio.delta", "audio": audio})
+            elif isinstance(event, StreamEnd) and event.error is not None:
+                yield codec.sse(codec.error_body(event.error, "server_error"))
+                return
+        usage = {"input_tokens": 0, "output_tokens": frames, "total_tokens": frames}  # output: 80 ms frames
+        yield codec.sse({"type": "speech.audio.done", "usage": usage})
+        _note(request, f"speech sse: {frames * 0.08:.2f}s audio")
+    finally:
+        session.close()
 
 
 async def _audio_body(request: Request, session, pipe: EventPipe, fmt: str) -> AsyncIterator[bytes]:
