@@ -360,8 +360,16 @@ def test_one_log_line_per_request(server):
 
 
 def test_sigterm_closes_open_streams_and_exits_0_in_bounded_time(tiny_stt, clips):
-    server = start_server("--stt", tiny_stt, "--shutdown-timeout", "2")
-    with connect(server, "/api/asr-streaming", headers={}) as ws:  # no --api-key: no key needed
+    server = start_server("--stt", tiny_stt, "--shutdown-timeout", "2", "--idle-timeout", "1")
+    with connect(server, "/api/asr-streaming", headers={}) as silent:  # no --api-key: no key needed
+        started = time.monotonic()
+        assert receive_all(silent) == [{"type": "Ready"}]  # then dropped: silent past --idle-timeout
+        assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 10
+    while server.health()["stt"]["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.health()["stt"]["busy"] == 0
+    with connect(server, "/api/asr-streaming", headers={}) as ws:
         ws.send(pack({"type": "Audio", "pcm": clips[0][: FRAME * 10].tolist()}))
         assert msgpack.unpackb(ws.recv(timeout=IO_SECONDS))["type"] == "Ready"
         started = time.monotonic()
