@@ -24,7 +24,7 @@ from dsmcli.serve.state import ServeState
 
 
 async def _body_to_file(request: Request, limit: int) -> Path:
-    openai_api._check_length(request, limit)
+    openai_api.check_length(request, limit)
     data = await request.body()
     fd, name = tempfile.mkstemp(prefix="dsm-serve-")
     with os.fdopen(fd, "wb") as out:
@@ -39,7 +39,7 @@ async def asr_post(request: Request) -> Response:
         if state.stt is None:
             raise ApiError(404, "this server has no speech-to-text model")
         path = await _body_to_file(request, state.options.max_upload_bytes)
-        words, duration = await openai_api._collect(state, path, "upload")
+        words, duration = await openai_api.collect_words(state, path, "upload")
     except ApiError as exc:
         return error_response(exc.status, str(exc))
     except DsmError as exc:
@@ -57,17 +57,17 @@ async def tts_post(request: Request) -> Response:
     try:
         if state.tts is None:
             raise ApiError(404, "this server has no text-to-speech model")
-        body = await openai_api._json_body(request, 4 * state.options.max_text_chars + 4096)
-        text, voice, _ = openai_api._speech_request(
+        body = await openai_api.json_body(request, 4 * state.options.max_text_chars + 4096)
+        text, voice, _ = openai_api.speech_request(
             {"input": body.get("text"), "voice": body.get("voice"), "response_format": "wav"},
             state.options.max_text_chars)
         try:
             await asyncio.to_thread(state.tts.voice, voice)
         except DsmError as exc:
             raise ApiError(400, str(exc), "voice") from None
-        session = openai_api._open(state.tts.open, voice, pipe.deliver)
+        session = openai_api.open_stream(state.tts.open, voice, pipe.deliver)
     except ApiError as exc:
         return error_response(exc.status, str(exc), exc.param)
     session.push(text)
     session.end()
-    return StreamingResponse(openai_api._audio_body(request, session, pipe, "wav"), media_type="audio/wav")
+    return StreamingResponse(openai_api.audio_body(request, session, pipe, "wav"), media_type="audio/wav")

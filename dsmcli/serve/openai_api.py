@@ -50,7 +50,7 @@ def _note(request: Request, text: str) -> None:
     request.scope.setdefault("state", {})["dsm_note"] = text
 
 
-def _check_length(request: Request, limit: int) -> None:
+def check_length(request: Request, limit: int) -> None:
     length = request.headers.get("content-length", "")
     if not length.isdigit():
         raise ApiError(411, "a Content-Length header is required")
@@ -58,7 +58,7 @@ def _check_length(request: Request, limit: int) -> None:
         raise ApiError(413, f"the request body is larger than {limit} bytes")
 
 
-def _open(open_session, *args, **kwargs):
+def open_stream(open_session, *args, **kwargs):
     try:
         return open_session(*args, **kwargs)
     except (SchedulerFull, SchedulerClosed) as exc:
@@ -100,7 +100,7 @@ async def _transcribe(state: ServeState, path: Path, name: str) -> AsyncIterator
     """The session events of an uploaded file; InputError when it cannot be decoded."""
     assert state.stt is not None
     pipe = EventPipe()
-    session = _open(state.stt.open, pipe.deliver)
+    session = open_stream(state.stt.open, pipe.deliver)
     decoding = asyncio.ensure_future(asyncio.to_thread(_feed_file, path, session))
     try:
         async for event in pipe.until_end():
@@ -116,7 +116,7 @@ async def _transcribe(state: ServeState, path: Path, name: str) -> AsyncIterator
 
 
 async def _form(request: Request, limit: int) -> tuple[UploadFile, dict[str, str], list[str]]:
-    _check_length(request, limit)
+    check_length(request, limit)
     try:
         form = await request.form(max_files=1, max_fields=32, max_part_size=FORM_FIELD_BYTES)
     except Exception as exc:  # MultiPartException, a client that left mid-upload
@@ -148,7 +148,7 @@ async def transcriptions(request: Request) -> Response:
     if fields.get("stream", "false").lower() == "true":
         return StreamingResponse(_sse_events(request, state, path, name), media_type="text/event-stream")
     try:
-        words, duration = await _collect(state, path, name)
+        words, duration = await collect_words(state, path, name)
     except ApiError as exc:
         return error_response(exc.status, str(exc))
     except DsmError as exc:
@@ -161,7 +161,7 @@ async def transcriptions(request: Request) -> Response:
     return Response(body, media_type=codec.MEDIA_TYPES[fmt])
 
 
-async def _collect(state: ServeState, path: Path, name: str) -> tuple[list[Word], float]:
+async def collect_words(state: ServeState, path: Path, name: str) -> tuple[list[Word], float]:
     words: list[Word] = []
     duration = 0.0
     async for event in _transcribe(state, path, name):
@@ -190,8 +190,8 @@ async def _sse_events(request: Request, state: ServeState, path: Path, name: str
 
 
 # ------------------------------------------------------------------------------------------------ speech
-async def _json_body(request: Request, limit: int) -> dict:
-    _check_length(request, limit)
+async def json_body(request: Request, limit: int) -> dict:
+    check_length(request, limit)
     try:
         body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
@@ -201,7 +201,7 @@ async def _json_body(request: Request, limit: int) -> dict:
     return body
 
 
-def _speech_request(body: dict, max_chars: int) -> tuple[str, str | None, str]:
+def speech_request(body: dict, max_chars: int) -> tuple[str, str | None, str]:
     text, voice, fmt = body.get("input"), body.get("voice"), body.get("response_format")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "'input' must be a non-empty string", "input")
@@ -228,13 +228,13 @@ async def speech(request: Request) -> Response:
     try:
         if state.tts is None:
             raise ApiError(404, "this server has no text-to-speech model")
-        body = await _json_body(request, 4 * state.options.max_text_chars + 4096)
-        text, voice, fmt = _speech_request(body, state.options.max_text_chars)
+        body = await json_body(request, 4 * state.options.max_text_chars + 4096)
+        text, voice, fmt = speech_request(body, state.options.max_text_chars)
         try:
             await asyncio.to_thread(state.tts.voice, voice)
         except DsmError as exc:
             raise ApiError(400, str(exc), "voice") from None
-        session = _open(state.tts.open, voice, pipe.deliver)
+        session = open_stream(state.tts.open, voice, pipe.deliver)
     except ApiError as exc:
         _note(request, str(exc))
         return error_response(exc.status, str(exc), exc.param)
@@ -243,7 +243,7 @@ async def speech(request: Request) -> Response:
     if body.get("stream_format") == "sse":
         return StreamingResponse(_audio_events(request, session, pipe), media_type="text/event-stream")
     media = codec.speech_formats()[fmt]
-    return StreamingResponse(_audio_body(request, session, pipe, fmt), media_type=media)
+    return StreamingResponse(audio_body(request, session, pipe, fmt), media_type=media)
 
 
 async def _audio_events(request: Request, session, pipe: EventPipe) -> AsyncIterator[str]:
@@ -265,7 +265,7 @@ async def _audio_events(request: Request, session, pipe: EventPipe) -> AsyncIter
         session.close()
 
 
-async def _audio_body(request: Request, session, pipe: EventPipe, fmt: str) -> AsyncIterator[bytes]:
+async def audio_body(request: Request, session, pipe: EventPipe, fmt: str) -> AsyncIterator[bytes]:
     frames: list[np.ndarray] = []
     try:
         yield codec.audio_start(fmt)
