@@ -102,6 +102,7 @@ async def _transcribe(state: ServeState, path: Path, name: str) -> AsyncIterator
     pipe = EventPipe()
     session = open_stream(state.stt.open, pipe.deliver)
     decoding = asyncio.ensure_future(asyncio.to_thread(_feed_file, path, session))
+    decoding.add_done_callback(lambda task: task.cancelled() or task.exception())  # always retrieved
     try:
         async for event in pipe.until_end():
             if isinstance(event, StreamEnd) and event.error is not None:

@@ -77,9 +77,11 @@ async def run_session(ws: WebSocket, session: SlotStream, feed: Callable[[], Awa
     except ClientGone:
         outcome = "client gone"
     finally:
+        session.close()  # frees the slot at once if the stream had not ended
         for task in (relay_task, feed_task):
             task.cancel()
-        session.close()  # frees the slot at once if the stream had not ended
+        # collect both outcomes (a task whose exception is never retrieved is logged with a traceback)
+        await asyncio.gather(relay_task, feed_task, return_exceptions=True)
     return outcome
 
 
