@@ -112,7 +112,7 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module in ("dsmcli.commands.transcribe", "dsmcli.commands.speak", "dsmcli.commands.bench",
-                   "dsmcli.commands.kernels"):
+                   "dsmcli.commands.kernels", "dsmcli.commands.serve"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,21 @@
+"""Streaming speech synthesis with the session API: push text as it arrives, pull 80 ms audio frames.
+
+    python examples/session_speak.py "Hello world, this is DSM." out.wav
+"""
+
+import sys
+
+import soundfile
+
+from dsmcli.speak_model import SpeakOptions, TtsModel
+from dsmcli.tts.session import AudioChunk, TtsEngine
+
+with TtsEngine(TtsModel.load("tts-1.6b-en_fr"), SpeakOptions(seed=1), batch_size=2) as engine:
+    stream = engine.open()  # the default voice; or a name from the voices repo
+    for word in sys.argv[1].split():  # e.g. the words of an LLM as they are generated
+        stream.push(word + " ")
+    stream.end()
+    with soundfile.SoundFile(sys.argv[2], "w", samplerate=24000, channels=1) as out:
+        for event in stream.events():
+            if isinstance(event, AudioChunk):
+                out.write(event.pcm)
