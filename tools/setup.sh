@@ -15,7 +15,7 @@ if [[ "${1:-}" == "--test" ]]; then
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
         fi
     fi
-    $PIP install -q -e ".[test]"
+    $PIP install -q -e ".[test,ray]"
     # The reference implementation is a test oracle only; --no-deps keeps its old torch pin out.
     $PIP install -q --no-deps "moshi==0.2.13"
 else

@@ -1,7 +1,7 @@
 """``--manifest FILE.jsonl``: one JSON line per input as it finishes, appended and flushed line by line.
 
 A line: ``{"path", "status": "ok"|"failed"|"skipped", "error", "audio_seconds", "words" (transcribe) or
-"characters" (speak), "outputs", "wall_seconds", "model", "finished"}``. A rerun appends; the last line of a
+"characters" (speak), "outputs", "wall_seconds", "model", "finished"}``, and ``"worker"`` (host:pid) on Ray. A rerun appends; the last line of a
 path is its current state (``read_manifest``).
 """
 
@@ -32,10 +32,12 @@ class ManifestRow:
     words: int | None = None  # transcribe
     characters: int | None = None  # speak: characters of text spoken
     finished: str = ""  # UTC time the line was written (ISO 8601)
+    worker: str | None = None  # Ray runs: host:pid of the actor that ran it
+
 
     def to_json(self) -> dict[str, Any]:
         row = asdict(self)
-        for unused in ("words", "characters"):
+        for unused in ("words", "characters", "worker"):
             if row[unused] is None:
                 del row[unused]
         for key in ("audio_seconds", "wall_seconds"):

@@ -5,7 +5,7 @@ Each actor loads the model once and runs every batch it gets through the batch s
 a ``path`` column and, optionally, ``audio`` (float32 mono at 24 kHz, e.g. from :func:`decode_audio` in CPU
 tasks) and ``error`` (a decode failure to record). Outputs are written by path (``<output>/<stem>.<ext>``,
 atomically); the returned rows are manifest rows: ``path, status, error, audio_seconds, words, outputs,
-wall_seconds, model, exit_code``. A failing input is a ``failed`` row, never an exception::
+wall_seconds, model, exit_code, worker`` (host:pid). A failing input is a ``failed`` row, never an exception::
 
     import ray
     from dsmcli.corpus.ray_api import Transcribe, decode_audio
@@ -22,6 +22,8 @@ This module imports no Ray: the class is plain Python, so it can also run batche
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -31,7 +33,8 @@ import numpy as np
 from dsmcli.corpus.record import Recorder
 from dsmcli.errors import EXIT_INPUT, DsmError
 
-COLUMNS = ("path", "status", "error", "audio_seconds", "words", "outputs", "wall_seconds", "model", "exit_code")
+COLUMNS = ("path", "status", "error", "audio_seconds", "words", "outputs", "wall_seconds", "model", "exit_code",
+           "worker")
 
 
 def decode_audio(row: dict[str, Any], raw: bool = False, rate: int | None = None,
@@ -129,6 +132,7 @@ def _columns(paths: list[str], recorder: Recorder) -> dict[str, list[Any]]:
         values = row.to_json()
         values["words"] = row.words
         values["exit_code"] = recorder.exit_codes.get(path, 0)
+        values["worker"] = f"{socket.gethostname()}:{os.getpid()}"
         for name in COLUMNS:
             columns[name].append(values.get(name))
     return columns

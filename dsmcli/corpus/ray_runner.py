@@ -99,7 +99,8 @@ def _record(row: dict[str, Any], recorder: Any, result: Any) -> None:
     manifest_row = ManifestRow(
         path=str(row["path"]), status=str(row["status"]), model=str(row["model"]), error=row["error"] or None,
         audio_seconds=row["audio_seconds"], outputs=[str(p) for p in (row["outputs"] or [])],
-        wall_seconds=row["wall_seconds"], words=None if row["words"] is None else int(row["words"]))
+        wall_seconds=row["wall_seconds"], words=None if row["words"] is None else int(row["words"]),
+        worker=row.get("worker"))
     if manifest_row.status == FAILED:
         error = _Failed(manifest_row.error or "failed", int(row["exit_code"] or 1))
         result.errors.append(error)
