@@ -280,7 +280,8 @@ def test_the_ray_data_callable_class_writes_the_same_outputs(tiny_stt, corpus, r
     paths = [str(p) for p in clips(corpus)[:3]] + [str(tmp_path / "missing.wav")]
     transcribe = Transcribe(tiny_stt, str(tmp_path), ["srt", "json", "txt"], batch_size=2)  # 2 slots
     rows = [decode_audio({"path": p}) for p in paths]
-    batch = {"path": np.array(paths), "audio": [r["audio"] for r in rows], "error": np.array([r["error"] for r in rows])}
+    batch = {"path": np.array(paths), "audio": [r["audio"] for r in rows],
+             "error": np.array([r["error"] for r in rows])}
     result = transcribe(batch)
     assert result["status"] == ["ok", "ok", "ok", "failed"] and result["exit_code"] == [0, 0, 0, 4]
     assert "missing.wav" in result["error"][3] and all(w > 0 for w in result["words"][:3])
@@ -291,3 +292,38 @@ def test_the_ray_data_callable_class_writes_the_same_outputs(tiny_stt, corpus, r
     again = Transcribe(tiny_stt, str(tmp_path / "again"), ["srt", "json", "txt"])({"path": np.array(paths[:1])})
     assert again["status"] == ["ok"]  # without an audio column, the actor decodes the file itself
     assert same_outputs(tmp_path / "again", {n: reference[n] for n in ("clip0.srt", "clip0.json", "clip0.txt")})
+
+
+# ---------------------------------------------------------------------------------------------- dsm speak
+
+
+def test_speak_corpus_records_resumes_and_writes_atomically(capfd, tiny_tts, tiny_voices, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    sentences = ["Hello there, how are you?", "The weather is fine today.", "Streams of speech.", "One more."]
+    for i, sentence in enumerate(sentences):
+        (texts / f"t{i}.txt").write_text(sentence)
+    (texts / "bad.txt").write_bytes(b"ok \xc3\x28 no")  # invalid UTF-8
+    tts = ["-m", tiny_tts, "--voice-repo", tiny_voices, "--voice", "voices/alice.wav", "--temperature", "0",
+           "--srt"]
+    plain, out, manifest = tmp_path / "plain", tmp_path / "out", tmp_path / "m.jsonl"
+    code, err = dsm_code(capfd, "speak", *sorted(texts.glob("t*.txt")), *tts, "-o", plain)
+    assert code == 0, err
+    code, err = dsm_code(capfd, "speak", texts, *tts, "-o", out, "--manifest", manifest, "--shard", "1/1")
+    assert code == 5 and len(err.splitlines()) == 1 and "bad.txt" in err
+    rows = {Path(r["path"]).name: r for r in rows_of(manifest)}
+    assert rows["bad.txt"]["status"] == "failed" and "UTF-8" in rows["bad.txt"]["error"]
+    for i, sentence in enumerate(sentences):
+        row = rows[f"t{i}.txt"]
+        assert row["status"] == "ok" and row["characters"] == len(sentence) and row["audio_seconds"] > 0
+        assert sorted(Path(p).name for p in row["outputs"]) == [f"t{i}.srt", f"t{i}.wav"]
+        for ext in ("wav", "srt"):  # same bytes as the plain run
+            assert (out / f"t{i}.{ext}").read_bytes() == (plain / f"t{i}.{ext}").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"t{i}.{e}" for i in range(4) for e in ("wav", "srt"))
+    (out / "t2.srt").unlink()  # as if killed between its two renames
+    code, err = dsm_code(capfd, "speak", texts, *tts, "-o", out, "--manifest", manifest, "--resume")
+    assert code == 5
+    again = {Path(r["path"]).name: r["status"] for r in rows_of(manifest)[len(rows):]}
+    assert again == {"t0.txt": "skipped", "t1.txt": "skipped", "t2.txt": "ok", "t3.txt": "skipped",
+                     "bad.txt": "failed"}
+    assert (out / "t2.srt").read_bytes() == (plain / "t2.srt").read_bytes()

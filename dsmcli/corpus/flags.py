@@ -20,7 +20,8 @@ def recursive_option():
 
 def glob_option():
     return typer.Option(None, "--glob", rich_help_panel=INPUT,
-                        help="Directories: take the files matching PATTERN (e.g. '*.mp3'); none given: the current one.")
+                        help="Directories: take the files matching PATTERN (e.g. '*.mp3'); "
+                             "with no directory, the current one.")
 
 
 def inputs_option():

@@ -1,7 +1,8 @@
 """``--manifest FILE.jsonl``: one JSON line per input as it finishes, appended and flushed line by line.
 
 A line: ``{"path", "status": "ok"|"failed"|"skipped", "error", "audio_seconds", "words" (transcribe) or
-"characters" (speak), "outputs", "wall_seconds", "model", "finished"}``, and ``"worker"`` (host:pid) on Ray. A rerun appends; the last line of a
+"characters" (speak), "outputs", "wall_seconds", "model", "finished"}``, and ``"worker"`` (host:pid) on
+Ray. A rerun appends; the last line of a
 path is its current state (``read_manifest``).
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from dsmcli.corpus.inputs import STDIN, Shard
 from dsmcli.corpus.manifest import Manifest
 from dsmcli.corpus.record import Recorder
-from dsmcli.errors import UsageError
+from dsmcli.errors import DsmError, UsageError
 
 LIVE_SOURCES = (STDIN, "<mic>")
 RAY_ADDRESS = re.compile(r"^(auto|local|(ray|https?)://\S+|[\w.-]+:\d+)$")
@@ -104,3 +104,45 @@ def run_transcribe(request, options: CorpusOptions):  # (transcribe_run.Request,
     finally:
         if manifest is not None:
             manifest.close()
+
+
+def run_speak(request, options: CorpusOptions):  # (speak_run.SpeakRequest, CorpusOptions) -> speak_run.RunResult
+    """``dsm speak`` over many text files: shard, skip what is done, record, run the rest in this process."""
+    from dsmcli.speak_output import plan_outputs
+    from dsmcli.speak_run import RunResult, execute
+
+    if options.ray is not None:
+        raise UsageError("--ray runs dsm transcribe; for dsm speak use --shard on each machine")
+    names = [item.source or "" for item in request.inputs]
+    check_sources(names, options)
+    if request.output is None and not request.play and len(request.inputs) > 1 or options.shard:
+        request = replace(request, output=request.output or ".")
+    keep = [i for i, name in enumerate(names) if options.shard is None or options.shard.takes(name)]
+    manifest = Manifest(options.manifest) if options.manifest else None
+    try:
+        recorder = Recorder(request.model, manifest, unit="characters")
+        if options.resume:
+            plans = plan_outputs([(i.name, i.stem) for i in request.inputs], request.output, raw=request.raw,
+                                 play=request.play, formats=list(request.formats), force=True)
+            files = {i: [Path(p) for p in _plan_files(plans[i])] for i in keep}
+            todo = set(resumable([names[i] for i in keep], lambda n: files[names.index(n)], recorder))
+            keep = [i for i in keep if names[i] in todo]
+        voices = request.voices
+        if len(voices) == len(request.inputs) > 1:  # one voice per input: keep each with its input
+            voices = tuple(voices[i] for i in keep)
+        request = replace(request, inputs=tuple(request.inputs[i] for i in keep), voices=voices, recorder=recorder,
+                          atomic=True, force=request.force or options.resume)
+        try:
+            return execute(request) if keep else RunResult(total=0)
+        except DsmError as error:  # one input left: its failure is raised, not recorded by its sink
+            if len(keep) == 1 and not isinstance(error, UsageError) and not recorder.rows:
+                recorder.failed(names[keep[0]], error)
+            raise
+    finally:
+        if manifest is not None:
+            manifest.close()
+
+
+def _plan_files(plan) -> list[str]:
+    audio = [plan.audio] if plan.audio not in (None, STDIN) else []
+    return audio + [str(path) for _, path in plan.subtitles]

@@ -11,6 +11,7 @@ streaming executor bounds how much is in flight.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import replace
 from typing import Any
@@ -38,17 +39,21 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(ray: Any, address: str | None) -> None:
-    """Join the cluster at ``address`` (None: ``RAY_ADDRESS`` if set, else start a local one)."""
+def connect(ray: Any, address: str | None, options: RayOptions) -> None:
+    """Join the cluster at ``address`` (None: ``RAY_ADDRESS`` if set, else start a local one). A local cluster gets
+    at least one logical CPU more than the actors hold, so decode tasks can always run beside them."""
     if ray.is_initialized():
         return
     if address in LOCAL:
         address = None
     elif address is None:
         address = os.environ.get("RAY_ADDRESS") or None
+    local: dict[str, Any] = {}
+    if address is None:
+        needed = math.ceil(options.actors * options.cpus_per_actor) + 1
+        local["num_cpus"] = max(os.cpu_count() or 1, needed)
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 configure_logging=True)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise DsmError(f"cannot connect to the Ray cluster at {address or 'a new local cluster'}: "
                        f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
@@ -59,7 +64,7 @@ def run_on_ray(request: Any, options: RayOptions):  # -> transcribe_run.RunResul
 
     ray = import_ray()
     run.check_outputs(request)
-    connect(ray, options.address)
+    connect(ray, options.address, options)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = bool(request.progress)
     context.print_on_execution_start = False
