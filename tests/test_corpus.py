@@ -214,12 +214,14 @@ def test_atomic_files_appear_complete_or_not_at_all(tmp_path):
 # ---------------------------------------------------------------------------------------------- SIGKILL, --resume
 
 
-def test_sigkill_then_resume_finishes_every_output_byte_identical(tiny_stt, corpus, reference, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_then_resumed_run_finishes_every_output_identical(stop, tiny_stt, corpus, reference, tmp_path):
     out, manifest = tmp_path / "out", tmp_path / "m.jsonl"
     args = [sys.executable, "-m", "dsmcli", "transcribe", str(corpus), "-r", "-m", tiny_stt, *FORMATS,
             "-o", str(out), "-b", "1", "--manifest", str(manifest), "--resume"]
     env = subprocess_env(SINGLE_THREAD_ENV)
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: set[str] = set()
     deadline = time.monotonic() + RUN_SECONDS
     try:
@@ -236,11 +238,16 @@ def test_sigkill_then_resume_finishes_every_output_byte_identical(tiny_stt, corp
                 break
             time.sleep(0.01)
         assert process.poll() is None, "the run ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        process.send_signal(stop)
+        _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
+    if stop == signal.SIGINT:  # Ctrl-C: exit 130, one line; the unfinished input left nothing behind
+        assert process.returncode == 130 and stderr.decode().startswith("dsm: error: interrupted;"), stderr
+        assert len(stderr.decode().splitlines()) == 1 and not [p for p in out.iterdir() if ".partial-" in p.name]
+    else:
+        assert process.returncode == -signal.SIGKILL
     first = {Path(r["path"]).name: r["status"] for r in rows_of(manifest)}
     done = sorted(name for name, status in first.items() if status == "ok")
     assert 2 <= len(done) < CLIPS
