@@ -111,10 +111,10 @@ def speak_cmd(
     corpus = flags.corpus_options(manifest, resume, shard)
     inputs = flags.selected_inputs(inputs, recursive, glob, inputs_list, TEXT_EXTENSIONS)
     items = (SpeakInput(text=text),) if text is not None else tuple(SpeakInput(source=s) for s in inputs or [])
-    _run(corpus=corpus, inputs=items, model=model, voices=tuple(voice or []), voice_repo=voice_repo, output=output, raw=raw,
+    _run(inputs=items, model=model, voices=tuple(voice or []), voice_repo=voice_repo, output=output, raw=raw,
          play=play, audio_device=_device(audio_device), force=force, formats=_formats(formats, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
-         dtype_name=dtype, batch_size=batch_size)
+         dtype_name=dtype, batch_size=batch_size, corpus=corpus)
 
 
 @app.command("dialog")

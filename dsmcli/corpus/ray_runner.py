@@ -25,6 +25,8 @@ LOCAL = ("local", "")
 
 
 class _Failed(DsmError):
+    """An input that failed on an actor, with its error's exit code."""
+
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
@@ -60,6 +62,7 @@ def connect(ray: Any, address: str | None, options: RayOptions) -> None:
 
 
 def run_on_ray(request: Any, options: RayOptions):  # -> transcribe_run.RunResult
+    """Run ``request.sources`` on the cluster; manifest rows are recorded here as the actors return them."""
     from dsmcli.commands import transcribe_run as run
 
     ray = import_ray()
