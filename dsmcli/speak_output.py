@@ -25,6 +25,8 @@ from dsmcli.audio.sinks import (
     player_command,
 )
 from dsmcli.constants import SAMPLE_RATE
+from dsmcli.corpus import atomic
+from dsmcli.corpus.record import NULL_RECORDER
 from dsmcli.errors import DsmError, OutputError, UsageError
 from dsmcli.outputs import (
     TranscriptOutput,
@@ -128,8 +130,11 @@ class OutputSink(SpeechSink):
     """Writes one input's speech as planned. ``errors`` collects failures (the caller decides the exit code)."""
 
     def __init__(self, plan: OutputPlan, *, force: bool, writer_options: WriterOptions, errors: list[DsmError],
-                 audio_device: Any = None, speaker_factory: Any = None) -> None:
+                 audio_device: Any = None, speaker_factory: Any = None, recorder: Any = None,
+                 atomic: bool = False) -> None:
         self.plan, self.force, self.writer_options, self.errors = plan, force, writer_options, errors
+        # corpus runs (dsmcli.corpus): manifest rows; files written atomically, dropped on failure or Ctrl-C
+        self.record, self.atomic = recorder or NULL_RECORDER, atomic
         self.audio_device, self.speaker_factory = audio_device, speaker_factory
         self.result: SpeechResult | None = None
         self._audio: list[Any] | None = None  # AudioSink / SpeakerSink, opened on first use
@@ -144,7 +149,8 @@ class OutputSink(SpeechSink):
         if self._audio is None:
             self._audio = []
             if self.plan.audio is not None:
-                self._audio.append(open_sink(self.plan.audio, SAMPLE_RATE, raw=self.plan.raw, force=self.force))
+                self._audio.append(open_sink(self.plan.audio, SAMPLE_RATE, raw=self.plan.raw, force=self.force,
+                                             atomic=self.atomic))
                 if self.plan.audio == STDOUT and self.plan.raw:
                     print(f"dsm: raw s16le {SAMPLE_RATE} Hz mono on stdout; play it with: "
                           f"{player_command(SAMPLE_RATE)}", file=sys.stderr, flush=True)
@@ -161,7 +167,8 @@ class OutputSink(SpeechSink):
             try:
                 for fmt, path in self.plan.subtitles:
                     writers += open_writers([fmt], path, self.plan.stem, force=self.force,
-                                            options=self.writer_options)
+                                            options=self.writer_options,
+                                            opener=atomic.open_text if self.atomic else None)
             except BaseException:
                 for writer in writers:
                     writer.close(interrupted=True)
@@ -207,14 +214,33 @@ class OutputSink(SpeechSink):
             print(f"dsm: warning: {self.plan.name}: stopped after {result.steps} steps before the end of the text",
                   file=sys.stderr, flush=True)
         self._close(result.seconds, interrupted=False)
+        self.record.finished(self.plan.name, result.seconds, self.files())
 
     def fail(self, error: DsmError) -> None:
         self.errors.append(error)
         print(f"dsm: error: {error}", file=sys.stderr, flush=True)
+        self.record.failed(self.plan.name, error)
+        self._discard_if_atomic()
         self._close(None, interrupted=True)
 
     def abort(self) -> None:
+        self._discard_if_atomic()
         self._close(None, interrupted=True)
+
+    def files(self) -> list[str]:
+        """The files this input writes (not stdout or the speakers)."""
+        audio = [self.plan.audio] if self.plan.audio not in (None, STDOUT) else []
+        return [str(path) for path in audio] + [str(path) for _, path in self.plan.subtitles]
+
+    def _discard_if_atomic(self) -> None:
+        """In a corpus run, an input that failed or was interrupted leaves no output (``--resume`` reruns it)."""
+        if not self.atomic or self._closed:
+            return
+        for sink in self._audio or []:
+            if hasattr(sink, "discard"):
+                sink.discard()
+        for writer in self._words.writers if self._words is not None else []:
+            atomic.discard(writer.stream)
 
     def _close(self, seconds: float | None, interrupted: bool) -> None:
         """Finalize every opened output (each even if another fails), then re-raise the first failure."""

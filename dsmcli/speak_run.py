@@ -95,6 +95,9 @@ class SpeakRequest:
     audio_device: Any = None
     speaker_factory: Any = None
     stdin: BinaryIO | None = None
+    # corpus runs (dsmcli.corpus): manifest rows, and files written atomically (dropped on failure or Ctrl-C)
+    recorder: Any = None  # dsmcli.corpus.record.Recorder
+    atomic: bool = False
 
 
 @dataclass
@@ -198,6 +201,8 @@ class _Jobs:
         model, options = self.model, self.request.options
 
         def open_job():
+            sink.record.opened(prepared.input.name)
+            sink.record.count(prepared.input.name, sum(map(len, prepared.turns or ())))
             voice = self.voice(prepared.voices)
             if prepared.turns is not None:
                 return voice, FixedEntries(prepared.input.name, model.entries(prepared.turns, options))
@@ -231,7 +236,8 @@ def execute(request: SpeakRequest) -> RunResult:
     prepared, resolved = [], {}
     for index, plan in enumerate(plans):
         sink = OutputSink(plan, force=request.force, writer_options=writer_options, errors=result.errors,
-                          audio_device=request.audio_device, speaker_factory=request.speaker_factory)
+                          audio_device=request.audio_device, speaker_factory=request.speaker_factory,
+                          recorder=request.recorder, atomic=request.atomic)
         result.sinks.append(sink)
         try:
             prepared.append((_prepare(request, setup, index, resolved), sink))

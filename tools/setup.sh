@@ -65,7 +65,7 @@ install_test_tools() {
 install_torch
 if [[ "${1:-}" == "--test" ]]; then
     install_test_tools
-    pip_install -q -e ".[test]"
+    pip_install -q -e ".[test,ray]"
     # The reference implementation is a test oracle only; --no-deps keeps its old torch pin out.
     pip_install -q --no-deps "moshi==0.2.13"
 else

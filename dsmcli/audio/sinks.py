@@ -14,7 +14,7 @@ import struct
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 import soundfile
@@ -100,7 +100,7 @@ class AudioSink:
 class _ByteSink(AudioSink):
     """A binary target: a path (created), ``-`` (stdout) or an open binary stream (borrowed)."""
 
-    def __init__(self, target: str | Path | BinaryIO, channels: int) -> None:
+    def __init__(self, target: str | Path | BinaryIO, channels: int, atomic: bool = False) -> None:
         self.channels = channels
         self.frames = 0
         if isinstance(target, (str, Path)) and str(target) == STDOUT:
@@ -108,7 +108,7 @@ class _ByteSink(AudioSink):
         elif isinstance(target, (str, Path)):
             self.name, self._owned = str(target), True
             try:
-                self.stream = open(target, "wb")
+                self.stream = _open_atomic(target) if atomic else open(target, "wb")
             except OSError as error:
                 raise OutputError(f"cannot write {target}: {error.strerror or error}") from error
         else:
@@ -140,20 +140,28 @@ class _ByteSink(AudioSink):
     def _finalize(self) -> None:
         self.stream.flush()
 
+    def discard(self) -> None:
+        """Drop the temporary of an atomic file (a failed or interrupted input of a corpus run)."""
+        from dsmcli.corpus.atomic import discard
+
+        discard(self.stream)
+
 
 class RawWriter(_ByteSink):
     """Headerless signed 16-bit little-endian PCM (play with ``player_command``)."""
 
-    def __init__(self, target: str | Path | BinaryIO, rate: int = SAMPLE_RATE, channels: int = 1) -> None:
-        super().__init__(target, channels)
+    def __init__(self, target: str | Path | BinaryIO, rate: int = SAMPLE_RATE, channels: int = 1,
+                 atomic: bool = False) -> None:
+        super().__init__(target, channels, atomic)
         self.rate = rate
 
 
 class WavWriter(_ByteSink):
     """16-bit PCM WAV written incrementally; sizes patched in place when the target seeks."""
 
-    def __init__(self, target: str | Path | BinaryIO, rate: int = SAMPLE_RATE, channels: int = 1) -> None:
-        super().__init__(target, channels)
+    def __init__(self, target: str | Path | BinaryIO, rate: int = SAMPLE_RATE, channels: int = 1,
+                 atomic: bool = False) -> None:
+        super().__init__(target, channels, atomic)
         self.rate = rate
         self._header_at = self._seekable_position()
         self._put(wav_header(rate, channels, 0 if self._header_at is not None else None))
@@ -208,14 +216,16 @@ class WavWriter(_ByteSink):
 class SoundfileWriter(AudioSink):
     """FLAC (16-bit), Ogg Vorbis or MP3 through libsndfile, chosen by the file extension."""
 
-    def __init__(self, path: str | Path, rate: int = SAMPLE_RATE, channels: int = 1) -> None:
+    def __init__(self, path: str | Path, rate: int = SAMPLE_RATE, channels: int = 1, atomic: bool = False) -> None:
         suffix = Path(path).suffix.lower()
         if suffix not in SOUNDFILE_FORMATS:
             raise OutputError(f"{path}: cannot write {suffix or 'extension-less'} audio")
         container, subtype = SOUNDFILE_FORMATS[suffix]
         self.name, self.channels = str(path), channels
+        self._target = _atomic_target(path) if atomic else None  # written to its temporary, renamed on close
         try:
-            self._file = soundfile.SoundFile(str(path), "w", rate, channels, subtype, format=container)
+            self._file = soundfile.SoundFile(str(self._target.temp if self._target else path), "w", rate, channels,
+                                             subtype, format=container)
         except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
             raise OutputError(f"cannot write {path}: {error}") from error
 
@@ -227,13 +237,22 @@ class SoundfileWriter(AudioSink):
         if not self.closed:
             self.closed = True
             self._file.close()
+            if self._target is not None:
+                self._target.commit()
+
+    def discard(self) -> None:
+        """Drop the temporary of an atomic file (a failed or interrupted input of a corpus run)."""
+        if self._target is not None:
+            self._target.discard()
 
 
 def open_sink(
-    target: str | Path, rate: int = SAMPLE_RATE, channels: int = 1, *, raw: bool = False, force: bool = False
+    target: str | Path, rate: int = SAMPLE_RATE, channels: int = 1, *, raw: bool = False, force: bool = False,
+    atomic: bool = False,
 ) -> AudioSink:
     """The sink for ``target``: ``-`` is stdout (WAV, or raw s16le with ``raw``); a path picks
-    by extension (.wav or none, .raw/.pcm, .flac, .ogg, .mp3). Refuses to overwrite without ``force``."""
+    by extension (.wav or none, .raw/.pcm, .flac, .ogg, .mp3). Refuses to overwrite without ``force``. ``atomic``:
+    the file is written under a temporary name and renamed when closed (``dsmcli.corpus.atomic``)."""
     if str(target) == STDOUT:
         return RawWriter(STDOUT, rate, channels) if raw else WavWriter(STDOUT, rate, channels)
     path = Path(target)
@@ -247,10 +266,22 @@ def open_sink(
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: no such directory {path.parent}")
     if raw or suffix in RAW_EXTENSIONS:
-        return RawWriter(path, rate, channels)
+        return RawWriter(path, rate, channels, atomic)
     if suffix in ("", ".wav"):  # a file name without extension gets WAV
-        return WavWriter(path, rate, channels)
-    return SoundfileWriter(path, rate, channels)
+        return WavWriter(path, rate, channels, atomic)
+    return SoundfileWriter(path, rate, channels, atomic)
+
+
+def _open_atomic(path: str | Path) -> BinaryIO:
+    from dsmcli.corpus.atomic import open_binary
+
+    return cast(BinaryIO, open_binary(path))
+
+
+def _atomic_target(path: str | Path):  # -> dsmcli.corpus.atomic.AtomicTarget
+    from dsmcli.corpus.atomic import AtomicTarget
+
+    return AtomicTarget(path)
 
 
 def player_command(rate: int = SAMPLE_RATE, channels: int = 1) -> str:

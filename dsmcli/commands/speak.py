@@ -10,6 +10,9 @@ import typer
 
 from dsmcli.cli import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, app, examples
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
+from dsmcli.corpus import flags
+from dsmcli.corpus.inputs import TEXT_EXTENSIONS
+from dsmcli.corpus.plan import CorpusOptions, run_speak
 from dsmcli.errors import EXIT_INTERRUPTED, ModelLoadError, UsageError
 from dsmcli.speak_model import DEFAULT_TEMPERATURE, SpeakOptions
 from dsmcli.tts.state_machine import DEFAULT_MAX_PADDING
@@ -58,7 +61,7 @@ def _quantize(name: str) -> str:
         raise UsageError(f"--quantize: unknown method {name!r} (none, int8, int4)") from None
 
 
-def _run(**fields) -> None:
+def _run(corpus: CorpusOptions | None = None, **fields) -> None:
     from dsmcli.hub import default_model
     from dsmcli.cpu_threads import set_threads
     from dsmcli.speak_run import SpeakRequest, execute
@@ -71,7 +74,8 @@ def _run(**fields) -> None:
     # sys.exit, not typer.Exit: cli.main runs Typer with standalone_mode=False, which returns (and drops) the code
     # of a typer.Exit, and turns Ctrl-C into such an Exit(130), instead of exiting with it.
     try:
-        result = execute(SpeakRequest(**fields))
+        request = SpeakRequest(**fields)
+        result = run_speak(request, corpus) if corpus is not None and corpus.active else execute(request)
     except KeyboardInterrupt:
         print("dsm: interrupted", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -142,12 +146,14 @@ def speak_cmd(
     _list_devices_and_exit(list_devices)
     if text is not None and inputs:
         raise UsageError("give either text files or --text, not both")
+    corpus = flags.corpus_options(manifest, resume, shard)
+    inputs = flags.selected_inputs(inputs, recursive, glob, inputs_list, TEXT_EXTENSIONS)
     items = (SpeakInput(text=text),) if text is not None else tuple(SpeakInput(source=s) for s in inputs or [])
     _run(inputs=items, model=model, voices=tuple(voice or []), voice_repo=voice_repo, output=output, raw=raw,
          play=play, audio_device=_device(audio_device), force=force, formats=_formats(formats, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
          dtype_name=dtype, batch_size=batch_size, threads=threads,
-         quantize=_quantize(quantize))
+         quantize=_quantize(quantize), corpus=corpus)
 
 
 @app.command("dialog", epilog=examples(

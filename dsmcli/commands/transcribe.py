@@ -9,6 +9,9 @@ import typer
 
 from dsmcli.cli import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, app, examples
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
+from dsmcli.corpus import flags
+from dsmcli.corpus.inputs import AUDIO_EXTENSIONS
+from dsmcli.corpus.plan import run_transcribe as run_corpus
 from dsmcli.errors import EXIT_INTERRUPTED, EXIT_OK
 
 
@@ -90,6 +93,21 @@ def transcribe_cmd(
     save_audio: Optional[str] = typer.Option(
         None, "--save-audio", metavar="FILE", rich_help_panel=DEVICES,
         help="With --mic: also write what the microphone heard (the samples transcribed) to this .wav or .flac."),
+    # corpus runs (dsmcli.corpus): many inputs, recorded, resumable, sharded, on Ray
+    recursive: bool = flags.recursive_option(),
+    glob: Optional[str] = flags.glob_option(),
+    inputs_list: Optional[str] = flags.inputs_option(),
+    manifest: Optional[str] = flags.manifest_option(),
+    resume: bool = flags.resume_option(),
+    shard: Optional[str] = flags.shard_option(),
+    ray: bool = typer.Option(False, "--ray", rich_help_panel=flags.PERFORMANCE,
+                             help="Run on a Ray cluster: --ray [ADDRESS] (default: RAY_ADDRESS, else a local one)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", rich_help_panel=flags.PERFORMANCE,
+                                              help="Ray cluster address (implies --ray)."),
+    ray_actors: int = typer.Option(1, "--ray-actors", min=1, rich_help_panel=flags.PERFORMANCE,
+                                   help="Ray actors, each holding the model once."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus-per-actor", min=0.0, rich_help_panel=flags.PERFORMANCE,
+                                   help="GPUs per Ray actor (fractions share a GPU)."),
 ) -> None:
     """Speech → text with word timestamps, streaming. Many files are batched; - reads stdin as it arrives."""
     from dsmcli.commands import transcribe_run as run
@@ -100,7 +118,9 @@ def transcribe_cmd(
         print("\n".join(device_lines("input")))
         return
     formats = run.pick_formats(output_format, srt=srt, json_=json_)
-    sources = run.pick_sources(inputs or [], mic=mic)
+    corpus = flags.corpus_options(manifest, resume, shard, ray, ray_address, ray_actors, ray_gpus, device, dtype)
+    paths, corpus = flags.take_ray_address(list(inputs or []), corpus)
+    sources = run.pick_sources(flags.selected_inputs(paths, recursive, glob, inputs_list, AUDIO_EXTENSIONS), mic=mic)
     request = run.Request(
         sources=sources, formats=formats, output=output, force=force, model=model,
         device=resolve_device(device), dtype=resolve_dtype(dtype, device), batch_size=batch_size,
@@ -112,11 +132,13 @@ def transcribe_cmd(
         prompt_text=prompt, prompt_audio=prompt_audio,
     )
     try:
-        result = run.execute(request)
+        result = run_corpus(request, corpus) if corpus.active else run.execute(request)
     except KeyboardInterrupt:  # before any output was opened (e.g. while the model loads)
         run.report("interrupted", "error")
         sys.exit(EXIT_INTERRUPTED)
-    if result.interrupted:
+    if result.interrupted and corpus.active:
+        run.report("interrupted; finished inputs are written, unfinished ones left no output (rerun with --resume)")
+    elif result.interrupted:
         run.report("interrupted; the outputs hold everything transcribed until then", "error")
     if result.exit_code != EXIT_OK:
         sys.exit(result.exit_code)  # SystemExit: Typer returns typer.Exit codes to `main` without exiting

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsmcli.corpus import atomic
+from dsmcli.corpus.record import NULL_RECORDER
 from dsmcli.engine.quantize import QuantMethod
 
 from dsmcli.errors import (
@@ -78,6 +80,9 @@ class Request:
     prompt_text: str | None = None  # --prompt (experimental, dsmcli.stt_prompt)
     prompt_audio: str | None = None  # --prompt-audio: a file, read whole before the model loads
     save_audio: str | None = None  # --mic: also write what the microphone heard to this WAV
+    # corpus runs (dsmcli.corpus): manifest rows, and outputs written atomically (dropped on failure or Ctrl-C)
+    recorder: Any = None  # dsmcli.corpus.record.Recorder
+    atomic: bool = False
 
 
 def quantize_method(name: str) -> QuantMethod:
@@ -184,19 +189,24 @@ class OutputSink:
                                      subtitles=request.writer_options.subtitles, end_of_turn=request.options.vad)
         self.audio: Any = None  # the AudioSource being read, for its decoder warnings
         self._out: TranscriptOutput | None = None
+        self.record = request.recorder or NULL_RECORDER
 
     def _open(self) -> TranscriptOutput:
         if self._out is None:
             writers = open_writers(self.request.formats, _output_for(self.request), _stem(self.source),
-                                   force=self.request.force, options=self.options)
+                                   force=self.request.force, options=self.options,
+                                   opener=atomic.open_text if self.request.atomic else None)
             self._out = TranscriptOutput(writers, self.request.segment_options)
         return self._out
 
     def event(self, event: TranscriptEvent) -> None:
         self._open().push(event)
+        self.record.event(self.source, event)
 
     def finish(self, duration: float) -> None:
-        self._open().close(duration, interrupted=self.result.interrupted)
+        out = self._open()
+        out.close(duration, interrupted=self.result.interrupted)
+        self.record.finished(self.source, duration, [w.name for w in out.writers if w.name != "<stdout>"])
         skipped = 0 if self.audio is None else self.audio.decoder_messages
         if skipped:
             report(f"{self.source}: the decoder skipped damaged data ({skipped} messages)", "warning")
@@ -204,6 +214,8 @@ class OutputSink:
     def fail(self, error: DsmError) -> None:
         self.result.errors.append(error)
         report(error)
+        self.record.failed(self.source, error)
+        self._discard_if_atomic()
         if self._out is not None:
             try:
                 self._out.close(interrupted=True)
@@ -212,7 +224,14 @@ class OutputSink:
 
     def interrupt(self) -> None:
         if self._out is not None and not self._out.closed:
+            self._discard_if_atomic()
             self._out.close(interrupted=True)
+
+    def _discard_if_atomic(self) -> None:
+        """In a corpus run, an input that failed or was interrupted leaves no output (``--resume`` reruns it)."""
+        if self.request.atomic and self._out is not None and not self._out.closed:
+            for writer in self._out.writers:
+                atomic.discard(writer.stream)
 
 
 def check_outputs(request: Request) -> None:
@@ -261,6 +280,7 @@ def preflight(request: Request, result: RunResult) -> list[str]:
         except InputError as error:
             result.errors.append(error)
             report(error)
+            (request.recorder or NULL_RECORDER).failed(source, error)
         else:
             good.append(source)
     return good
@@ -332,6 +352,7 @@ def _mic_chunks(request: Request, result: RunResult) -> Iterator[np.ndarray]:
 
 def _opener(request: Request, source: str, sink: OutputSink, result: RunResult) -> Callable[[], Iterable[np.ndarray]]:
     def open_source() -> Iterable[np.ndarray]:
+        sink.record.opened(source)
         if source == MIC:
             return _mic_chunks(request, result)
         from dsmcli.audio import open_audio
@@ -392,3 +413,9 @@ def _chain(first: Callable[[str, int], None], second: Callable[[str, int], None]
         second(source, samples)
 
     return both
+
+
+def planned_outputs(request: Request, source: str) -> list[Path]:
+    """The files ``source`` writes (stdout is not a file): what ``--resume`` checks (dsmcli.corpus.plan)."""
+    paths = output_paths(request.formats, _output_for(request), _stem(source)).values()
+    return [path for path in paths if path is not None]

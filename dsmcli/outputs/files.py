@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TextIO, cast
 
@@ -109,11 +110,13 @@ def open_writers(
     stem: str,
     force: bool = False,
     options: WriterOptions = WriterOptions(),
+    opener: Callable[[Path], TextIO] | None = None,
 ) -> list[TranscriptWriter]:
     """Open one writer per format (see ``output_paths``); nothing is created if any check fails.
 
     Raises ``OutputError`` (an output exists without ``force``, a directory is unwritable)
-    or ``UsageError`` (unknown format, several formats to one file or to stdout).
+    or ``UsageError`` (unknown format, several formats to one file or to stdout). ``opener(path)`` opens a
+    file (default ``open(path, "w", encoding="utf-8")``; corpus runs pass ``dsmcli.corpus.atomic.open_text``).
     """
     paths = output_paths(formats, output, stem)
     _check_writable([path for path in paths.values() if path is not None], force)
@@ -125,7 +128,7 @@ def open_writers(
                 writers.append(writer_class(_stdout_text(), options, name="<stdout>"))
                 continue
             try:
-                stream = open(path, "w", encoding="utf-8")
+                stream = opener(path) if opener is not None else open(path, "w", encoding="utf-8")
             except OSError as error:
                 raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
             writers.append(writer_class(stream, options, name=str(path)))
