@@ -61,7 +61,7 @@ def serve_cmd(
                                rich_help_panel="Devices"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16.",
                               rich_help_panel="Model"),
-    quantize: str = typer.Option("none", "--quantize", help="none, or int8 (LM weights; faster on CPU).",
+    quantize: str = typer.Option("none", "--quantize", help="none, int8 or int4 (LM weights; faster on CPU).",
                                  rich_help_panel="Performance"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores).",
                                           rich_help_panel="Performance"),

@@ -29,29 +29,26 @@ class ServeRequest:
 
 def _stt_engine(request: ServeRequest):
     from dsmcli.commands.transcribe_run import quantize_method
-    from dsmcli.engine.quantize import quantize_lm
     from dsmcli.stt import SttModel
     from dsmcli.stt.session import SttEngine
     from dsmcli.transcribe import TranscribeOptions
 
     options = TranscribeOptions(temperature=request.temperature or 0.0)
-    model = SttModel.load(request.stt, device=request.device, dtype=request.dtype)  # type: ignore[arg-type]
-    quantize_lm(model.lm, quantize_method(request.quantize))
+    model = SttModel.load(request.stt, device=request.device, dtype=request.dtype,  # type: ignore[arg-type]
+                          quantize=quantize_method(request.quantize))
     return SttEngine(model, options, batch_size=request.options.max_streams, max_waiting=request.options.max_waiting)
 
 
 def _tts_engine(request: ServeRequest):
     from dsmcli.commands.transcribe_run import quantize_method
-    from dsmcli.engine.quantize import quantize_lm
     from dsmcli.speak_model import SpeakOptions, TtsModel
     from dsmcli.tts.session import TtsEngine
 
     options = SpeakOptions(cfg=request.cfg, seed=request.seed,
                            **({} if request.temperature is None else {"temperature": request.temperature}))
     model = TtsModel.load(request.tts, device=request.device, dtype=request.dtype,  # type: ignore[arg-type]
-                          voice_repo=request.voice_repo)
+                          voice_repo=request.voice_repo, quantize=quantize_method(request.quantize))
     model.cfg_value(options)  # UsageError for a --cfg the model was not distilled with
-    quantize_lm(model.lm, quantize_method(request.quantize))
     engine = TtsEngine(model, options, batch_size=request.options.max_streams, max_waiting=request.options.max_waiting,
                        default_voice=request.voice)
     try:

@@ -78,14 +78,13 @@ class Transcribe:
                  *, request: Any = None, **options: Any) -> None:
         import torch
 
-        from dsmcli.engine.quantize import quantize_lm
         from dsmcli.stt import SttModel
 
         self.request = request if request is not None else transcribe_request(model, output, formats, **options)
         if self.request.threads:
             torch.set_num_threads(self.request.threads)
-        self.model = SttModel.load(self.request.model, device=self.request.device, dtype=self.request.dtype)
-        quantize_lm(self.model.lm, self.request.quantize)
+        self.model = SttModel.load(self.request.model, device=self.request.device, dtype=self.request.dtype,
+                                   quantize=self.request.quantize)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from dsmcli.commands import transcribe_run as run
