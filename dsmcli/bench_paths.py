@@ -165,11 +165,13 @@ class TtsRunner:
     def start(self) -> None:
         self.state = self.stream.init_state(self.batch, self.condition)
         self.mimi_state = self.model.mimi.init_state(self.batch)
+        self.steps = 0
 
     def step(self) -> None:
-        """``Synthesizer._step`` and ``_decode`` for a batch of slots that are all ready."""
-        early = bool((self.state.offsets < self.delay_steps).all())
+        """``Synthesizer._step`` and ``_decode`` for a batch of slots that are all ready (all at the same offset)."""
+        early = self.steps < self.delay_steps
         out = self.stream.step(None, self.state, replace_audio=self.skip_audio if early else None)
+        self.steps += 1
         times = self.state.offsets - 1 - self.model.lm.config.max_delay  # [B] time of the frame just completed
         decode = out.frame_valid & (times >= self.delay_steps)
         if bool(decode.any()):
