@@ -275,7 +275,8 @@ class OutputSink(SpeechSink):
     def _report_written(self, interrupted: bool) -> None:
         """One line per file written: ``dsm: wrote out.wav (3.2 s)``."""
         note = ", interrupted" if interrupted else ""
-        if self.plan.audio not in (None, STDOUT) and self._audio is not None:
+        opened = any(isinstance(sink, AudioSink) for sink in self._audio or [])
+        if self.plan.audio not in (None, STDOUT) and opened:
             print(f"dsm: wrote {self.plan.audio} ({self.seconds_written:.1f} s{note})", file=sys.stderr, flush=True)
         if self._words is not None:
             for _, path in self.plan.subtitles:
