@@ -71,5 +71,5 @@ if [[ "${1:-}" == "--test" ]]; then
 else
     pip_install -q -e ".[live]"
 fi
-# The native CPU kernels (int8 LM, Mimi streaming), ~15 s each, now rather than during the first run.
+# The native CPU kernels (int8 / int4 LM, depformer, Mimi streaming), ~15 s each, now rather than during the first run.
 run "$PYTHON" -m dsmcli kernels || echo "setup: dsm works without these kernels, on slower pure-torch paths"

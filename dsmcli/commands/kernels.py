@@ -14,7 +14,7 @@ from dsmcli.errors import EXIT_RUNTIME
 def kernels_cmd(
     status: bool = typer.Option(False, "--status", help="Report what is built without building anything."),
 ) -> None:
-    """Build the native CPU kernels (int8 LM, Mimi streaming) once, ahead of the first run; report each.
+    """Build the native CPU kernels (int8 / int4 LM, depformer, Mimi streaming) once, ahead of the first run; report each.
 
     Kernels are built into $XDG_CACHE_HOME/dsmcli/kernels (default ~/.cache/dsmcli/kernels), ~15 s each. A
     kernel whose build failed before is retried here (never at run time). Exit 1 if any could not be built:

@@ -139,6 +139,13 @@ def speak_cmd(
         help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
     list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel=DEVICES,
                                       help="List the sound output devices (index, name) and exit."),
+    # corpus runs (dsmcli.corpus): many text files, recorded, resumable, sharded
+    recursive: bool = flags.recursive_option(),
+    glob: Optional[str] = flags.glob_option(),
+    inputs_list: Optional[str] = flags.inputs_option(),
+    manifest: Optional[str] = flags.manifest_option(),
+    resume: bool = flags.resume_option(),
+    shard: Optional[str] = flags.shard_option(),
 ) -> None:
     """Text → speech, streaming. Several files run as parallel batch slots; - speaks stdin as it arrives."""
     from dsmcli.speak_run import SpeakInput

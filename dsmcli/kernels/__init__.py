@@ -89,10 +89,12 @@ class Kernel:
 
 KERNELS = {k.name: k for k in (
     Kernel("dsmcli_int8", "int8_linear.cpp", "int8", "linear"),
+    Kernel("dsmcli_int4", "int4_linear.cpp", "int4", "linear"),
     Kernel("dsmcli_fp32", "fp32_linear.cpp", "Mimi streaming", "linear"),
     Kernel("dsmcli_mimi", "mimi_transformer.cpp", "Mimi streaming", "transformer_step"),
     Kernel("dsmcli_seanet", "seanet_step.cpp", "Mimi streaming", "step"),
     Kernel("dsmcli_attn", "decode_attention.cpp", "int8 attention", "decode"),
+    Kernel("dsmcli_depformer", "depformer_step.cpp", "the depformer", "step"),
 )}
 
 
@@ -287,7 +289,7 @@ def int8_linear_op() -> Callable | None:
 def int4_linear_op() -> Callable | None:
     """The compiled ``linear(x [M, K] f32, w [N, K / 2] u8 (packed nibbles), scales [N, G] f32, group_size)
     -> [M, N]`` op, or None."""
-    return _load("dsmcli_int4", "int4_linear.cpp", "int4")
+    return _load("int4_linear")
 
 
 @functools.cache
@@ -320,7 +322,7 @@ def seanet_step_op() -> Callable | None:
 def depformer_step_op() -> Callable | None:
     """The compiled ``step(input [B, D], weights, kinds, group_sizes, keys, values, position, num_heads, eps,
     out_eps) -> logits [B, card]`` op (see ``depformer_step.cpp``), or None."""
-    return _load("dsmcli_depformer", "depformer_step.cpp", "the depformer", "step")
+    return _load("depformer_step")
 
 
 @functools.cache
