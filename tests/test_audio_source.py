@@ -238,7 +238,7 @@ def test_ffmpeg_path_decodes_losslessly(tmp_path):
 @needs_ffmpeg
 def test_ffmpeg_failure_is_an_input_error(tmp_path):
     path = tmp_path / "fake.m4a"
-    path.write_bytes(bytes(range(256)) * 40)  # binary, not text (text files are named as such before ffmpeg runs)
+    path.write_bytes(b"\x00\x01not a movie\xff\n" * 100)  # binary junk (text is reported as text, not audio)
     with pytest.raises(InputError, match="ffmpeg cannot decode it") as error:
         read_all(path)
     assert "\n" not in str(error.value)
