@@ -65,7 +65,7 @@ def reference(tiny_stt, corpus, tmp_path_factory) -> dict[str, bytes]:
     """Outputs of a plain, uninterrupted run (no corpus flag): file name → bytes."""
     out = tmp_path_factory.mktemp("reference")
     try:
-        main(["transcribe", *map(str, clips(corpus)), "-m", tiny_stt, *FORMATS, "-o", str(out)])
+        main(["transcribe", *map(str, clips(corpus)), "-m", tiny_stt, *FORMATS, "-o", f"{out}/"])
     except SystemExit as exit_:
         assert exit_.code in (0, None)
     files = {path.name: path.read_bytes() for path in out.iterdir()}
@@ -75,7 +75,7 @@ def reference(tiny_stt, corpus, tmp_path_factory) -> dict[str, bytes]:
 
 
 def same_output(name: str, data: bytes, reference: dict[str, bytes]) -> bool:
-    """Equal bytes; JSON equal up to the word probabilities at 1e-6. The engine's text logits of a file differ in
+    """Equal bytes; JSON equal up to the word probabilities and segment log-probabilities at 1e-5. The engine's text logits of a file differ in
     their last float digits with what ran in its slot before (the KV rings keep their attention span over a slot
     reset, so SDPA reduces over a different length): words, times and subtitles are the same bytes."""
     if data == reference[name]:
@@ -84,10 +84,11 @@ def same_output(name: str, data: bytes, reference: dict[str, bytes]) -> bool:
         return False
 
     mine, theirs = json.loads(data), json.loads(reference[name])
-    probabilities = []
+    probabilities = []  # the words' probabilities, then the segments' avg_logprob (both from the text logits)
     for document in (mine, theirs):
         words = [word for segment in document["segments"] for word in segment["words"]]
-        probabilities.append([word.pop("probability") for word in words])
+        probabilities.append([word.pop("probability") for word in words]
+                             + [segment.pop("avg_logprob") for segment in document["segments"]])
     return mine == theirs and probabilities[0] == pytest.approx(probabilities[1], rel=1e-5)
 
 
@@ -143,7 +144,7 @@ def test_shards_are_disjoint_stable_and_cover_everything():
 def test_cli_shards_split_a_directory(capfd, tiny_stt, corpus, reference, tmp_path):
     out, manifest = tmp_path / "out", tmp_path / "m.jsonl"
     for i in (1, 2, 3):
-        code, err = dsm_code(capfd, "transcribe", corpus, "-r", "-m", tiny_stt, *FORMATS, "-o", out,
+        code, err = dsm_code(capfd, "transcribe", corpus, "-r", "-m", tiny_stt, *FORMATS, "-o", f"{out}/",
                              "--shard", f"{i}/3", "--manifest", manifest)
         assert (code, err) == (0, "")
     rows = rows_of(manifest)
@@ -160,7 +161,7 @@ def test_a_failing_input_is_a_failed_row_the_others_are_written_exit_5(capfd, ti
     bad.write_text("this is not a RIFF header\n" * 20)
     out, manifest = tmp_path / "out", tmp_path / "m.jsonl"
     inputs = [str(p) for p in clips(corpus)[:3]] + [str(bad), str(tmp_path / "missing.wav")]
-    code, err = dsm_code(capfd, "transcribe", *inputs, "-m", tiny_stt, *FORMATS, "-o", out,
+    code, err = dsm_code(capfd, "transcribe", *inputs, "-m", tiny_stt, *FORMATS, "-o", f"{out}/",
                          "--manifest", manifest)
     assert code == 5
     assert len(err.splitlines()) == 2 and all(line.startswith("dsm: error: ") for line in err.splitlines()), err
@@ -187,7 +188,7 @@ def test_an_input_failing_midway_leaves_no_output_in_a_recorded_run(capfd, tiny_
     nan[len(nan) // 2 :] = float("nan")  # decodes fine until half way: the writers are open by then
     soundfile.write(tmp_path / "nan.wav", nan, SAMPLE_RATE, subtype="FLOAT")
     out, manifest = tmp_path / "out", tmp_path / "m.jsonl"
-    code, err = dsm_code(capfd, "transcribe", tmp_path / "nan.wav", "-m", tiny_stt, *FORMATS, "-o", out,
+    code, err = dsm_code(capfd, "transcribe", tmp_path / "nan.wav", "-m", tiny_stt, *FORMATS, "-o", f"{out}/",
                          "--manifest", manifest)
     assert code == 4 and "NaN" in err
     assert [r["status"] for r in rows_of(manifest)] == ["failed"]
@@ -218,7 +219,7 @@ def test_atomic_files_appear_complete_or_not_at_all(tmp_path):
 def test_killed_then_resumed_run_finishes_every_output_identical(stop, tiny_stt, corpus, reference, tmp_path):
     out, manifest = tmp_path / "out", tmp_path / "m.jsonl"
     args = [sys.executable, "-m", "dsmcli", "transcribe", str(corpus), "-r", "-m", tiny_stt, *FORMATS,
-            "-o", str(out), "-b", "1", "--manifest", str(manifest), "--resume"]
+            "-o", f"{out}/", "-b", "1", "--manifest", str(manifest), "--resume"]
     env = subprocess_env(SINGLE_THREAD_ENV)
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -314,10 +315,11 @@ def test_speak_corpus_records_resumes_and_writes_atomically(capfd, tiny_tts, tin
     tts = ["-m", tiny_tts, "--voice-repo", tiny_voices, "--voice", "voices/alice.wav", "--temperature", "0",
            "--srt"]
     plain, out, manifest = tmp_path / "plain", tmp_path / "out", tmp_path / "m.jsonl"
-    code, err = dsm_code(capfd, "speak", *sorted(texts.glob("t*.txt")), *tts, "-o", plain)
+    code, err = dsm_code(capfd, "speak", *sorted(texts.glob("t*.txt")), *tts, "-o", f"{plain}/")
     assert code == 0, err
-    code, err = dsm_code(capfd, "speak", texts, *tts, "-o", out, "--manifest", manifest, "--shard", "1/1")
-    assert code == 5 and len(err.splitlines()) == 1 and "bad.txt" in err
+    code, err = dsm_code(capfd, "speak", texts, *tts, "-o", f"{out}/", "--manifest", manifest, "--shard", "1/1")
+    errors = [line for line in err.splitlines() if not line.startswith("dsm: wrote ")]  # speak names each file
+    assert code == 5 and len(errors) == 1 and "bad.txt" in errors[0]
     rows = {Path(r["path"]).name: r for r in rows_of(manifest)}
     assert rows["bad.txt"]["status"] == "failed" and "UTF-8" in rows["bad.txt"]["error"]
     for i, sentence in enumerate(sentences):
@@ -328,7 +330,7 @@ def test_speak_corpus_records_resumes_and_writes_atomically(capfd, tiny_tts, tin
             assert (out / f"t{i}.{ext}").read_bytes() == (plain / f"t{i}.{ext}").read_bytes()
     assert sorted(p.name for p in out.iterdir()) == sorted(f"t{i}.{e}" for i in range(4) for e in ("wav", "srt"))
     (out / "t2.srt").unlink()  # as if killed between its two renames
-    code, err = dsm_code(capfd, "speak", texts, *tts, "-o", out, "--manifest", manifest, "--resume")
+    code, err = dsm_code(capfd, "speak", texts, *tts, "-o", f"{out}/", "--manifest", manifest, "--resume")
     assert code == 5
     again = {Path(r["path"]).name: r["status"] for r in rows_of(manifest)[len(rows):]}
     assert again == {"t0.txt": "skipped", "t1.txt": "skipped", "t2.txt": "ok", "t3.txt": "skipped",

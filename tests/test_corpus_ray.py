@@ -34,7 +34,7 @@ def test_ray_run_matches_the_single_process_run(tiny_stt, corpus, reference, clu
     out, manifest = tmp_path / "out", tmp_path / "m.jsonl"
     inputs = [str(p) for p in clips(corpus)] + [str(bad)]
     proc = subprocess.run(
-        [sys.executable, "-m", "dsmcli", "transcribe", *inputs, "-m", tiny_stt, *FORMATS, "-o", str(out),
+        [sys.executable, "-m", "dsmcli", "transcribe", *inputs, "-m", tiny_stt, *FORMATS, "-o", f"{out}/",
          "-b", "1", "--manifest", str(manifest), "--ray", cluster, "--ray-actors", "2"],
         env=subprocess_env(SINGLE_THREAD_ENV), capture_output=True, timeout=RAY_SECONDS)
     err = proc.stderr.decode()

@@ -71,7 +71,7 @@ def test_gpu_gets_the_default_cuda_wheel(tmp_path):
 def test_test_mode_installs_the_test_extras(tmp_path):
     done = _setup(tmp_path, NO_DRIVER_SMI, "--test", DSM_SETUP_DRY_RUN="1")
     assert done.returncode == 0, done.stderr
-    assert _pip_lines(done.stdout)[1:] == ["python3 -m pip install -q -e .[test]",
+    assert _pip_lines(done.stdout)[1:] == ["python3 -m pip install -q -e .[test,ray]",
                                           "python3 -m pip install -q --no-deps moshi==0.2.13"]
 
 

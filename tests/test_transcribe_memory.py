@@ -57,7 +57,7 @@ def test_memory_does_not_grow_with_input_length(tiny_stt, bria_24k, tmp_path):
         write_tiled(paths[name], clip, seconds)
     done = subprocess.run(
         [sys.executable, str(PROBE), tiny_stt, *(str(paths[n]) for n in ("short", "long", "speech")),
-         str(tmp_path / "out")],
+         f"{tmp_path / 'out'}/"],
         capture_output=True, env=subprocess_env(SINGLE_THREAD_ENV), timeout=600, check=False)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     report = json.loads(done.stdout)

@@ -256,7 +256,7 @@ def test_cli_writes_the_prompted_words(models, tiny_stt, speech, prompt_audio, f
     talk, loonah = files
     capfd.readouterr()
     main(["transcribe", str(talk), "-m", tiny_stt, "--prompt", text, "--prompt-audio", str(loonah),
-          "-f", "json", "-o", str(tmp_path / "out")])
+          "-f", "json", "-o", f"{tmp_path / 'out'}/"])
     assert capfd.readouterr() == ("", "")
     data = json.loads((tmp_path / "out" / "talk.json").read_text())
     words = [w for seg in data["segments"] for w in seg["words"]]

@@ -36,7 +36,7 @@ def test_int4_transcribes(run_dsm, tiny_stt, bria_24k, tmp_path):
     wav = tmp_path / "talk.wav"
     soundfile.write(wav, bria_24k(4.0), 24000)
     out = run_dsm("transcribe", wav, "-m", tiny_stt, "--quantize", "int4", "--threads", "1", "-f", "json",
-                  "-o", tmp_path / "int4")
+                  "-o", f"{tmp_path / 'int4'}/")
     assert out.returncode == 0, out.stderr.decode()
     data = json.loads((tmp_path / "int4" / "talk.json").read_text())
     assert [w["word"] for seg in data["segments"] for w in seg["words"]], "int4 still transcribes words"

@@ -56,12 +56,14 @@ def decode_audio(row: dict[str, Any], raw: bool = False, rate: int | None = None
 def transcribe_request(model: str, output: str | None, formats: Sequence[str], *, batch_size: int = 8,
                        device: str = "auto", dtype: str = "auto", quantize: str = "none", force: bool = False,
                        threads: int | None = None):
-    """The ``transcribe_run.Request`` of a corpus job with default decoding and layout options."""
+    """The ``transcribe_run.Request`` of a corpus job with default decoding and layout options; ``output`` is a
+    directory (default: the current one), where each input's ``<stem>.<ext>`` files go."""
     from dsmcli.commands import transcribe_run as run
     from dsmcli.commands.common import resolve_device, resolve_dtype
 
+    directory = os.path.join(output or ".", "")  # a trailing separator: -o's rule for a directory
     return run.Request(
-        sources=[], formats=list(formats), output=output or ".", force=force, model=model,
+        sources=[], formats=list(formats), output=directory, force=force, model=model,
         device=resolve_device(device), dtype=resolve_dtype(dtype, device), batch_size=batch_size, raw=False,
         rate=None, channels=None, audio_device=None, options=run.transcribe_options(0.0, None, False, 0.5),
         writer_options=run.writer_options(None, None, None, False), segment_options=run.segment_options(None, False),
