@@ -54,6 +54,7 @@ def connect(ray: Any, address: str | None, options: RayOptions) -> None:
     if address is None:
         needed = math.ceil(options.actors * options.cpus_per_actor) + 1
         local["num_cpus"] = max(os.cpu_count() or 1, needed)
+        local["_node_ip_address"] = "127.0.0.1"  # a cluster of this machine alone listens on loopback only
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **local)
     except (ConnectionError, RuntimeError, ValueError) as error:
