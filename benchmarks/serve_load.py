@@ -214,7 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running server (ws://host:port); default: start one (--random-weights)")
     parser.add_argument("--random-weights", metavar="MODEL", help="serve this registry architecture, random weights")
-    parser.add_argument("--quantize", default="none", choices=["none", "int8"])
+    parser.add_argument("--quantize", default="none", choices=["none", "int8", "int4"])
     parser.add_argument("--threads", type=int)
     parser.add_argument("--api-key")
     parser.add_argument("--streams", default="1,2,4,8", help="comma-separated client counts")
