@@ -25,6 +25,29 @@ OUTPUT_HELP = ("Audio output: FILE (.wav or none, .flac, .ogg, .raw), DIR (exist
                "(none with --play).")
 
 
+def _threads_option():
+    return typer.Option(None, "--threads", min=1, metavar="N", help=THREADS_HELP, rich_help_panel=PERFORMANCE)
+
+
+def _quantize_option():
+    return typer.Option("none", "--quantize", metavar="METHOD", help=QUANTIZE_HELP, rich_help_panel=PERFORMANCE)
+
+
+def _play_option():
+    return typer.Option(False, "--play", help="Play on the speakers while generating.", rich_help_panel=DEVICES)
+
+
+def _output_device_option():
+    return typer.Option(
+        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel=DEVICES,
+        help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's.")
+
+
+def _list_devices_option():
+    return typer.Option(False, "--list-devices", rich_help_panel=DEVICES,
+                        help="List the sound output devices (index, name) and exit.")
+
+
 def _model_option():
     return typer.Option(None, "--model", "-m", metavar="NAME", help=MODEL_HELP, rich_help_panel=MODEL)
 
@@ -129,16 +152,11 @@ def speak_cmd(
     dtype: str = dtype_option(),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Inputs generated in parallel.",
                                    rich_help_panel=PERFORMANCE),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help=THREADS_HELP,
-                                          rich_help_panel=PERFORMANCE),
-    quantize: str = typer.Option("none", "--quantize", metavar="METHOD", help=QUANTIZE_HELP,
-                                 rich_help_panel=PERFORMANCE),
-    play: bool = typer.Option(False, "--play", help="Play on the speakers while generating.", rich_help_panel=DEVICES),
-    audio_device: Optional[str] = typer.Option(
-        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel=DEVICES,
-        help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
-    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel=DEVICES,
-                                      help="List the sound output devices (index, name) and exit."),
+    threads: Optional[int] = _threads_option(),
+    quantize: str = _quantize_option(),
+    play: bool = _play_option(),
+    audio_device: Optional[str] = _output_device_option(),
+    list_devices: bool = _list_devices_option(),
     # corpus runs (dsmcli.corpus): many text files, recorded, resumable, sharded
     recursive: bool = flags.recursive_option(),
     glob: Optional[str] = flags.glob_option(),
@@ -202,16 +220,11 @@ def dialog_cmd(
     dtype: str = dtype_option(),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Scripts generated in parallel.",
                                    rich_help_panel=PERFORMANCE),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, metavar="N", help=THREADS_HELP,
-                                          rich_help_panel=PERFORMANCE),
-    quantize: str = typer.Option("none", "--quantize", metavar="METHOD", help=QUANTIZE_HELP,
-                                 rich_help_panel=PERFORMANCE),
-    play: bool = typer.Option(False, "--play", help="Play on the speakers while generating.", rich_help_panel=DEVICES),
-    audio_device: Optional[str] = typer.Option(
-        None, "--output-device", "--device-out", metavar="DEVICE", rich_help_panel=DEVICES,
-        help="Sound output for --play: an index or (part of) a name from --list-devices. Default: the system's."),
-    list_devices: bool = typer.Option(False, "--list-devices", rich_help_panel=DEVICES,
-                                      help="List the sound output devices (index, name) and exit."),
+    threads: Optional[int] = _threads_option(),
+    quantize: str = _quantize_option(),
+    play: bool = _play_option(),
+    audio_device: Optional[str] = _output_device_option(),
+    list_devices: bool = _list_devices_option(),
 ) -> None:
     """Multi-speaker script → one audio with turn-taking (two voices, MAIN then OTHER)."""
     from dsmcli.speak_run import SpeakInput

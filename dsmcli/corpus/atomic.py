@@ -57,12 +57,10 @@ def _sync(stream: io.IOBase) -> None:
     os.fsync(stream.fileno())
 
 
-class AtomicText(io.TextIOWrapper):
-    """A UTF-8 text file at ``final``, written to its temporary; ``close()`` commits it."""
+class _Committed:
+    """What both atomic files share: the final name, ``discard()``, and ``close()`` that commits (after fsync)."""
 
-    def __init__(self, final: str | os.PathLike[str]) -> None:
-        self.target = AtomicTarget(final)
-        super().__init__(io.BufferedWriter(io.FileIO(self.target.temp, "w")), encoding="utf-8")
+    target: AtomicTarget
 
     @property
     def name(self) -> str:  # messages name the final file
@@ -82,29 +80,20 @@ class AtomicText(io.TextIOWrapper):
         self.target.commit()
 
 
-class AtomicBinary(io.BufferedRandom):
+class AtomicText(_Committed, io.TextIOWrapper):
+    """A UTF-8 text file at ``final``, written to its temporary; ``close()`` commits it."""
+
+    def __init__(self, final: str | os.PathLike[str]) -> None:
+        self.target = AtomicTarget(final)
+        super().__init__(io.BufferedWriter(io.FileIO(self.target.temp, "w")), encoding="utf-8")
+
+
+class AtomicBinary(_Committed, io.BufferedRandom):
     """A binary file at ``final`` (seekable: a WAV header is patched in place), written to its temporary."""
 
     def __init__(self, final: str | os.PathLike[str]) -> None:
         self.target = AtomicTarget(final)
         super().__init__(io.FileIO(self.target.temp, "w+"))
-
-    @property
-    def name(self) -> str:
-        return str(self.target.final)
-
-    def discard(self) -> None:
-        self.target.discard()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            if not self.target.discarded:
-                _sync(self)
-        finally:
-            super().close()
-        self.target.commit()
 
 
 def open_text(path: str | os.PathLike[str]) -> AtomicText:
