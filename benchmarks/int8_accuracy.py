@@ -30,12 +30,12 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import vs_reference as vr  # noqa: E402
 
-from dsmcli.bench_models import random_lm  # noqa: E402
-from dsmcli.architectures import released_config  # noqa: E402
+from dsmcli.bench.models import random_lm  # noqa: E402
+from dsmcli.bench.architectures import released_config  # noqa: E402
 from dsmcli.engine import LM, ConditionInputs, LMConfig, LMStream, SamplingOptions, StepHooks  # noqa: E402
 from dsmcli.engine import TensorCondition  # noqa: E402
 from dsmcli.engine.quantize import QuantMethod, quantize_lm  # noqa: E402
-from dsmcli.hub import Checkpoint, ModelSource  # noqa: E402
+from dsmcli.hub.files import Checkpoint, ModelSource  # noqa: E402
 
 
 def _print(label: str, report, agree: dict[str, float]) -> None:

@@ -37,7 +37,7 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 import torch
 
-from dsmcli.architectures import released_config
+from dsmcli.bench.architectures import released_config
 from dsmcli.engine import LM, LMConfig, LMStream, SamplingOptions, StreamState
 from dsmcli.engine.quantize import quantize_lm
 

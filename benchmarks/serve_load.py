@@ -80,7 +80,7 @@ def serve_random(args: argparse.Namespace) -> None:
     """Child process: a server on the random-weights model (registry architecture), until SIGINT/SIGTERM."""
     import torch
 
-    from dsmcli.bench_models import load_bench_model
+    from dsmcli.bench.models import load_bench_model
     from dsmcli.engine.quantize import QuantMethod
     from dsmcli.serve.config import ServeOptions
     from dsmcli.serve.run import serve

@@ -3,7 +3,7 @@
     python benchmarks/tts_breakdown.py [--model tts-1.6b-en_fr] [--quantize int8] [--batch 1] [--steps 8]
                                      [--threads 2] [--table 25]
 
-Runs ``dsm bench``'s TTS path (:class:`dsmcli.bench_paths.TtsRunner`: the LM step with the depformer sampling
+Runs ``dsm bench``'s TTS path (:class:`dsmcli.bench.paths.TtsRunner`: the LM step with the depformer sampling
 every generated codebook, then Mimi's streaming decode of the time-aligned frame) on random weights, past the
 first audio, then times ``--steps`` steady-state steps. Each part is timed by wrapping the method that runs it
 (wall clock, perf_counter):
@@ -37,8 +37,8 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import dsmcli.engine.stream as stream_module  # noqa: E402
-from dsmcli.bench_models import load_bench_model  # noqa: E402
-from dsmcli.bench_paths import TtsRunner  # noqa: E402
+from dsmcli.bench.models import load_bench_model  # noqa: E402
+from dsmcli.bench.paths import TtsRunner  # noqa: E402
 from dsmcli.codec import Mimi  # noqa: E402
 from dsmcli.engine.lm import LM  # noqa: E402
 from dsmcli.engine.quantize import QuantMethod  # noqa: E402

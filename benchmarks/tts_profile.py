@@ -21,8 +21,8 @@ from contextlib import contextmanager
 
 import torch
 
-from dsmcli.bench_models import load_bench_model
-from dsmcli.bench_paths import TtsRunner
+from dsmcli.bench.models import load_bench_model
+from dsmcli.bench.paths import TtsRunner
 from dsmcli.engine import stream
 from dsmcli.engine.quantize import QuantMethod
 

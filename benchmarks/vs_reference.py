@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from fixturelib.audio import SHARED_DATA, speech_24k
 
-from dsmcli.architectures import released_config
+from dsmcli.bench.architectures import released_config
 from dsmcli.codec import Mimi
 from dsmcli.constants import FRAME_SIZE
 from dsmcli.engine import LM, ConditionInputs, LMStream, SamplingOptions, StepHooks, TensorCondition

@@ -7,7 +7,7 @@ import sys
 
 import soundfile
 
-from dsmcli.speak_model import SpeakOptions, TtsModel
+from dsmcli.tts.model import SpeakOptions, TtsModel
 from dsmcli.tts.session import AudioChunk, TtsEngine
 
 with TtsEngine(TtsModel.load("tts-1.6b-en_fr"), SpeakOptions(seed=1), batch_size=2) as engine:

@@ -12,7 +12,7 @@ import argparse
 from dsmcli.audio import open_audio
 from dsmcli.results import EndOfTurn, Word
 from dsmcli.stt import SttModel
-from dsmcli.transcribe import SttJob, Transcriber, TranscribeOptions
+from dsmcli.stt.transcriber import SttJob, Transcriber, TranscribeOptions
 
 
 class PrintSink:

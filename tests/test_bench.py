@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from dsmcli.architectures import APPROXIMATE, ARCHITECTURES, released_config
-from dsmcli.bench import (
+from dsmcli.bench.architectures import APPROXIMATE, ARCHITECTURES, released_config
+from dsmcli.bench.runner import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
     BenchOptions,
@@ -18,12 +18,12 @@ from dsmcli.bench import (
     parse_paths,
     run_bench,
 )
-from dsmcli.bench_models import load_bench_model
-from dsmcli.bench_paths import BenchPath
+from dsmcli.bench.models import load_bench_model
+from dsmcli.bench.paths import BenchPath
 from dsmcli.cli import main
 from dsmcli.engine import LM, LMConfig
 from dsmcli.errors import UsageError
-from dsmcli.hub import Checkpoint, ModelSource, load_registry
+from dsmcli.hub.files import Checkpoint, ModelSource, load_registry
 
 STEPS, WARMUP = 3, 1
 # FORMAT.md intro: published parameter counts of the released LMs.
@@ -133,7 +133,7 @@ def test_usage_errors(tiny_stt, capsys):
 def test_tts_path_steps_like_speak_and_decodes_from_the_first_audio(tiny_tts, monkeypatch):
     """The timed TTS step is ``dsm speak``'s: no Mimi decode before the first audio frame, one decode of every
     slot per step from then on, and the audio tokens zero before each codebook's delay (the speak hook)."""
-    from dsmcli.bench_paths import TtsRunner
+    from dsmcli.bench.paths import TtsRunner
     from dsmcli.codec import Mimi
     from dsmcli.engine.config import ZERO_TOKEN_ID
 

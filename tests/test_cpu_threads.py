@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsmcli import speak_run
+from dsmcli.commands import speak_run
 from dsmcli.cli import main
 from dsmcli.cpu_threads import apply_wait_policy
 

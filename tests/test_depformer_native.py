@@ -12,11 +12,11 @@ import shutil
 import pytest
 import torch
 
-from dsmcli.bench_models import random_lm
+from dsmcli.bench.models import random_lm
 from dsmcli.engine import LM, ConditionInputs, LMConfig, LMStream, SamplingOptions, StepHooks, TensorCondition
 from dsmcli.engine.config import ZERO_TOKEN_ID
 from dsmcli.engine.quantize import QuantMethod
-from dsmcli.hub import load_checkpoint
+from dsmcli.hub.files import load_checkpoint
 
 LOGIT_RTOL = 1e-5  # native vs torch depformer logits, relative to their peak (float rounding: ~2e-7 measured)
 # quantized: the int8/int4 kernels round each activation row to int16 steps, so float-rounding differences of the

@@ -134,7 +134,7 @@ def test_stt_slots_equal_separate_streams(tiny_stt, bria_24k):
 
 def test_tts_slots_equal_separate_streams(tiny_tts, tiny_voices):
     """Depformer, delays, cross-attention and per-slot conditions (voice + distilled cfg) in a batch."""
-    from dsmcli.hub import hub_download
+    from dsmcli.hub.files import hub_download
 
     lm = LM.load(tiny_tts, dtype=torch.float32)
     alice, bob = (hub_download(tiny_voices, f"voices/{n}.wav.1e68beda@240.safetensors") for n in ("alice", "bob"))

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dsmcli import hub
+from dsmcli.hub import files as hub
 from dsmcli.errors import EXIT_MODEL, EXIT_USAGE, ModelLoadError
-from dsmcli.weights import assign_state, read_safetensors
+from dsmcli.hub.weights import assign_state, read_safetensors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dsmcli import hub
+from dsmcli.hub import files as hub
 from dsmcli.errors import EXIT_INPUT, EXIT_MODEL
 
 UNREACHABLE = "http://127.0.0.1:9"

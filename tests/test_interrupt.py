@@ -120,12 +120,12 @@ def sigint_handler_kept():
 
 @pytest.mark.parametrize("args, loader", [
     (["transcribe", "{clip}"], "dsmcli.stt.SttModel.load"),
-    (["speak", "--text", "hello", "-o", "{tmp}/out.wav"], "dsmcli.speak_run.load_checkpoint"),
-    (["dialog", "{script}"], "dsmcli.speak_run.load_checkpoint"),
-    (["voices"], "dsmcli.speak_run.load_checkpoint"),
-    (["bench", "--random-weights"], "dsmcli.bench.run_bench"),
-    (["models"], "dsmcli.hub.load_registry"),
-    (["download", "stt-1b-en_fr"], "dsmcli.hub.load_registry"),
+    (["speak", "--text", "hello", "-o", "{tmp}/out.wav"], "dsmcli.commands.speak_run.load_checkpoint"),
+    (["dialog", "{script}"], "dsmcli.commands.speak_run.load_checkpoint"),
+    (["voices"], "dsmcli.commands.speak_run.load_checkpoint"),
+    (["bench", "--random-weights"], "dsmcli.bench.runner.run_bench"),
+    (["models"], "dsmcli.hub.files.load_registry"),
+    (["download", "stt-1b-en_fr"], "dsmcli.hub.files.load_registry"),
 ], ids=lambda value: value[0] if isinstance(value, list) else None)
 def test_ctrl_c_while_loading(args, loader, tmp_path, capfd, monkeypatch, sigint_handler_kept):
     from dsmcli.cli import main

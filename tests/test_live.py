@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dsmcli import live
+from dsmcli.audio import live
 from dsmcli.constants import FRAME_SIZE, SAMPLE_RATE
 from dsmcli.errors import DeviceError
 

@@ -34,8 +34,8 @@ def _no_model_load(*args, **kwargs):
 @pytest.fixture
 def no_model_load(monkeypatch):
     monkeypatch.setattr("dsmcli.stt.SttModel.load", _no_model_load)
-    monkeypatch.setattr("dsmcli.speak_run.load_checkpoint", _no_model_load)
-    monkeypatch.setattr("dsmcli.speak_run.TtsModel.load", _no_model_load)
+    monkeypatch.setattr("dsmcli.commands.speak_run.load_checkpoint", _no_model_load)
+    monkeypatch.setattr("dsmcli.commands.speak_run.TtsModel.load", _no_model_load)
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_device_options_need_mic_or_play_and_a_free_path(capfd, tmp_path, no_mod
     code, _, err = _dsm(capfd, "speak", "--text", "hi", "-o", tmp_path / "hi.wav", "--device-out", "pulse")
     assert code == 2
     _one_line(err, "--output-device picks the speakers: use it with --play")
-    monkeypatch.setattr("dsmcli.live.check_device", lambda *args, **kwargs: None)
+    monkeypatch.setattr("dsmcli.audio.live.check_device", lambda *args, **kwargs: None)
     code, _, err = _dsm(capfd, "transcribe", "--mic", "--save-audio", clip)
     assert code == 1
     _one_line(err, "clip.wav exists (use --force to overwrite)")
@@ -129,8 +129,8 @@ def test_save_audio_writes_exactly_what_was_transcribed(tiny_stt, bria_24k, tmp_
 
     from dsmcli.commands import transcribe_run as run
     from dsmcli.outputs import WriterOptions
-    from dsmcli.segments import SegmentOptions
-    from dsmcli.transcribe import TranscribeOptions
+    from dsmcli.outputs.segments import SegmentOptions
+    from dsmcli.stt.transcriber import TranscribeOptions
 
     audio = bria_24k(2.4)  # 30 blocks
     monkeypatch.setattr(_FinishingMic, "AUDIO", audio)

@@ -13,7 +13,7 @@ from test_lm_harness import reference_checkpoint, voice_inputs
 
 from dsmcli.engine import LM, LMStream, SamplingOptions
 from dsmcli.errors import ModelLoadError
-from dsmcli.hub import load_checkpoint
+from dsmcli.hub.files import load_checkpoint
 
 
 def _local_copy(repo: str, dest: Path) -> Path:
@@ -45,7 +45,7 @@ def test_same_weights_as_the_reference_loader(tiny_tts):
 def test_packed_and_split_depformer_files_give_identical_outputs(tiny_tts, tiny_voices, tmp_path):
     from fixturelib.lm import save_lm
 
-    from dsmcli.hub import hub_download
+    from dsmcli.hub.files import hub_download
 
     packed_file = _local_copy(tiny_tts, tmp_path / "packed")
     packed_keys = set(load_file(str(packed_file)))

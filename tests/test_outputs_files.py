@@ -17,7 +17,7 @@ import pytest
 from dsmcli.errors import OutputError, UsageError
 from dsmcli.outputs import TranscriptOutput, WriterOptions, open_writers, output_paths
 from dsmcli.results import EndOfTurn, Word
-from dsmcli.segments import SegmentBuilder, SegmentOptions
+from dsmcli.outputs.segments import SegmentBuilder, SegmentOptions
 
 SRT_CUE = re.compile(r"(\d+)\n(\d\d:\d\d:\d\d,\d{3}) --> (\d\d:\d\d:\d\d,\d{3})\n(.+?)\n\n", re.S)
 VTT_CUE = re.compile(r"((?:\d\d:)?\d\d:\d\d\.\d{3}) --> ((?:\d\d:)?\d\d:\d\d\.\d{3})\n(.+?)\n\n", re.S)

@@ -25,7 +25,7 @@ from dsmcli.outputs import (
     format_timestamp,
 )
 from dsmcli.results import EndOfTurn, Segment, Word
-from dsmcli.segments import SubtitleOptions
+from dsmcli.outputs.segments import SubtitleOptions
 
 SEGMENTS = (
     Segment.from_words(0, [Word(" Hello", 0.0, 0.42, 0.9, (-0.5, -0.25)), Word(" world.", 0.42, 0.96, 0.8, (-0.75,))]),

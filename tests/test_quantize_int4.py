@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsmcli.bench_models import random_lm
+from dsmcli.bench.models import random_lm
 from dsmcli.engine import LM, LMConfig
 from dsmcli.engine.quantize import (
     INT4_MAX,
@@ -28,7 +28,7 @@ from dsmcli.engine.quantize import (
     quantize_rows_int4,
     unpack_int4,
 )
-from dsmcli.hub import load_checkpoint
+from dsmcli.hub.files import load_checkpoint
 from dsmcli.kernels import DISABLE_ENV, int4_linear_op
 
 NATIVE_RTOL = 1e-4  # native kernel vs float64 math on the dequantized weight (int16 activations: ~3e-5 measured)

@@ -11,7 +11,7 @@ import torch
 from dsmcli.engine.scheduler import SchedulerFull, StreamEnd
 from dsmcli.errors import DsmError, InputError
 from dsmcli.results import Word
-from dsmcli.speak_model import SpeakOptions, TtsModel
+from dsmcli.tts.model import SpeakOptions, TtsModel
 from dsmcli.stt import SttModel
 from dsmcli.stt.session import Marker, SttEngine, VadStep
 from dsmcli.tts.session import AudioChunk, TtsEngine

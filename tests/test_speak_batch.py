@@ -23,8 +23,8 @@ from test_speak_harness import (
 )
 
 from dsmcli.errors import InputError
-from dsmcli.speak_model import SpeakOptions, TtsModel
-from dsmcli.speak_text import FixedEntries
+from dsmcli.tts.model import SpeakOptions, TtsModel
+from dsmcli.tts.text_feed import FixedEntries
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_failing_jobs_do_not_stop_the_others(tiny_model):
 
     failed = RecordingSink()
     good = RecordingSink()
-    from dsmcli.speak import SpeakJob
+    from dsmcli.tts.synthesizer import SpeakJob
 
     run_jobs(tiny_model, [SpeakJob("bad", broken, failed), job("good", voice, fixed(tiny_model, [DIALOG[2]]), good)],
              batch_size=2)

@@ -23,7 +23,7 @@ from conftest import run_dsm, subprocess_env
 from test_speak_harness import DIALOG, MONOLOGUE, our_voice, synthesize
 
 from dsmcli.audio.sinks import to_pcm16
-from dsmcli.speak_model import TtsModel
+from dsmcli.tts.model import TtsModel
 
 FRAME_BYTES = 1920 * 2  # one 80 ms frame of 16-bit mono
 HEADER = 44

@@ -16,10 +16,10 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 from dsmcli.errors import DsmError
 from dsmcli.results import Word
-from dsmcli.speak import SpeakJob, SpeechResult, SpeechSink, Synthesizer
-from dsmcli.speak_model import SpeakOptions, TtsModel
-from dsmcli.speak_text import EntryFeed, FixedEntries
-from dsmcli.speak_voice import SlotVoice, resolve_voices, slot_voice
+from dsmcli.tts.synthesizer import SpeakJob, SpeechResult, SpeechSink, Synthesizer
+from dsmcli.tts.model import SpeakOptions, TtsModel
+from dsmcli.tts.text_feed import EntryFeed, FixedEntries
+from dsmcli.tts.slot_voice import SlotVoice, resolve_voices, slot_voice
 
 GREEDY = SpeakOptions(temperature=0.0)
 AUDIO_ATOL = 1e-4  # decoded audio, ours vs the reference (float32 both)

@@ -16,10 +16,10 @@ import torch
 
 from dsmcli.audio import open_sink
 from dsmcli.errors import InputError, OutputError, UsageError
-from dsmcli.speak_model import SpeakOptions
-from dsmcli.speak_output import plan_outputs
-from dsmcli.speak_run import SpeakInput, SpeakRequest, execute
-from dsmcli.speak_text import StdinReader, StreamingEntries, Utf8Pieces, decode_utf8
+from dsmcli.tts.model import SpeakOptions
+from dsmcli.commands.speak_output import plan_outputs
+from dsmcli.commands.speak_run import SpeakInput, SpeakRequest, execute
+from dsmcli.tts.text_feed import StdinReader, StreamingEntries, Utf8Pieces, decode_utf8
 from dsmcli.tts.script import EntryStream
 from dsmcli.tts.tokens import TtsTokenIds
 
@@ -196,7 +196,7 @@ def test_ctrl_c_clips_the_word_timestamps_to_the_audio_written(tmp_path, monkeyp
     them, and at an interruption the one running past the audio ends with it, those after it are dropped."""
     from dsmcli.outputs import WriterOptions
     from dsmcli.results import Word
-    from dsmcli.speak_output import OutputSink
+    from dsmcli.commands.speak_output import OutputSink
 
     monkeypatch.chdir(tmp_path)
     (plan,) = plan_outputs([("--text", "speech")], "out.wav", raw=False, play=False, formats=["srt", "json"],

@@ -1,7 +1,7 @@
 """``dsm speak`` / ``dsm dialog`` parity with the reference on the tiny TTS fixtures (float32, greedy).
 
 Reference: ``TTSModel.generate`` (state machine, hooks, audio delay, CFG) + a streaming Mimi decode of
-``frames[delay_steps:]`` as ``dsm:scripts/tts_pytorch.py`` does. Ours: the :class:`~dsmcli.speak.Synthesizer`
+``frames[delay_steps:]`` as ``dsm:scripts/tts_pytorch.py`` does. Ours: the :class:`~dsmcli.tts.synthesizer.Synthesizer`
 through a recording sink. Compared: every frame (text + all codebooks), the consumption steps, ``end_step``, the
 decoded audio (max abs <= 1e-4) and the word times (consumption step / 12.5 s, prefix steps removed).
 """
@@ -25,7 +25,7 @@ from test_speak_harness import (
     synthesize,
 )
 
-from dsmcli.speak_model import SpeakOptions, TtsModel
+from dsmcli.tts.model import SpeakOptions, TtsModel
 
 FRAME_RATE = 12.5
 

@@ -15,8 +15,8 @@ from stt_reference import reference_tokens
 from dsmcli.constants import FRAME_SIZE
 from dsmcli.results import EndOfTurn, Word
 from dsmcli.stt import SttModel
-from dsmcli.transcribe import SttJob, TranscribeOptions, Transcriber
-from dsmcli.words import tokens_to_words
+from dsmcli.stt.transcriber import SttJob, TranscribeOptions, Transcriber
+from dsmcli.stt.words import tokens_to_words
 
 SECONDS = 20.0
 NEAR_TIE = 1e-4  # top-2 text logit margin

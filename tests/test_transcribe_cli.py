@@ -27,9 +27,9 @@ from dsmcli.commands import transcribe_run as run
 from dsmcli.constants import FRAME_SIZE, SAMPLE_RATE
 from dsmcli.outputs import WriterOptions
 from dsmcli.results import Word
-from dsmcli.segments import SegmentOptions
+from dsmcli.outputs.segments import SegmentOptions
 from dsmcli.stt import SttModel
-from dsmcli.transcribe import SttJob, TranscribeOptions, Transcriber
+from dsmcli.stt.transcriber import SttJob, TranscribeOptions, Transcriber
 
 CLIP_SECONDS = 8.0
 MP3_SECONDS = 3.0

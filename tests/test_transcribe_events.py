@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import pytest
 
-from dsmcli.hub import load_checkpoint
+from dsmcli.hub.files import load_checkpoint
 from dsmcli.outputs import (
     JsonWriter,
     SrtWriter,
@@ -21,10 +21,10 @@ from dsmcli.outputs import (
     WriterOptions,
 )
 from dsmcli.results import EndOfTurn, Word
-from dsmcli.segments import SegmentOptions, SubtitleOptions
+from dsmcli.outputs.segments import SegmentOptions, SubtitleOptions
 from dsmcli.stt import load_tokenizer
-from dsmcli.transcribe import InputEvents
-from dsmcli.words import WordAssembler
+from dsmcli.stt.transcriber import InputEvents
+from dsmcli.stt.words import WordAssembler
 
 EPAD, EOS, PAD = 0, 2, 3
 HIGH, LOW = 0.9, 0.1

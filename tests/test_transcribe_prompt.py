@@ -29,9 +29,9 @@ from dsmcli.constants import FRAME_SIZE
 from dsmcli.errors import UsageError
 from dsmcli.results import Word
 from dsmcli.stt import SttModel
-from dsmcli.stt_prompt import SttPrompt
-from dsmcli.transcribe import FrameFeed, SttJob, TranscribeOptions, Transcriber
-from dsmcli.words import tokens_to_words
+from dsmcli.stt.prompt import SttPrompt
+from dsmcli.stt.transcriber import FrameFeed, SttJob, TranscribeOptions, Transcriber
+from dsmcli.stt.words import tokens_to_words
 
 NEAR_TIE = 1e-4  # top-2 text logit margin
 CODEC_NEAR_TIE = 1e-6  # reference distance gap between the two nearest Mimi centroids
@@ -319,7 +319,7 @@ def test_microphone_opens_after_the_prompt_and_gets_the_prompted_words(models, t
     and what it hears is transcribed as the same samples from a file with the same prompt."""
     from dsmcli.commands import transcribe_run as run
     from dsmcli.outputs import WriterOptions
-    from dsmcli.segments import SegmentOptions
+    from dsmcli.outputs.segments import SegmentOptions
 
     _, stt = models["tiny_stt"]
     audio = bria_24k(4.0)  # 50 whole blocks

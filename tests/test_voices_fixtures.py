@@ -12,7 +12,7 @@ import torch
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 from dsmcli.errors import InputError  # noqa: E402
-from dsmcli.hub import load_checkpoint  # noqa: E402
+from dsmcli.hub.files import load_checkpoint  # noqa: E402
 from dsmcli.tts.script import script_to_entries  # noqa: E402
 from dsmcli.tts.state_machine import TextStreamConfig  # noqa: E402
 from dsmcli.tts.tokens import TtsTokenIds  # noqa: E402

@@ -1,4 +1,4 @@
-"""Word assembly from STT text tokens (dsmcli.words) against the reference rules (FORMAT.md §5.3).
+"""Word assembly from STT text tokens (dsmcli.stt.words) against the reference rules (FORMAT.md §5.3).
 
 The reference is ``tokens_to_timestamped_text`` of the DSM repo's ``stt_from_file_pytorch.py``
 (not installed): ``reference_words`` below restates its rules from FORMAT.md. The comparison
@@ -19,7 +19,7 @@ import sentencepiece as spm
 
 from dsmcli.constants import FRAME_RATE
 from dsmcli.results import Word
-from dsmcli.words import WordAssembler, tokens_to_words
+from dsmcli.stt.words import WordAssembler, tokens_to_words
 
 EPAD, BOS, EOS, PAD = 0, 1, 2, 3
 CORPUS = """The quick brown fox jumps over the lazy dog. Streaming speech recognition emits each word once.

@@ -23,8 +23,8 @@ import torch
 from dsmcli.audio import open_audio
 from dsmcli.commands import transcribe_run as run
 from dsmcli.outputs import WriterOptions
-from dsmcli.segments import SegmentOptions
-from dsmcli.transcribe import FrameFeed, TranscribeOptions
+from dsmcli.outputs.segments import SegmentOptions
+from dsmcli.stt.transcriber import FrameFeed, TranscribeOptions
 
 SAMPLE_EVERY = 50  # steps between two RSS samples
 FRAMES_PER_SAMPLE = 100  # frames between two RSS samples of the input pass

@@ -9,8 +9,8 @@ import torch
 
 from dsmcli.codec.config import MimiConfig
 from dsmcli.errors import ModelLoadError
-from dsmcli.hub import load_checkpoint
-from dsmcli.weights import assign_state, cast_floats, read_safetensors
+from dsmcli.hub.files import load_checkpoint
+from dsmcli.hub.weights import assign_state, cast_floats, read_safetensors
 
 if TYPE_CHECKING:
     from dsmcli.codec.model import Mimi

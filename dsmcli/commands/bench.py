@@ -1,4 +1,4 @@
-"""`dsm bench`: flags → BenchOptions → dsmcli.bench.run_bench → a Rich table or JSON. No timing logic here."""
+"""`dsm bench`: flags → BenchOptions → dsmcli.bench.runner.run_bench → a Rich table or JSON. No timing logic here."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dsmcli.cli import INPUT, MODEL, OUTPUT, PERFORMANCE, app, examples
 from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
-    from dsmcli.bench import BenchReport
+    from dsmcli.bench.runner import BenchReport
 
 MODEL_HELP = "Registry name, Hub repo id or local dir. Default: the registry's default STT model."
 PATHS_HELP = "Comma-separated: stt, tts, codec (= codec-encode,codec-decode). Default: the model's task + codec."
@@ -49,10 +49,10 @@ def bench_cmd(
                                        help="Torch CPU threads (default: torch's choice)."),
 ) -> None:
     """Time the stt / tts / codec paths on this device: ms per step, x real time, RTF, throughput, latency."""
-    from dsmcli.bench import BenchOptions, parse_batches, parse_paths, run_bench
+    from dsmcli.bench.runner import BenchOptions, parse_batches, parse_paths, run_bench
     from dsmcli.engine.quantize import QuantMethod
     from dsmcli.errors import UsageError
-    from dsmcli.hub import default_model
+    from dsmcli.hub.files import default_model
 
     try:
         method = QuantMethod(quantize)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from dsmcli import hub
-
-
+from dsmcli.hub import files as hub
 def _cache_state(entry: hub.RegistryEntry) -> str:
     source = hub.ModelSource(name=entry.name, repo=entry.repo)
     if entry.role == "voices":

@@ -31,7 +31,7 @@ def _stt_engine(request: ServeRequest):
     from dsmcli.commands.transcribe_run import quantize_method
     from dsmcli.stt import SttModel
     from dsmcli.stt.session import SttEngine
-    from dsmcli.transcribe import TranscribeOptions
+    from dsmcli.stt.transcriber import TranscribeOptions
 
     options = TranscribeOptions(temperature=request.temperature or 0.0)
     model = SttModel.load(request.stt, device=request.device, dtype=request.dtype,  # type: ignore[arg-type]
@@ -41,7 +41,7 @@ def _stt_engine(request: ServeRequest):
 
 def _tts_engine(request: ServeRequest):
     from dsmcli.commands.transcribe_run import quantize_method
-    from dsmcli.speak_model import SpeakOptions, TtsModel
+    from dsmcli.tts.model import SpeakOptions, TtsModel
     from dsmcli.tts.session import TtsEngine
 
     options = SpeakOptions(cfg=request.cfg, seed=request.seed,

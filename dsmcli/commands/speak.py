@@ -1,4 +1,4 @@
-"""`dsm speak`, `dsm dialog`, `dsm voices`: flags → a SpeakRequest → dsmcli.speak_run. No model logic here."""
+"""`dsm speak`, `dsm dialog`, `dsm voices`: flags → a SpeakRequest → dsmcli.commands.speak_run. No model logic here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dsmcli.corpus import flags
 from dsmcli.corpus.inputs import TEXT_EXTENSIONS
 from dsmcli.corpus.plan import CorpusOptions, run_speak
 from dsmcli.errors import EXIT_INTERRUPTED, ModelLoadError, UsageError
-from dsmcli.speak_model import DEFAULT_TEMPERATURE, SpeakOptions
+from dsmcli.tts.model import DEFAULT_TEMPERATURE, SpeakOptions
 from dsmcli.tts.state_machine import DEFAULT_MAX_PADDING
 
 MODEL_HELP = "TTS model: registry name, Hub repo id or local dir. Default: the registry's default TTS model."
@@ -85,9 +85,9 @@ def _quantize(name: str) -> str:
 
 
 def _run(corpus: CorpusOptions | None = None, **fields) -> None:
-    from dsmcli.hub import default_model
+    from dsmcli.hub.files import default_model
     from dsmcli.cpu_threads import set_threads
-    from dsmcli.speak_run import SpeakRequest, execute
+    from dsmcli.commands.speak_run import SpeakRequest, execute
 
     set_threads(fields.pop("threads"))
     device = fields.pop("device_name")
@@ -166,7 +166,7 @@ def speak_cmd(
     shard: Optional[str] = flags.shard_option(),
 ) -> None:
     """Text → speech, streaming. Several files run as parallel batch slots; - speaks stdin as it arrives."""
-    from dsmcli.speak_run import SpeakInput
+    from dsmcli.commands.speak_run import SpeakInput
 
     _list_devices_and_exit(list_devices)
     if text is not None and inputs:
@@ -227,7 +227,7 @@ def dialog_cmd(
     list_devices: bool = _list_devices_option(),
 ) -> None:
     """Multi-speaker script → one audio with turn-taking (two voices, MAIN then OTHER)."""
-    from dsmcli.speak_run import SpeakInput
+    from dsmcli.commands.speak_run import SpeakInput
 
     _list_devices_and_exit(list_devices)
     if voice and voices:
@@ -241,7 +241,7 @@ def dialog_cmd(
 
 
 def _device(name: Optional[str]) -> int | str | None:
-    from dsmcli.live import parse_device
+    from dsmcli.audio.live import parse_device
 
     return parse_device(name)
 
@@ -249,7 +249,7 @@ def _device(name: Optional[str]) -> int | str | None:
 def _list_devices_and_exit(wanted: bool) -> None:
     """``--list-devices``: the output devices --output-device takes, then exit 0."""
     if wanted:
-        from dsmcli.live import device_lines
+        from dsmcli.audio.live import device_lines
 
         print("\n".join(device_lines("output")))
         sys.exit(0)
@@ -263,7 +263,7 @@ def voices_cmd(
                                              rich_help_panel=MODEL),
 ) -> None:
     """List the voices available offline for a TTS model (cached voices repo or a local folder)."""
-    from dsmcli.speak_run import available_voices
+    from dsmcli.commands.speak_run import available_voices
 
     found, origin = available_voices(model, voice_repo)
     if not found:

@@ -113,7 +113,7 @@ def transcribe_cmd(
     from dsmcli.commands import transcribe_run as run
 
     if list_devices:
-        from dsmcli.live import device_lines
+        from dsmcli.audio.live import device_lines
 
         print("\n".join(device_lines("input")))
         return

@@ -45,8 +45,8 @@ from dsmcli.outputs import (
     resolve_formats,
 )
 from dsmcli.results import TranscriptEvent
-from dsmcli.segments import SegmentOptions, SubtitleOptions
-from dsmcli.transcribe import SttJob, TranscribeOptions
+from dsmcli.outputs.segments import SegmentOptions, SubtitleOptions
+from dsmcli.stt.transcriber import SttJob, TranscribeOptions
 
 MIC = "<mic>"
 STDIN = "-"
@@ -77,7 +77,7 @@ class Request:
     mic_factory: Any = None  # sounddevice.InputStream stand-in (tests inject a fake)
     quantize: QuantMethod = QuantMethod.NONE  # int8 / int4 LM linears (dsmcli.engine.quantize)
     threads: int | None = None  # torch CPU threads
-    prompt_text: str | None = None  # --prompt (experimental, dsmcli.stt_prompt)
+    prompt_text: str | None = None  # --prompt (experimental, dsmcli.stt.prompt)
     prompt_audio: str | None = None  # --prompt-audio: a file, read whole before the model loads
     save_audio: str | None = None  # --mic: also write what the microphone heard to this WAV
     # corpus runs (dsmcli.corpus): manifest rows, and outputs written atomically (dropped on failure or Ctrl-C)
@@ -318,7 +318,7 @@ def check_microphone(request: Request) -> None:
             raise UsageError("--input-device picks the microphone: use it with --mic")
         return
     if request.mic_factory is None:
-        from dsmcli.live import check_device, parse_device
+        from dsmcli.audio.live import check_device, parse_device
 
         check_device(parse_device(request.audio_device), "input")
     if request.save_audio is not None:
@@ -334,7 +334,7 @@ def check_microphone(request: Request) -> None:
 
 def _mic_chunks(request: Request, result: RunResult) -> Iterator[np.ndarray]:
     from dsmcli.audio.sinks import open_sink
-    from dsmcli.live import MicSource, parse_device
+    from dsmcli.audio.live import MicSource, parse_device
 
     mic = MicSource(device=parse_device(request.audio_device), stream_factory=request.mic_factory)
     saved = None if request.save_audio is None else open_sink(request.save_audio, force=True)
@@ -368,7 +368,7 @@ def execute(request: Request, observer: Callable[[str, int], None] | None = None
     is called at every step of every input (after the progress bars)."""
     from dsmcli.commands.progress import ProgressDisplay
     from dsmcli.stt import SttModel
-    from dsmcli.transcribe import Transcriber
+    from dsmcli.stt.transcriber import Transcriber
 
     check_outputs(request)
     prompt = load_prompt(request)
@@ -398,7 +398,7 @@ def load_prompt(request: Request) -> Any:
     """The ``SttPrompt`` of ``--prompt`` / ``--prompt-audio`` (None without them); the same for every input."""
     if request.prompt_text is None and request.prompt_audio is None:
         return None
-    from dsmcli.stt_prompt import SttPrompt, load_prompt_audio
+    from dsmcli.stt.prompt import SttPrompt, load_prompt_audio
 
     audio = None if request.prompt_audio is None else load_prompt_audio(request.prompt_audio)
     return SttPrompt(text=request.prompt_text, audio=audio)

@@ -108,8 +108,8 @@ def run_transcribe(request, options: CorpusOptions):  # (transcribe_run.Request,
 
 def run_speak(request, options: CorpusOptions):  # (speak_run.SpeakRequest, CorpusOptions) -> speak_run.RunResult
     """``dsm speak`` over many text files: shard, skip what is done, record, run the rest in this process."""
-    from dsmcli.speak_output import plan_outputs
-    from dsmcli.speak_run import RunResult, execute
+    from dsmcli.commands.speak_output import plan_outputs
+    from dsmcli.commands.speak_run import RunResult, execute
 
     if options.ray is not None:
         raise UsageError("--ray runs dsm transcribe; for dsm speak use --shard on each machine")

@@ -1,7 +1,7 @@
 """A callable class for Ray Data pipelines: ``Dataset.map_batches(Transcribe, ...)``.
 
 Each actor loads the model once and runs every batch it gets through the batch slots of ``dsm transcribe``
-(``dsmcli.transcribe.Transcriber``: the same code path, the same outputs byte for byte). Inputs are rows with
+(``dsmcli.stt.transcriber.Transcriber``: the same code path, the same outputs byte for byte). Inputs are rows with
 a ``path`` column and, optionally, ``audio`` (float32 mono at 24 kHz, e.g. from :func:`decode_audio` in CPU
 tasks) and ``error`` (a decode failure to record). Outputs are written by path (``<output>/<stem>.<ext>``,
 atomically); the returned rows are manifest rows: ``path, status, error, audio_seconds, words, outputs,
@@ -90,7 +90,7 @@ class Transcribe:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from dsmcli.commands import transcribe_run as run
-        from dsmcli.transcribe import SttJob, Transcriber
+        from dsmcli.stt.transcriber import SttJob, Transcriber
 
         paths = [str(path) for path in batch["path"]]
         audios, errors = batch.get("audio"), batch.get("error")

@@ -24,10 +24,10 @@ from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.quantize import QuantizeReport, QuantMethod, WeightQuantizer, quantization_targets
 from dsmcli.errors import ModelLoadError
 from dsmcli.engine.transformer import Transformer, TransformerState
-from dsmcli.hub import Checkpoint, load_checkpoint
+from dsmcli.hub.files import Checkpoint, load_checkpoint
 from dsmcli.nn import make_norm
 from dsmcli.nn.linear import linear
-from dsmcli.weights import assign_state, cast_floats, read_safetensors
+from dsmcli.hub.weights import assign_state, cast_floats, read_safetensors
 
 FLOAT32_PREFIXES = ("condition_provider.", "fuser.")  # file tensors kept in float32 whatever the model dtype
 FLOAT32_MODULES = ("conditioning.", "fuser.")  # the same tensors under their module names

@@ -35,7 +35,7 @@ class SchedulerClosed(DsmError):
 @dataclass(frozen=True)
 class StreamEnd:
     """The last event of every stream: ``error`` (a one-line message) when it failed, else None; ``result``:
-    the task's summary of a completed stream (e.g. :class:`~dsmcli.speak.SpeechResult`), if any."""
+    the task's summary of a completed stream (e.g. :class:`~dsmcli.tts.synthesizer.SpeechResult`), if any."""
 
     error: str | None = None
     result: Any = None

@@ -8,7 +8,7 @@ from typing import ClassVar, TextIO
 
 from dsmcli.errors import OutputError
 from dsmcli.results import EndOfTurn, Segment, Word
-from dsmcli.segments import SubtitleOptions
+from dsmcli.outputs.segments import SubtitleOptions
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from types import TracebackType
 
 from dsmcli.outputs.base import TranscriptWriter
 from dsmcli.results import EndOfTurn, Segment, TranscriptEvent
-from dsmcli.segments import SegmentBuilder, SegmentOptions
+from dsmcli.outputs.segments import SegmentBuilder, SegmentOptions
 
 
 class TranscriptOutput:

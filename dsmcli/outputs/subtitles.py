@@ -7,7 +7,7 @@ from typing import TextIO
 from dsmcli.outputs.base import TranscriptWriter, WriterOptions
 from dsmcli.outputs.timestamps import format_timestamp
 from dsmcli.results import EndOfTurn, Segment
-from dsmcli.segments import Cue, CueBuilder
+from dsmcli.outputs.segments import Cue, CueBuilder
 
 
 class SubtitleWriter(TranscriptWriter):

@@ -14,7 +14,7 @@ from dsmcli.audio.sinks import to_pcm16, wav_header
 from dsmcli.constants import SAMPLE_RATE
 from dsmcli.outputs import SrtWriter, TranscriptOutput, VttWriter, WriterOptions, segment_to_dict
 from dsmcli.results import Segment, Word
-from dsmcli.segments import SegmentOptions
+from dsmcli.outputs.segments import SegmentOptions
 
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 SUBTITLE_WRITERS = {"srt": SrtWriter, "vtt": VttWriter}

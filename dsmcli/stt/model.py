@@ -19,7 +19,7 @@ from dsmcli.codec import Mimi
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine import LM, LMConfig
 from dsmcli.errors import ModelLoadError
-from dsmcli.hub import Checkpoint, load_checkpoint
+from dsmcli.hub.files import Checkpoint, load_checkpoint
 
 # Defaults the reference STT script uses when stt_config lacks a key (FORMAT.md §5.2).
 DEFAULT_AUDIO_DELAY_SECONDS = 5.0

@@ -29,7 +29,7 @@ from dsmcli.engine.scheduler import SlotScheduler, SlotStream, StepReport, Strea
 from dsmcli.errors import InputError
 from dsmcli.results import TranscriptEvent
 from dsmcli.stt.model import SttModel
-from dsmcli.transcribe import InputEvents, Transcriber, TranscribeOptions, _StepValues
+from dsmcli.stt.transcriber import InputEvents, Transcriber, TranscribeOptions, _StepValues
 
 _END = object()  # input sentinel: the audio is over
 

@@ -7,7 +7,7 @@
     for event in stream.events():
         ...                          # AudioChunk / Word, then StreamEnd (result: SpeechResult)
 
-Each stream is one ``dsm speak`` job run by the same :class:`~dsmcli.speak.Synthesizer` code (text-stream
+Each stream is one ``dsm speak`` job run by the same :class:`~dsmcli.tts.synthesizer.Synthesizer` code (text-stream
 state machine, audio delay, Mimi decode, word times); slots whose next step needs text that has not come yet
 pause while the others go on.
 """
@@ -25,9 +25,9 @@ import numpy as np
 from dsmcli.engine.scheduler import SlotScheduler, SlotStream, StepReport, StreamEnd
 from dsmcli.errors import DsmError, InputError
 from dsmcli.results import Word
-from dsmcli.speak import SpeakJob, SpeechResult, SpeechSink, Synthesizer, _Slot
-from dsmcli.speak_model import DEFAULT_VOICE, SpeakOptions, TtsModel
-from dsmcli.speak_voice import SlotVoice, slot_voice
+from dsmcli.tts.synthesizer import SpeakJob, SpeechResult, SpeechSink, Synthesizer, _Slot
+from dsmcli.tts.model import DEFAULT_VOICE, SpeakOptions, TtsModel
+from dsmcli.tts.slot_voice import SlotVoice, slot_voice
 from dsmcli.tts.script import Entry, EntryStream
 from dsmcli.tts.voices import VoiceKind, _from_repo
 
@@ -59,7 +59,7 @@ class TtsSession(SlotStream):
 
 
 class _LiveEntries:
-    """The :class:`~dsmcli.speak_text.EntryFeed` of a session: its pushed text through an ``EntryStream``."""
+    """The :class:`~dsmcli.tts.text_feed.EntryFeed` of a session: its pushed text through an ``EntryStream``."""
 
     def __init__(self, session: TtsSession, entries: EntryStream) -> None:
         self.name = session.name

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from dsmcli.errors import InputError, ModelLoadError
-from dsmcli.hub import Checkpoint, ModelSource, NotCachedError, load_registry, resolve_source
+from dsmcli.hub.files import Checkpoint, ModelSource, NotCachedError, load_registry, resolve_source
 from dsmcli.tts.tokens import TtsTokenIds
 
 VOICE_CONDITIONER = "speaker_wavs"  # conditioner name and tensor key in voice files

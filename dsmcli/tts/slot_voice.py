@@ -16,7 +16,7 @@ from torch import Tensor
 
 from dsmcli.engine import ConditionInputs, TensorCondition
 from dsmcli.errors import InputError
-from dsmcli.speak_model import TtsModel
+from dsmcli.tts.model import TtsModel
 from dsmcli.tts.voices import (
     VOICE_CONDITIONER,
     ResolvedVoice,

@@ -2,7 +2,7 @@
 
 :func:`load_bench_model` returns a :class:`BenchModel` (LM + Mimi + the task's time grid). With
 ``random_weights`` nothing is downloaded: a registry name takes its architecture from
-:mod:`dsmcli.architectures`, a local directory from its ``config.json`` (and its Mimi override, if any); the
+:mod:`dsmcli.bench.architectures`, a local directory from its ``config.json`` (and its Mimi override, if any); the
 modules are built on the meta device, allocated on the target device and filled with random values. Random
 weights cost exactly what real ones cost per step, but their tokens mean nothing.
 """
@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dsmcli.architectures import ARCHITECTURES, released_config
+from dsmcli.bench.architectures import ARCHITECTURES, released_config
 from dsmcli.codec import Mimi
 from dsmcli.codec.config import MimiConfig
 from dsmcli.codec.quantizer import ResidualVQ
 from dsmcli.engine import LM, LMConfig
 from dsmcli.engine.quantize import QuantizeReport, QuantMethod, WeightQuantizer, quantization_targets
 from dsmcli.errors import ModelLoadError
-from dsmcli.hub import Checkpoint, ModelSource, NotCachedError, load_checkpoint
+from dsmcli.hub.files import Checkpoint, ModelSource, NotCachedError, load_checkpoint
 from dsmcli.stt import SttTiming
 
 NORM_GAIN_NAMES = ("alpha",)  # RMSNorm gains ([1, 1, D]); other 1-D weights (LayerNorm, layer scale) too

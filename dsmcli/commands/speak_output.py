@@ -37,8 +37,8 @@ from dsmcli.outputs import (
     resolve_formats,
 )
 from dsmcli.results import Word
-from dsmcli.segments import SegmentOptions
-from dsmcli.speak import SpeechResult, SpeechSink
+from dsmcli.outputs.segments import SegmentOptions
+from dsmcli.tts.synthesizer import SpeechResult, SpeechSink
 
 WAV_EXT = ".wav"
 TIME_EPSILON = 1e-6  # word times are exact multiples of 80 ms; audio time is samples / 24000
@@ -155,7 +155,7 @@ class OutputSink(SpeechSink):
                     print(f"dsm: raw s16le {SAMPLE_RATE} Hz mono on stdout; play it with: "
                           f"{player_command(SAMPLE_RATE)}", file=sys.stderr, flush=True)
             if self.plan.play:
-                from dsmcli.live import SpeakerSink
+                from dsmcli.audio.live import SpeakerSink
 
                 speaker = SpeakerSink(device=self.audio_device, stream_factory=self.speaker_factory)
                 self._audio.append(speaker.__enter__())

@@ -35,9 +35,9 @@ from dsmcli.engine import ConditionInputs, LMStream, StepHooks, StepInfo, Stream
 from dsmcli.engine.stream import NOT_MASKED
 from dsmcli.errors import DsmError, InputError
 from dsmcli.results import Word
-from dsmcli.speak_model import SpeakOptions, TtsModel
-from dsmcli.speak_text import EntryFeed
-from dsmcli.speak_voice import SlotVoice
+from dsmcli.tts.model import SpeakOptions, TtsModel
+from dsmcli.tts.text_feed import EntryFeed
+from dsmcli.tts.slot_voice import SlotVoice
 from dsmcli.tts.state_machine import SlotState, TextStreamBatch, TextStreamMachine
 from dsmcli.tts.tokens import UNGENERATED_TOKEN, ZERO_TOKEN
 

@@ -18,10 +18,10 @@ import torch
 
 from dsmcli.engine import LMConfig
 from dsmcli.errors import EXIT_OK, EXIT_PARTIAL, DsmError, InputError, UsageError
-from dsmcli.hub import load_checkpoint
+from dsmcli.hub.files import load_checkpoint
 from dsmcli.outputs import WriterOptions
-from dsmcli.speak import SpeakJob, Synthesizer
-from dsmcli.speak_model import (
+from dsmcli.tts.synthesizer import SpeakJob, Synthesizer
+from dsmcli.tts.model import (
     DEFAULT_VOICE,
     SpeakOptions,
     TtsModel,
@@ -29,8 +29,8 @@ from dsmcli.speak_model import (
     checked_voice_setup,
     codebooks_to_generate,
 )
-from dsmcli.speak_output import OutputSink, plan_outputs
-from dsmcli.speak_text import (
+from dsmcli.commands.speak_output import OutputSink, plan_outputs
+from dsmcli.tts.text_feed import (
     STDIN,
     STDIN_NAME,
     FixedEntries,
@@ -38,7 +38,7 @@ from dsmcli.speak_text import (
     StreamingEntries,
     read_text,
 )
-from dsmcli.speak_voice import SlotVoice, resolve_voices, slot_voice
+from dsmcli.tts.slot_voice import SlotVoice, resolve_voices, slot_voice
 from dsmcli.tts.dialog import parse_dialog
 from dsmcli.tts.voices import (
     ResolvedVoice,
@@ -220,7 +220,7 @@ def execute(request: SpeakRequest) -> RunResult:
     if request.audio_device is not None and not request.play:
         raise UsageError("--output-device picks the speakers: use it with --play")
     if request.play and request.speaker_factory is None:
-        from dsmcli.live import check_device
+        from dsmcli.audio.live import check_device
 
         check_device(request.audio_device, "output")  # PortAudio and the device, before anything loads
     checkpoint = load_checkpoint(request.model)
@@ -260,7 +260,7 @@ def available_voices(model: str | None, voice_repo: str | None) -> tuple[list[Vo
     """Voices usable offline with ``model`` (embeddings of its signature, or audio files for prefix models),
     and the name of the voices source they were looked up in. Reads the disk only, never the Hub: a model
     whose config is not cached gets every voice of its voices source, unfiltered (with a note on stderr)."""
-    from dsmcli.hub import NotCachedError, default_model, local_files_only
+    from dsmcli.hub.files import NotCachedError, default_model, local_files_only
     from dsmcli.tts.voices import voices_source_for
 
     name = model or default_model("tts")

@@ -1,6 +1,6 @@
 """``dsm bench``: per path and batch size, how fast this device runs a model (warm-up reported apart).
 
-For every (path, batch) configuration (paths: :mod:`dsmcli.bench_paths`):
+For every (path, batch) configuration (paths: :mod:`dsmcli.bench.paths`):
 
 1. warm-up: ``warmup`` steps of a fresh stream (first-call costs: allocation, kernel selection, compile);
 2. latency: a new fresh stream, stepped until its first word / first audio is out (``first_output_ms``);
@@ -38,8 +38,8 @@ from typing import Any
 
 import torch
 
-from dsmcli.bench_models import BenchModel, load_bench_model
-from dsmcli.bench_paths import CODEC_PATHS, BenchPath, default_paths, make_runner
+from dsmcli.bench.models import BenchModel, load_bench_model
+from dsmcli.bench.paths import CODEC_PATHS, BenchPath, default_paths, make_runner
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.errors import UsageError

@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from dsmcli.bench_models import BenchModel, ModelKind
+from dsmcli.bench.models import BenchModel, ModelKind
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine import (
     ConditionerKind,
@@ -35,7 +35,7 @@ from dsmcli.engine import (
     TensorCondition,
 )
 from dsmcli.engine.config import ZERO_TOKEN_ID
-from dsmcli.speak_model import (
+from dsmcli.tts.model import (
     AUDIO_TOP_K,
     CFG_CONDITION,
     DEFAULT_CFG,
@@ -43,7 +43,7 @@ from dsmcli.speak_model import (
     TEXT_TOP_K,
 )
 from dsmcli.engine.stream import StepHooks, StepInfo
-from dsmcli.speak import CLIP
+from dsmcli.tts.synthesizer import CLIP
 from dsmcli.tts.voices import DEFAULT_MAX_SPEAKERS
 
 NOISE_LEVEL = 0.1  # amplitude of the noise fed to the encoder

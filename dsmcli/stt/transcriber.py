@@ -5,7 +5,7 @@ that finishes is given the next input (its Mimi and LM state reset, the others u
 slot: encode the next frame (silence prefix, audio, silence suffix), give the LM the codes of the
 *previous* frame (training alignment), turn the sampled text token into final words (``WordAssembler``)
 and end-of-turn events (semantic VAD heads), and hand them to the input's sink as they happen. An optional
-prompt (``dsmcli.stt_prompt``, experimental) adds audio before each input and forces text at its start.
+prompt (``dsmcli.stt.prompt``, experimental) adds audio before each input and forces text at its start.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dsmcli.engine import LMStream, SamplingOptions, StepOutput
 from dsmcli.errors import DsmError, UsageError
 from dsmcli.results import EndOfTurn, TranscriptEvent
 from dsmcli.stt import END_OF_TURN_CLASS, END_OF_TURN_HEAD, SttModel
-from dsmcli.stt_prompt import PromptRun, SttPrompt
-from dsmcli.words import WordAssembler
+from dsmcli.stt.prompt import PromptRun, SttPrompt
+from dsmcli.stt.words import WordAssembler
 
 DEFAULT_TEXT_TOP_K = 50  # lm_gen_config of the released STT models (used when temperature > 0)
 

@@ -19,7 +19,7 @@ from dsmcli.codec import Mimi
 from dsmcli.engine import LM, LMConfig, SamplingOptions
 from dsmcli.engine.config import ConditionerKind
 from dsmcli.errors import ModelLoadError, UsageError
-from dsmcli.hub import Checkpoint, load_checkpoint
+from dsmcli.hub.files import Checkpoint, load_checkpoint
 from dsmcli.stt import load_tokenizer
 from dsmcli.tts.script import (
     DEFAULT_PADDING_BETWEEN,
