@@ -1,12 +1,17 @@
-"""One step loop over the batch slots of a task, shared by live streams (continuous batching).
+"""The one step loop over the batch slots of a task (continuous batching), for every caller.
 
-A :class:`SlotScheduler` owns a task's batch (a :class:`SlotBatch`: the STT or TTS session batch). A new
-stream takes a free slot at the next iteration (the task resets that slot only); each iteration advances, in
-one batched step, every slot whose stream has input waiting, while the others are paused (their ``active``
-flag is off, their state untouched); a slot is freed as soon as its stream ends or is closed. Streams hand
-input over from any thread (``push`` + :meth:`SlotScheduler.wake`) and get their events through their outbox,
-so the loop never waits on a consumer. The loop runs in its own thread (:meth:`SlotScheduler.start`) or is
-driven by the caller (:meth:`SlotScheduler.run_once`).
+A :class:`SlotScheduler` owns a task's batch (a :class:`SlotBatch`: :class:`~dsmcli.stt.batch.SttBatch` or
+:class:`~dsmcli.tts.batch.TtsBatch`). A new stream takes a free slot at the next iteration (the task resets
+that slot only); each iteration advances, in one batched step, every slot whose stream has input ready, while
+the others are paused (their ``active`` flag is off, their state untouched); a slot is freed as soon as its
+stream ends or is closed. Streams get their input pushed from any thread (``push`` + :meth:`SlotScheduler.wake`)
+or pull it themselves (a file, a pipe), and get their events through their outbox or a callback, so the loop
+never waits on a consumer.
+
+Three ways to drive the same loop: a thread of its own (:meth:`SlotScheduler.start`: the server), the caller's
+thread until every stream is done (:meth:`SlotScheduler.drain`: ``dsm transcribe`` / ``dsm speak`` / ``dsm
+bench``), or the caller's thread while it iterates one stream's events (:meth:`SlotScheduler.iterate`: the
+generator API, ``Transcriber.transcribe`` / ``Synthesizer.synthesize``).
 """
 
 from __future__ import annotations
@@ -35,10 +40,17 @@ class SchedulerClosed(DsmError):
 @dataclass(frozen=True)
 class StreamEnd:
     """The last event of every stream: ``error`` (a one-line message) when it failed, else None; ``result``:
-    the task's summary of a completed stream (e.g. :class:`~dsmcli.tts.synthesizer.SpeechResult`), if any."""
+    the task's summary of a completed stream (e.g. :class:`~dsmcli.tts.batch.SpeechResult`), if any;
+    ``exception``: the error itself (its type gives the exit code), when there is one."""
 
     error: str | None = None
     result: Any = None
+    exception: DsmError | None = field(default=None, compare=False, repr=False)
+
+    def raise_error(self) -> None:
+        """Raise the stream's error, if it failed."""
+        if self.error is not None:
+            raise self.exception if self.exception is not None else DsmError(self.error)
 
 
 class SlotStream:
@@ -54,6 +66,7 @@ class SlotStream:
         self._input: deque[object] = deque()
         self.scheduler: SlotScheduler | None = None
         self.ended = False
+        self.result: Any = None  # the task's summary, once finished
 
     # ----------------------------------------------------------------- caller side (any thread)
     def _put_input(self, item: object) -> None:
@@ -74,24 +87,47 @@ class SlotStream:
             self.scheduler.cancel(self)
 
     def events(self, timeout: float | None = None) -> Iterator[object]:
-        """The stream's events as they come, ending with its :class:`StreamEnd` (raised as DsmError when it
+        """The stream's events as they come, ending with its :class:`StreamEnd` (its error raised when it
         failed). ``timeout``: longest wait for one event (``queue.Empty`` past it)."""
+        while True:
+            event = self._outbox_queue().get(timeout=timeout)
+            if isinstance(event, StreamEnd):
+                event.raise_error()
+            yield event
+            if isinstance(event, StreamEnd):
+                return
+
+    def ready_events(self) -> list[object]:
+        """The events queued now, without waiting (for a caller that drives the loop itself)."""
+        outbox, events = self._outbox_queue(), []
+        while not outbox.empty():
+            events.append(outbox.get_nowait())
+        return events
+
+    def _outbox_queue(self) -> queue.SimpleQueue[object]:
         if self._outbox is None:
             raise RuntimeError("this stream delivers its events to a callback")
-        while True:
-            event = self._outbox.get(timeout=timeout)
-            if isinstance(event, StreamEnd):
-                if event.error is not None:
-                    raise DsmError(event.error)
-                yield event
-                return
-            yield event
+        return self._outbox
 
     # ------------------------------------------------------------------------ step thread side
     def emit(self, event: object) -> None:
+        """Hand over one event (a task's result type, or the final :class:`StreamEnd`)."""
         if not self.ended:
             self.ended = isinstance(event, StreamEnd)
             self._deliver(event)
+
+    def finish(self, result: Any = None) -> None:
+        """The stream completed: its last event."""
+        self.result = result
+        self.emit(StreamEnd(result=result))
+
+    def fail(self, error: DsmError) -> None:
+        """The stream failed (its input or its output): its last event."""
+        self.emit(StreamEnd(error=str(error), exception=error))
+
+    def abort(self) -> None:
+        """The loop driving it stops (Ctrl-C, an unexpected error)."""
+        self.fail(DsmError("aborted"))
 
 
 @dataclass(frozen=True)
@@ -121,14 +157,20 @@ class SlotBatch(Protocol):
         """Advance every slot whose stream has input (the others pause)."""
         ...
 
+    def wait(self, timeout: float) -> bool:
+        """No slot could step: block up to ``timeout`` on an input the batch reads itself (a pipe); False when it
+        has none (pushed input wakes the scheduler instead)."""
+        ...
+
 
 class SlotScheduler:
     """Runs a :class:`SlotBatch` for many streams: free slots, admission, pause, cancellation.
 
-    ``max_waiting``: streams that may wait for a slot beyond the free ones (0: refuse when full).
+    ``max_waiting``: streams that may wait for a slot beyond the free ones (0: refuse when full; None: no limit,
+    as for a command's queue of inputs).
     """
 
-    def __init__(self, batch: SlotBatch, *, max_waiting: int = 0, name: str = "dsm-steps") -> None:
+    def __init__(self, batch: SlotBatch, *, max_waiting: int | None = 0, name: str = "dsm-steps") -> None:
         self.batch, self.max_waiting, self.name = batch, max_waiting, name
         self._cond = threading.Condition()
         self._slots: list[SlotStream | None] = [None] * batch.batch_size
@@ -156,7 +198,7 @@ class SlotScheduler:
             if self._stopping:
                 raise SchedulerClosed("the server is shutting down")
             free = sum(s is None or s.ended for s in self._slots)  # an ended stream's slot is freed next
-            if len(self._waiting) >= free + self.max_waiting:
+            if self.max_waiting is not None and len(self._waiting) >= free + self.max_waiting:
                 raise SchedulerFull("no free channels")
             stream.scheduler = self
             self._waiting.append(stream)
@@ -184,16 +226,26 @@ class SlotScheduler:
             cancelled, self._cancelled = self._cancelled, []
             for stream in cancelled:
                 self._drop(stream)
-            fresh: dict[int, SlotStream] = {}
-            for index, slot in enumerate(self._slots):
-                if slot is None and self._waiting:
-                    fresh[index] = self._slots[index] = self._waiting.popleft()
-        if fresh:
-            self._release(self.batch.start(fresh))
+        self._admit()
         report = self.batch.step()
         self.steps += int(report.stepped)
         self._release(report.finished)
         return report.stepped
+
+    def _admit(self) -> None:
+        """Fill the free slots with waiting streams; a slot whose stream fails to start takes the next one."""
+        while True:
+            with self._cond:
+                fresh: dict[int, SlotStream] = {}
+                for index, slot in enumerate(self._slots):
+                    if slot is None and self._waiting:
+                        fresh[index] = self._slots[index] = self._waiting.popleft()
+            if not fresh:
+                return
+            failed = self.batch.start(fresh)
+            self._release(failed)
+            if not failed:
+                return
 
     def _drop(self, stream: SlotStream) -> None:
         if stream in self._waiting:
@@ -202,7 +254,7 @@ class SlotScheduler:
             index = self._slots.index(stream)
             self.batch.stop(index)
             self._slots[index] = None
-        stream.emit(StreamEnd(error="closed"))
+        stream.fail(DsmError("closed"))
 
     def _release(self, finished: list[int]) -> None:
         with self._cond:
@@ -222,10 +274,49 @@ class SlotScheduler:
                 self._fail_all("internal error")
                 stepped = False
             if not stepped:
-                with self._cond:
-                    if not self._poked and not self._stopping:
-                        self._cond.wait(IDLE_WAIT_SECONDS)
+                self._idle()
         self._fail_all("the server is shutting down")
+
+    def _idle(self) -> None:
+        """Nothing could step: wait for input (the batch's own pipes, else a push or a new stream)."""
+        if self.batch.wait(IDLE_WAIT_SECONDS):
+            return
+        with self._cond:
+            if not self._poked and not self._stopping:
+                self._cond.wait(IDLE_WAIT_SECONDS)
+
+    def drain(self) -> None:
+        """Run the loop in this thread until no stream holds or waits for a slot (a command's inputs). On any
+        exception (Ctrl-C included) the streams in the slots are aborted (they finalize what they wrote)."""
+        try:
+            while self.busy:
+                if not self.run_once():
+                    self._idle()
+        except BaseException:
+            self._abort_all()
+            raise
+
+    def iterate(self, stream: SlotStream) -> Iterator[object]:
+        """Run the loop in this thread while yielding ``stream``'s events (it delivers to its outbox), up to its
+        :class:`StreamEnd` (not yielded; its error is raised). Closing the iterator early closes the stream."""
+        try:
+            while True:
+                for event in stream.ready_events():
+                    if isinstance(event, StreamEnd):
+                        event.raise_error()
+                        return
+                    yield event
+                if not self.run_once():
+                    self._idle()
+        finally:
+            if not stream.ended:
+                stream.close()
+
+    def _abort_all(self) -> None:
+        with self._cond:
+            streams = [s for s in self._slots if s is not None]
+        for stream in streams:
+            stream.abort()
 
     def _fail_all(self, message: str) -> None:
         with self._cond:
@@ -236,7 +327,7 @@ class SlotScheduler:
                     self._slots[index] = None
             self._waiting.clear()
         for stream in streams:
-            stream.emit(StreamEnd(error=message))
+            stream.fail(DsmError(message))
 
     def start(self) -> SlotScheduler:
         """Run the loop in a daemon thread."""
