@@ -7,9 +7,9 @@
     for event in stream.events():
         ...                          # AudioChunk / Word, then StreamEnd (result: SpeechResult)
 
-Each stream is one ``dsm speak`` job run by the same :class:`~dsmcli.tts.synthesizer.Synthesizer` code (text-stream
-state machine, audio delay, Mimi decode, word times); slots whose next step needs text that has not come yet
-pause while the others go on.
+Each stream runs on :class:`~dsmcli.tts.batch.TtsBatch`, the step ``dsm speak`` runs (text-stream state machine,
+audio delay, Mimi decode, word times); slots whose next step needs text that has not come yet pause while the
+others go on. In the caller's thread, :meth:`~dsmcli.tts.synthesizer.Synthesizer.synthesize` is simpler.
 """
 
 from __future__ import annotations
@@ -17,33 +17,26 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
-from dsmcli.engine.scheduler import SlotScheduler, SlotStream, StepReport, StreamEnd
-from dsmcli.errors import DsmError, InputError
-from dsmcli.results import Word
-from dsmcli.tts.synthesizer import SpeakJob, SpeechResult, SpeechSink, Synthesizer, _Slot
+from dsmcli.engine.scheduler import SlotScheduler
+from dsmcli.errors import InputError
+from dsmcli.tts.batch import AudioChunk, SpeechResult, TtsBatch, TtsStream
 from dsmcli.tts.model import DEFAULT_VOICE, SpeakOptions, TtsModel
-from dsmcli.tts.slot_voice import SlotVoice, slot_voice
 from dsmcli.tts.script import Entry, EntryStream
+from dsmcli.tts.slot_voice import SlotVoice, slot_voice
+from dsmcli.tts.text_feed import EntryFeed
 from dsmcli.tts.voices import VoiceKind, _from_repo
+
+__all__ = ["AudioChunk", "SpeechResult", "TtsBatch", "TtsEngine", "TtsSession"]
 
 _END = object()  # input sentinel: the text is over
 VOICE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\- ]*(/[A-Za-z0-9_][A-Za-z0-9_.\- ]*)*$")
 
 
-@dataclass(frozen=True)
-class AudioChunk:
-    """One 80 ms frame of generated speech: ``pcm`` ``[FRAME_SIZE]`` float32 in [-1, 1], 24 kHz mono."""
+class TtsSession(TtsStream):
+    """One live text stream (see the module docstring). Alone on the model, it replays ``dsm speak --seed``."""
 
-    pcm: np.ndarray
-
-
-class TtsSession(SlotStream):
-    """One live text stream (see the module docstring)."""
+    reseed = True
 
     def __init__(self, voice: SlotVoice, deliver: Callable[[object], None] | None = None, name: str = "stream"):
         super().__init__(deliver)
@@ -56,6 +49,9 @@ class TtsSession(SlotStream):
     def end(self) -> None:
         """No more text: the last words are spoken and the stream ends."""
         self._put_input(_END)
+
+    def open(self, model: TtsModel, options: SpeakOptions) -> tuple[SlotVoice, EntryFeed]:
+        return self.voice, _LiveEntries(self, model.entry_stream(options))
 
 
 class _LiveEntries:
@@ -77,69 +73,8 @@ class _LiveEntries:
             raise InputError("no text to speak")
         return out, self._entries.closed
 
-    def wait(self, timeout: float) -> None:
-        return None  # the scheduler sleeps until input arrives
-
-
-class _SessionSink(SpeechSink):
-    """A job's outputs as session events."""
-
-    def __init__(self, session: TtsSession) -> None:
-        self.session = session
-
-    def audio(self, pcm: np.ndarray) -> None:
-        self.session.emit(AudioChunk(np.array(pcm, dtype=np.float32)))
-
-    def word(self, word: Word) -> None:
-        self.session.emit(word)
-
-    def finish(self, result: SpeechResult) -> None:
-        self.session.emit(StreamEnd(result=result))
-
-    def fail(self, error: DsmError) -> None:
-        self.session.emit(StreamEnd(error=str(error)))
-
-    def abort(self) -> None:
-        self.session.emit(StreamEnd(error="aborted"))
-
-
-def _no_open() -> Any:
-    raise AssertionError("session jobs are started by TtsBatch.start")
-
-
-class TtsBatch:
-    """The TTS side of :class:`~dsmcli.engine.scheduler.SlotBatch`, driving a :class:`Synthesizer`'s steps."""
-
-    def __init__(self, model: TtsModel, options: SpeakOptions, batch_size: int) -> None:
-        self.model, self.options, self.batch_size = model, options, batch_size
-        self.synth = Synthesizer(model, options, batch_size)
-        self.slots: list[_Slot | None] = [None] * batch_size
-
-    def start(self, fresh: dict[int, Any]) -> list[int]:
-        generator = self.synth.stream.generator
-        if generator is not None and self.options.seed is not None and all(
-                slot is None for i, slot in enumerate(self.slots) if i not in fresh):
-            generator.manual_seed(self.options.seed)  # a stream alone on the model replays `dsm speak --seed`
-        for index, session in fresh.items():
-            feed = _LiveEntries(session, self.model.entry_stream(self.options))
-            self.slots[index] = _Slot(SpeakJob(session.name, _no_open, _SessionSink(session)), session.voice, feed)
-        self.synth._start(self.slots, list(fresh))
-        return [index for index in fresh if self.slots[index] is None]
-
-    def stop(self, index: int) -> None:
-        if self.slots[index] is not None:
-            self.slots[index] = None
-            self.synth.text.release(index)
-
-    def step(self) -> StepReport:
-        before = [slot is not None for slot in self.slots]
-        self.synth._pull_text(self.slots)
-        self.synth._finish_done(self.slots)
-        ready = self.synth.text.ready()
-        stepped = bool(ready.any())
-        if stepped:
-            self.synth._step(self.slots, ready)
-        return StepReport(stepped, [i for i, was in enumerate(before) if was and self.slots[i] is None])
+    def wait(self, timeout: float) -> bool:
+        return False  # the scheduler sleeps until input arrives
 
 
 class TtsEngine:

@@ -1,65 +1,39 @@
-"""Streaming text-to-speech over independent batch slots (FORMAT.md §6.3-6.8).
+"""Text-to-speech from Python: a generator of audio chunks, and the batch of inputs ``dsm speak`` runs.
 
-Every input is a job: its entries (words and pauses, all known or arriving on a pipe), its voice, and a sink.
-B jobs step together, one 80 ms step at a time; a job that ends hands its slot to the next one (its LM, Mimi
-and text-machine state reset and its voice set with ``set_condition``; the other slots are untouched).
+    from dsmcli.tts.model import SpeakOptions, TtsModel
+    from dsmcli.tts.synthesizer import Synthesizer
 
-Per step, for the slots whose next step is decidable with the text known so far:
+    synthesizer = Synthesizer(TtsModel.load("tts-1.6b-en_fr"), SpeakOptions(seed=1))
+    for chunk in synthesizer.synthesize("Hello world.", voice="expresso/ex03-ex01_happy_001_channel1_334s.wav"):
+        ...                          # AudioChunk: 80 ms of float32 PCM at 24 kHz, as soon as it is decoded
 
-1. the LM samples a text token; the text-stream state machine rewrites it (word tokens, padding, lookahead);
-2. the depformer samples the audio codebooks (skipped while every stepping slot is inside the audio delay);
-   audio is forced to -1 before each codebook's delay + the audio delay, and an audio prefix overrides it;
-3. once a slot's time-aligned frame is past the audio delay, Mimi decodes it: 1920 samples go to the sink
-   (the first ``P`` decoded frames of a P-step audio prefix are dropped, as the reference does);
-4. a word becomes final (start, end) as soon as the next entry is consumed or the text has ended.
-
-A slot ends ``delay_steps + final_padding`` steps after the model asked for a word past the last one: the
-audio is then ``end_step + final_padding - max(delays) - P`` frames long, exactly the reference's
-``TTSModel.generate`` + streaming Mimi decode of ``frames[delay_steps:]``. Word times are
-``(consumption step - P) / 12.5`` s, relative to the start of the written audio.
+``synthesize`` takes a string, or an iterable of text pieces (an LLM's output: audio starts before the text
+ends). It runs lazily in the caller's thread, on the same :class:`~dsmcli.tts.batch.TtsBatch` step as ``dsm
+speak`` and the server, driven by the same :class:`~dsmcli.engine.scheduler.SlotScheduler`: with the same seed,
+the samples are the command's. :meth:`Synthesizer.events` also yields the words with their times.
+:meth:`Synthesizer.run` is the command's path: many inputs through the slots, results pushed to sinks.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from fractions import Fraction
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from dsmcli.engine import ConditionInputs, LMStream, StepHooks, StepInfo, StreamState
-from dsmcli.engine.stream import NOT_MASKED
+from dsmcli.engine.scheduler import SlotScheduler
 from dsmcli.errors import DsmError, InputError
 from dsmcli.results import Word
-from dsmcli.tts.model import SpeakOptions, TtsModel
-from dsmcli.tts.text_feed import EntryFeed
-from dsmcli.tts.slot_voice import SlotVoice
-from dsmcli.tts.state_machine import SlotState, TextStreamBatch, TextStreamMachine
-from dsmcli.tts.tokens import UNGENERATED_TOKEN, ZERO_TOKEN
+from dsmcli.tts.batch import CLIP, AudioChunk, SpeechResult, TokenFrame, TtsBatch, TtsStream
+from dsmcli.tts.model import DEFAULT_VOICE, SpeakOptions, TtsModel
+from dsmcli.tts.slot_voice import SlotVoice, resolve_voices, slot_voice
+from dsmcli.tts.text_feed import EntryFeed, FixedEntries, PulledEntries
+from dsmcli.tts.voices import VoiceKind
 
-WAIT_SECONDS = 0.05  # how long an idle loop waits for streamed text before checking again
-CLIP = 1.0  # decoded PCM is clipped to [-1, 1]
+__all__ = ["CLIP", "AudioChunk", "SpeakJob", "SpeechResult", "SpeechSink", "Synthesizer"]
 
-
-@dataclass(frozen=True)
-class SpeechResult:
-    """One finished input. ``frames``: 80 ms frames of audio written; ``end_step``: the step at which the model
-    asked for a word past the last one (None if ``max_steps`` cut it: ``truncated``); ``consumption_steps``: the
-    step at which each entry (word or pause) was consumed; ``prefix_frames``: audio-prefix steps (not written)."""
-
-    name: str
-    frames: int
-    seconds: float
-    steps: int
-    end_step: int | None
-    consumption_steps: tuple[int, ...]
-    words: tuple[Word, ...]
-    prefix_frames: int
-    truncated: bool
+TEXT_NAME = "text"
 
 
 class SpeechSink:
@@ -96,264 +70,101 @@ class SpeakJob:
     sink: SpeechSink
 
 
-@dataclass
-class _Slot:
-    job: SpeakJob
-    voice: SlotVoice
-    feed: EntryFeed
-    text_closed: bool = False
-    decoded: int = 0  # frames Mimi decoded (prefix included)
-    written: int = 0  # frames given to the sink
-    word_cursor: int = 0
-    words: list[Word] = field(default_factory=list)
+class _JobStream(TtsStream):
+    """A command's input: its outputs go to its sink."""
+
+    def __init__(self, job: SpeakJob) -> None:
+        super().__init__(self._to_sink)
+        self.job, self.name, self.wants_frames = job, job.name, job.sink.wants_frames
+
+    def open(self, model: TtsModel, options: SpeakOptions) -> tuple[SlotVoice, EntryFeed]:
+        return self.job.open()
+
+    def _to_sink(self, event: object) -> None:
+        sink = self.job.sink
+        if isinstance(event, AudioChunk):
+            sink.audio(event.pcm)
+        elif isinstance(event, Word):
+            sink.word(event)
+        elif isinstance(event, TokenFrame):
+            sink.frame(event.tokens)
+
+    def finish(self, result: object = None) -> None:
+        self.job.sink.finish(result)  # type: ignore[arg-type]  # may raise: then the stream fails
+        self.ended = True
+
+    def fail(self, error: DsmError) -> None:
+        if not self.ended:
+            self.ended = True
+            self.job.sink.fail(error)
+
+    def abort(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.job.sink.abort()
+
+
+class _TextStream(TtsStream):
+    """A generator call's input: its voice and entries, its events to its outbox."""
+
+    reseed = True
+
+    def __init__(self, voice: SlotVoice, feed: EntryFeed) -> None:
+        super().__init__()
+        self.voice, self.feed, self.name = voice, feed, feed.name
+
+    def open(self, model: TtsModel, options: SpeakOptions) -> tuple[SlotVoice, EntryFeed]:
+        return self.voice, self.feed
 
 
 class Synthesizer:
-    """Runs jobs through ``batch_size`` slots of one model (see the module docstring)."""
+    """Synthesizes speech with ``model`` on ``batch_size`` slots (see the module docstring)."""
 
     def __init__(self, model: TtsModel, options: SpeakOptions = SpeakOptions(), batch_size: int = 1):
-        self.model, self.options, self.batch_size = model, options, batch_size
-        config, device = model.config, model.lm.device
-        self.text = TextStreamBatch.create(TextStreamMachine(model.text_stream_config(options)), batch_size)
-        generator = None if options.seed is None else torch.Generator(device=device).manual_seed(options.seed)
-        hooks = StepHooks(text_logits=self._bonus if options.padding_bonus else None, text_token=self._on_text,
-                          audio_tokens=self._on_audio)
-        self.stream = LMStream(model.lm, model.sampling(options), hooks=hooks, cfg_no_text=True,
-                               num_generated=model.n_q, generator=generator)
-        delays = torch.tensor(config.delays[1 : model.n_q + 1], dtype=torch.long, device=device)
-        self.audio_start = delays + model.delay_steps  # [G] first step whose audio token is real
-        self.skip_audio = torch.full((batch_size, model.n_q), ZERO_TOKEN, dtype=torch.long, device=device)
-        self.prefix = torch.full((batch_size, model.n_q, 1), UNGENERATED_TOKEN, dtype=torch.long, device=device)
-        self.tail_steps = model.delay_steps + options.final_padding
-        self.max_delay = config.max_delay
-        self._lm_state: StreamState | None = None  # created with the first jobs' conditions
-        self._mimi_state = model.mimi.init_state(batch_size)
+        self.model, self.options = model, options
+        self.batch = TtsBatch(model, options, batch_size)
+        self.scheduler = SlotScheduler(self.batch, max_waiting=None, name="dsm-speak")
+        self._voices: dict[str, SlotVoice] = {}
 
-    # ------------------------------------------------------------------------------------ hooks
-    def _bonus(self, logits: Tensor, info: StepInfo) -> Tensor:
-        logits[:, self.model.token_ids.pad] += self.options.padding_bonus
-        return logits
+    @property
+    def batch_size(self) -> int:
+        return self.batch.batch_size
 
-    def _on_text(self, tokens: Tensor, info: StepInfo) -> Tensor:
-        return self.text.process(tokens, info.active)
+    def voice(self, name: str | None = None) -> SlotVoice:
+        """The conditioning of voice ``name`` (as ``dsm speak --voice`` takes it: a name in the voices repo or a
+        file; None: the model's default). InputError for an unknown or unusable voice."""
+        names = [name] if name is not None else [DEFAULT_VOICE] if self.model.voices.kind is VoiceKind.EMBEDDING \
+            else []
+        key = "\n".join(names)
+        if key not in self._voices:
+            resolved = resolve_voices(self.model.voices, names)
+            self._voices[key] = slot_voice(self.model, resolved, self.model.cfg_value(self.options))
+        return self._voices[key]
 
-    def _on_audio(self, audio: Tensor, info: StepInfo) -> Tensor:
-        """``[B, G]``: -1 before each codebook's delay + the audio delay, then the audio prefix where it has codes."""
-        offsets = info.offsets[:, None]  # [B, 1]
-        audio = torch.where(offsets < self.audio_start, ZERO_TOKEN, audio)
-        length = self.prefix.shape[-1]
-        cells = offsets.clamp(max=length - 1)[:, :, None].expand(-1, audio.shape[1], 1)
-        codes = self.prefix.gather(2, cells)[:, :, 0]
-        return torch.where((offsets < length) & (codes != UNGENERATED_TOKEN), codes, audio)
+    def synthesize(self, text: str | Iterable[str], voice: str | SlotVoice | None = None) -> Iterator[AudioChunk]:
+        """The speech of ``text`` (a string, or pieces as they come) in ``voice``, 80 ms at a time."""
+        return (event for event in self.events(text, voice) if isinstance(event, AudioChunk))
 
-    # -------------------------------------------------------------------------------------- run
-    def run(self, jobs: Iterable[SpeakJob]) -> None:
-        """Synthesize every job; each sink gets its audio and words as they are generated."""
-        pending: deque[SpeakJob] = deque(jobs)
-        slots: list[_Slot | None] = [None] * self.batch_size
-        try:
-            while self._fill(slots, pending) or any(slot is not None for slot in slots):
-                self._pull_text(slots)
-                self._finish_done(slots)
-                ready = self.text.ready()
-                if not ready.any():
-                    self._wait(slots)
-                    continue
-                self._step(slots, ready)
-        except BaseException:
-            for slot in slots:
-                if slot is not None:
-                    slot.job.sink.abort()
-            raise
-
-    def _fill(self, slots: list[_Slot | None], pending: deque[SpeakJob]) -> bool:
-        """Give free slots the next jobs; returns False when nothing is left to start."""
-        fresh: list[int] = []
-        for index, slot in enumerate(slots):
-            while slots[index] is None and pending:
-                job = pending.popleft()
-                try:
-                    voice, feed = job.open()
-                except DsmError as error:
-                    job.sink.fail(error)
-                    continue
-                slots[index] = _Slot(job, voice, feed)
-                fresh.append(index)
-        if fresh:
-            self._start(slots, fresh)
-        return bool(fresh)
-
-    def _start(self, slots: list[_Slot | None], fresh: list[int]) -> None:
-        """Reset the LM, Mimi and text state of the ``fresh`` slots and install their voices."""
-        device = self.model.lm.device
-        mask = torch.zeros(self.batch_size, dtype=torch.bool, device=device)
-        mask[fresh] = True
-        voices = [slot.voice if slot is not None else slots[fresh[0]].voice for slot in slots]  # type: ignore
-        condition = _batch_condition(voices)
-        masked = [self._masked_until(v) for v in voices]
-        if self._lm_state is None:
-            self._lm_state = self.stream.init_state(self.batch_size, condition, cfg_masked_until=masked)
+    def events(self, text: str | Iterable[str], voice: str | SlotVoice | None = None) -> Iterator[AudioChunk | Word]:
+        """:meth:`synthesize`, with each :class:`~dsmcli.results.Word` (start, end in the audio) once its end is
+        known. The voice is resolved and the text checked now (InputError); the rest runs while iterating."""
+        slot = voice if isinstance(voice, SlotVoice) else self.voice(voice)
+        if isinstance(text, str):
+            if not text.strip():
+                raise InputError("no text to speak")
+            feed: EntryFeed = FixedEntries(TEXT_NAME, self.model.entries([text], self.options))
         else:
-            if condition is not None:
-                try:
-                    self.stream.set_condition(self._lm_state, condition, mask)
-                except ValueError:  # a voice of another length than those in use: cross-attention keeps its size
-                    for index in fresh:
-                        self._drop(slots, index, InputError(f"voice {voices[index].name} does not have the length "
-                                                            f"of the voices already in use: run it separately"))
-                    return
-            self._lm_state.reset(mask)
-            self._lm_state.cfg_masked_until[mask] = torch.tensor(masked, device=device)[mask]
-        self._mimi_state.reset(mask)
-        for index in fresh:
-            voice = voices[index]
-            self._set_prefix(index, voice.prefix)
-            self.text.reset(index, text_closed=False, prefix_steps=voice.prefix_frames)
+            feed = PulledEntries(TEXT_NAME, text, self.model.entry_stream(self.options))
+        return self._run(_TextStream(slot, feed))
 
-    def _masked_until(self, voice: SlotVoice) -> int:
-        """Real CFG: the unconditional rows do not see the audio prefix (reference ``cfg_is_no_prefix``)."""
-        return voice.prefix_frames + self.model.delay_steps if voice.prefix is not None else NOT_MASKED
+    def _run(self, stream: _TextStream) -> Iterator[AudioChunk | Word]:
+        self.scheduler.open(stream)
+        yield from self.scheduler.iterate(stream)  # type: ignore[misc]
 
-    def _set_prefix(self, index: int, prefix: Tensor | None) -> None:
-        """Slot ``index``'s audio prefix, each codebook shifted by its delay + the audio delay (-2 elsewhere)."""
-        self.prefix[index] = UNGENERATED_TOKEN
-        if prefix is None:
-            return
-        codes = prefix[1 : self.model.n_q + 1].to(self.prefix.device)  # [G, P]
-        starts = self.audio_start.tolist()
-        needed = max(starts) + codes.shape[1]
-        if needed > self.prefix.shape[-1]:
-            grow = needed - self.prefix.shape[-1]
-            self.prefix = torch.nn.functional.pad(self.prefix, (0, grow), value=UNGENERATED_TOKEN)
-        for q, start in enumerate(starts):
-            self.prefix[index, q, start : start + codes.shape[1]] = codes[q]
-
-    def _pull_text(self, slots: list[_Slot | None]) -> None:
-        """Move newly arrived entries into the text machine (non-blocking)."""
-        for index, slot in enumerate(slots):
-            if slot is None or slot.text_closed:
-                continue
-            try:
-                entries, closed = slot.feed.poll()
-            except DsmError as error:
-                self._drop(slots, index, error)
-                continue
-            self.text.append_entries(index, entries)
-            if closed:
-                self.text.close_text(index)
-                slot.text_closed = True
-
-    def _wait(self, slots: list[_Slot | None]) -> None:
-        waiting = [slot for slot in slots if slot is not None and not slot.text_closed]
-        if waiting:
-            waiting[0].feed.wait(WAIT_SECONDS)
-
-    # ------------------------------------------------------------------------------------- step
-    def _audio_needed(self, offsets: Tensor, active: Tensor) -> int:
-        """Leading codebooks whose tokens some stepping slot keeps: the others are forced to -1 this step (before
-        their delay + the audio delay), so the depformer need not compute them."""
-        stepping = offsets[active]
-        if stepping.numel() == 0:
-            return 0
-        reached = (self.audio_start <= stepping.max()).nonzero()
-        return int(reached.max()) + 1 if reached.numel() else 0
-
-    def _step(self, slots: list[_Slot | None], ready: Tensor) -> None:
-        assert self._lm_state is not None
-        device = self.model.lm.device
-        active = ready.to(device)
-        offsets = self._lm_state.offsets
-        early = bool((offsets[active] < self.model.delay_steps).all())
-        out = self.stream.step(None, self._lm_state, active=active, replace_audio=self.skip_audio if early else None,
-                               audio_needed=self._audio_needed(offsets, active))
-        times = self._lm_state.offsets - 1 - self.max_delay  # [B] time of the frame just completed
-        decode = out.frame_valid & (times >= self.model.delay_steps)
-        pcm = self._decode(out.frame, decode) if bool(decode.any()) else None
-        valid, decode_list = out.frame_valid.tolist(), decode.tolist()
-        for index, slot in enumerate(slots):
-            if slot is None or not bool(ready[index]):
-                continue
-            try:
-                if valid[index] and slot.job.sink.wants_frames:
-                    slot.job.sink.frame(out.frame[index].cpu())
-                if decode_list[index]:
-                    self._write(slot, pcm[index])  # type: ignore[index]
-                self._emit_words(index, slot)
-            except DsmError as error:
-                self._drop(slots, index, error)
-            else:
-                if self.text.slots[index].step >= self.options.max_steps:
-                    self._finish(slots, index)
-
-    def _decode(self, frame: Tensor, decode: Tensor) -> np.ndarray:
-        """Mimi-decode the audio of the slots in ``decode`` ``[B]`` -> ``[B, FRAME_SIZE]`` float32 (clipped)."""
-        codes = frame[:, 1:, None].clamp(min=0)  # [B, G, 1]; rows not decoded are ignored
-        active = None if bool(decode.all()) else decode
-        pcm = self.model.mimi.decode_step(codes, self._mimi_state, active=active)  # [B, 1, FRAME_SIZE]
-        return pcm[:, 0].clamp(-CLIP, CLIP).float().cpu().numpy()
-
-    def _write(self, slot: _Slot, pcm: np.ndarray) -> None:
-        slot.decoded += 1
-        if slot.decoded > slot.voice.prefix_frames:
-            slot.written += 1
-            slot.job.sink.audio(pcm)
-
-    # ------------------------------------------------------------------------------------ words
-    def _time(self, step: int, slot: _Slot) -> float:
-        return float(Fraction(step - slot.voice.prefix_frames) / self.model.frame_rate)
-
-    def _emit_words(self, index: int, slot: _Slot, final: bool = False) -> None:
-        """Give the sink every word whose end is now known (the next consumption, or the end of the text)."""
-        state: SlotState = self.text.slots[index]
-        times = state.consumption_times
-        while slot.word_cursor < len(state.transcript):
-            timed = state.transcript[slot.word_cursor]
-            after = bisect.bisect_right(times, timed.step)
-            if after < len(times):
-                end = times[after]
-            elif state.end_step is not None or final:
-                end = state.end_step if state.end_step is not None else state.step
-            else:
-                return
-            word = Word(" " + timed.text, self._time(timed.step, slot), self._time(end, slot))
-            slot.words.append(word)
-            slot.word_cursor += 1
-            slot.job.sink.word(word)
-
-    # ------------------------------------------------------------------------------------- ends
-    def _finish_done(self, slots: list[_Slot | None]) -> None:
-        done = self.text.finished(self.tail_steps).tolist()
-        for index, slot in enumerate(slots):
-            if slot is not None and done[index]:
-                self._finish(slots, index)
-
-    def _finish(self, slots: list[_Slot | None], index: int) -> None:
-        slot = slots[index]
-        assert slot is not None
-        state = self.text.slots[index]
-        slots[index] = None
-        self.text.release(index)
-        try:
-            self._emit_words(index, slot, final=True)
-            result = SpeechResult(
-                name=slot.job.name, frames=slot.written, seconds=float(slot.written / self.model.frame_rate),
-                steps=state.step, end_step=state.end_step, consumption_steps=tuple(state.consumption_times),
-                words=tuple(slot.words), prefix_frames=slot.voice.prefix_frames, truncated=state.end_step is None)
-            slot.job.sink.finish(result)
-        except DsmError as error:
-            slot.job.sink.fail(error)
-
-    def _drop(self, slots: list[_Slot | None], index: int, error: DsmError) -> None:
-        slot = slots[index]
-        assert slot is not None
-        slots[index] = None
-        self.text.release(index)
-        slot.job.sink.fail(error)
-
-
-def _batch_condition(voices: list[SlotVoice]) -> ConditionInputs | None:
-    """Per-slot conditions stacked for the batch (None when the model takes none)."""
-    conditions = [voice.condition for voice in voices]
-    if any(c is None for c in conditions):
-        return None
-    return ConditionInputs.concat(conditions)  # type: ignore[arg-type]
+    def run(self, jobs: Iterable[SpeakJob]) -> None:
+        """Synthesize every job (the ``dsm speak`` path); each sink gets its audio and words as they are
+        generated. A job whose input or output fails is handed to its sink's ``fail``; on Ctrl-C or an
+        unexpected error every running job's sink gets ``abort``."""
+        for job in jobs:
+            self.scheduler.open(_JobStream(job))
+        self.scheduler.drain()

@@ -3,7 +3,8 @@
 An :class:`EntryFeed` gives the synthesis loop the entries of one input as they become known:
 :class:`FixedEntries` all at once (a file, ``--text``, a dialog script), :class:`StreamingEntries` as text arrives
 on a pipe (``llm ... | dsm speak -``): a reader thread queues the bytes, the loop polls without blocking and
-waits only when no slot can step.
+waits only when no slot can step; :class:`PulledEntries` from an iterable of text pieces, pulled one per poll
+in the caller's thread (the generator API).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import queue
 import sys
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -86,8 +88,9 @@ class EntryFeed(Protocol):
         """Entries that arrived since the last call (never blocks), and whether the text is complete."""
         ...
 
-    def wait(self, timeout: float) -> None:
-        """Block until more text may have arrived (or ``timeout`` seconds)."""
+    def wait(self, timeout: float) -> bool:
+        """Block until more text may have arrived (or ``timeout`` seconds); False when the feed cannot wait itself
+        (its text is pushed: the scheduler waits for the push)."""
         ...
 
 
@@ -102,8 +105,8 @@ class FixedEntries:
         entries, self._entries = self._entries or [], None
         return entries, True
 
-    def wait(self, timeout: float) -> None:
-        return None
+    def wait(self, timeout: float) -> bool:
+        return False  # never waits: all the text is there
 
 
 def _raw_reader(stream: BinaryIO):
@@ -180,6 +183,31 @@ class StreamingEntries:
             raise InputError(f"{self.name}: no text to speak")
         return out, self._closed
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
         if not self._closed and not self._pending:
             self._pending = self._reader.get(timeout)
+        return True
+
+
+class PulledEntries:
+    """Entries of text pieces pulled from an iterable (e.g. an LLM's tokens), one piece per :meth:`poll`, in the
+    caller's thread; a word is complete once whitespace follows it. InputError when there is no text at all."""
+
+    def __init__(self, name: str, pieces: Iterable[str], entries: EntryStream) -> None:
+        self.name = name
+        self._pieces: Iterator[str] = iter(pieces)
+        self._entries = entries
+        self._count = 0
+
+    def poll(self) -> tuple[list[Entry], bool]:
+        if self._entries.closed:
+            return [], True
+        piece = next(self._pieces, None)
+        out = self._entries.close() if piece is None else self._entries.feed(str(piece))
+        self._count += len(out)
+        if self._entries.closed and self._count == 0:
+            raise InputError(f"{self.name}: no text to speak")
+        return out, self._entries.closed
+
+    def wait(self, timeout: float) -> bool:
+        return True  # the next poll pulls the next piece: nothing to wait for
