@@ -144,9 +144,14 @@ class SlotBatch(Protocol):
 
     batch_size: int
 
+    def open(self, index: int, stream: Any) -> bool:
+        """Open ``stream``'s input for slot ``index`` (a file, a voice); False when it cannot (the stream got its
+        failure and the slot stays free)."""
+        ...
+
     def start(self, fresh: dict[int, Any]) -> list[int]:
-        """Reset the slots of ``fresh`` (index -> stream) for their streams; returns the slots whose stream
-        already ended (failed to start)."""
+        """Reset the slots of ``fresh`` (index -> opened stream) for their streams, together; returns the slots
+        whose stream already ended (failed to start)."""
         ...
 
     def stop(self, index: int) -> None:
@@ -233,19 +238,21 @@ class SlotScheduler:
         return report.stepped
 
     def _admit(self) -> None:
-        """Fill the free slots with waiting streams; a slot whose stream fails to start takes the next one."""
-        while True:
-            with self._cond:
-                fresh: dict[int, SlotStream] = {}
-                for index, slot in enumerate(self._slots):
-                    if slot is None and self._waiting:
-                        fresh[index] = self._slots[index] = self._waiting.popleft()
-            if not fresh:
-                return
-            failed = self.batch.start(fresh)
-            self._release(failed)
-            if not failed:
-                return
+        """Give each free slot, in order, the next waiting stream whose input opens (one that fails to open got
+        its failure; the slot takes the next), then start the new streams together."""
+        fresh: dict[int, SlotStream] = {}
+        for index in range(len(self._slots)):
+            while True:
+                with self._cond:
+                    if self._slots[index] is not None or not self._waiting:
+                        break
+                    stream = self._waiting.popleft()
+                if self.batch.open(index, stream):
+                    with self._cond:
+                        self._slots[index] = fresh[index] = stream
+                    break
+        if fresh:
+            self._release(self.batch.start(fresh))
 
     def _drop(self, stream: SlotStream) -> None:
         if stream in self._waiting:

@@ -74,27 +74,29 @@ class SttBatch:
         self.slots: list[_Slot | None] = [None] * batch_size
 
     # ------------------------------------------------------------------------------- slots
-    def start(self, fresh: dict[int, Any]) -> list[int]:
-        """Give the ``fresh`` slots their streams (LM state and previous codes reset); returns the slots whose
-        stream could not open its input (it failed)."""
-        timing, failed = self.model.timing, []
-        mask = torch.zeros(self.batch_size, dtype=torch.bool)
+    def open(self, index: int, stream: SttStream) -> bool:
+        """Open ``stream``'s input for slot ``index``; False (the stream failed) when it cannot."""
+        timing = self.model.timing
         lead = None if self.prompt is None else self.prompt.lead
-        for index, stream in fresh.items():
-            try:
-                feed = stream.open_feed(timing.prefix_frames, timing.suffix_frames, lead)
-            except DsmError as error:
-                stream.fail(error)
-                failed.append(index)
-                continue
-            self.slots[index] = _Slot(stream, feed, self.input_events(), self.model.mimi.init_state(1))
+        try:
+            feed = stream.open_feed(timing.prefix_frames, timing.suffix_frames, lead)
+        except DsmError as error:
+            stream.fail(error)
+            return False
+        self.slots[index] = _Slot(stream, feed, self.input_events(), self.model.mimi.init_state(1))
+        return True
+
+    def start(self, fresh: dict[int, Any]) -> list[int]:
+        """Reset the LM state and previous codes of the ``fresh`` (opened) slots."""
+        mask = torch.zeros(self.batch_size, dtype=torch.bool)
+        for index in fresh:
             mask[index] = True
             if self.prompt is not None:
                 self.prompt.start(index)
         mask = mask.to(self.model.lm.device)
         self.lm_state.reset(mask)
         self.prev_codes[mask] = 0  # never read: every stream is initial at a slot's first step
-        return failed
+        return []
 
     def stop(self, index: int) -> None:
         self.slots[index] = None
