@@ -1,53 +1,53 @@
 """What one timed step of each ``dsm bench`` path does, on a batch of ``B`` independent streams.
 
-* ``stt``: every slot's next 80 ms frame through Mimi's streaming encoder (per slot, at batch 1, as
-  ``Transcriber`` does so a transcript never depends on its batch mates), then one LM step on the codes of the
-  previous frame, text tokens read back to the host. First output = the step whose text covers the first
-  audio frame (silence prefix + text delay).
-* ``tts``: the step of ``dsm speak`` (``Synthesizer._step``): one LM step with the depformer sampling every
-  generated codebook (skipped during the audio delay, and codebooks still inside their own delay skipped), the
-  audio-token hook that zeroes each codebook before its delay, then Mimi's streaming decoder on the time-aligned
-  frame of the slots whose frame holds audio, PCM clipped and read back to the host as float32. First output =
-  the first decoded audio frame (its time includes every step before it, Mimi decode included).
+* ``stt``: the step ``dsm transcribe`` runs (:class:`~dsmcli.stt.batch.SttBatch`, driven by the same
+  :class:`~dsmcli.engine.scheduler.SlotScheduler`): every slot's next 80 ms frame through Mimi's streaming
+  encoder (per slot, at batch 1), one LM step on the codes of the previous frame, the values read back to the
+  host and turned into words. First output = the step whose text covers the first audio frame (silence prefix +
+  text delay).
+* ``tts``: the step ``dsm speak`` runs (:class:`~dsmcli.tts.batch.TtsBatch`, same scheduler): the text-stream
+  state machine, one LM step with the depformer sampling every generated codebook (skipped during the audio
+  delay, and codebooks still inside their own delay skipped), the audio-token hook, then Mimi's streaming
+  decoder on the time-aligned frame of the slots whose frame holds audio, PCM clipped and read back to the host
+  as float32. First output = the first decoded audio frame (its time includes every step before it).
 * ``codec-encode`` / ``codec-decode``: Mimi alone, streaming, batch ``B`` in one call.
 
-Inputs are deterministic noise / random codes: with random weights nothing else makes sense, and the cost of a
-step does not depend on them. Text-stream state machines, tokenizers and word assembly are not timed (they
-are host-side bookkeeping, small next to a step).
+The streams never end: the audio is deterministic noise (one frame repeated), the text one word repeated, the
+voice a random 10 s embedding (with random weights nothing else makes sense, and the cost of a step does not
+depend on them). Without a tokenizer file (random weights of a registry name) words are decoded by a stand-in
+that names each token. A fresh stream (``start``) is admitted at the next step, as a command's input is.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from dsmcli.bench.models import BenchModel, ModelKind
 from dsmcli.constants import FRAME_RATE
-from dsmcli.engine import (
-    ConditionerKind,
-    ConditionInputs,
-    LMStream,
-    SamplingOptions,
-    TensorCondition,
-)
-from dsmcli.engine.config import ZERO_TOKEN_ID
-from dsmcli.tts.model import (
-    AUDIO_TOP_K,
-    CFG_CONDITION,
-    DEFAULT_CFG,
-    DEFAULT_TEMPERATURE,
-    TEXT_TOP_K,
-)
-from dsmcli.engine.stream import StepHooks, StepInfo
-from dsmcli.tts.synthesizer import CLIP
-from dsmcli.tts.voices import DEFAULT_MAX_SPEAKERS
+from dsmcli.engine import ConditionerKind, ConditionInputs, TensorCondition
+from dsmcli.engine.scheduler import SlotScheduler, SlotStream
+from dsmcli.stt import SttModel, load_tokenizer
+from dsmcli.stt.batch import SttBatch
+from dsmcli.stt.options import TranscribeOptions
+from dsmcli.stt.transcriber import AudioStream
+from dsmcli.stt.words import WORD_START_MARK
+from dsmcli.tts.batch import TtsBatch, TtsStream
+from dsmcli.tts.model import SpeakOptions, TtsModel
+from dsmcli.tts.script import Entry
+from dsmcli.tts.slot_voice import SlotVoice
+from dsmcli.tts.text_feed import EntryFeed
+from dsmcli.tts.tokens import TtsTokenIds
+from dsmcli.tts.voices import DEFAULT_MAX_SPEAKERS, VoiceSetup
 
 NOISE_LEVEL = 0.1  # amplitude of the noise fed to the encoder
 VOICE_SECONDS = 10  # length of one voice embedding (FORMAT.md §6.7): 125 frames at 12.5 Hz
+FIRST_WORDS = 8  # words a bench text stream holds before its first step (one more comes per step)
 
 
 class BenchPath(str, Enum):
@@ -94,33 +94,70 @@ def _random_codes(model: BenchModel, batch: int, seed: int) -> Tensor:
     return codes.to(model.lm.device)
 
 
-class SttRunner:
-    def __init__(self, model: BenchModel, batch: int, seed: int):
-        self.model, self.batch = model, batch
-        self.stream = LMStream(model.lm, SamplingOptions.greedy())
-        self.frames = _noise_frames(model, batch, seed)
-        offset = model.stt_timing.time_offset
-        self.first_output_steps = math.ceil(offset * FRAME_RATE) + 1
+def _discard(event: object) -> None:
+    """Bench streams' events are produced (as a command's are) and dropped."""
+
+
+class _StandInTokenizer:
+    """Word assembly's tokenizer calls, for random weights without a SentencePiece file: token ``i`` is the word
+    ``t<i>`` (every token starts a word)."""
+
+    def encode(self, text: str) -> list[int]:
+        return [0] * len(text.split())
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(f"t{i}" for i in ids)
+
+    def id_to_piece(self, id: int) -> str:
+        return f"{WORD_START_MARK}t{id}"
+
+    def eos_id(self) -> int:
+        return -1
+
+
+def _tokenizer(model: BenchModel) -> Any:
+    if model.random_weights:
+        return _StandInTokenizer()
+    return load_tokenizer(model.checkpoint.tokenizer_path)
+
+
+class _Runner:
+    """Endless streams on every slot of a task batch, stepped by the commands' scheduler."""
+
+    first_output_steps: int
+
+    def __init__(self, batch: Any, batch_size: int) -> None:
+        self.batch, self.batch_size = batch, batch_size
+        self.stream = batch.stream  # the LMStream the step runs (profilers wrap its methods)
+        self.scheduler = SlotScheduler(batch, max_waiting=None, name="dsm-bench")
+        self.streams: list[SlotStream] = []
+
+    def new_stream(self, index: int) -> SlotStream:
+        raise NotImplementedError
 
     def start(self) -> None:
-        self.state = self.stream.init_state(self.batch)
-        self.mimi_states = [self.model.mimi.init_state(1) for _ in range(self.batch)]
-        codes = torch.zeros(self.batch, self.model.lm.config.n_q, 1, dtype=torch.long, device=self.model.lm.device)
-        self.previous, self.current = codes, codes.clone()
+        """Close the running streams and open fresh ones: they take the slots at the next step."""
+        for stream in self.streams:
+            stream.close()
+        self.streams = [self.new_stream(index) for index in range(self.batch_size)]
+        for stream in self.streams:
+            self.scheduler.open(stream)
 
     def step(self) -> None:
-        for slot, mimi_state in enumerate(self.mimi_states):
-            self.current[slot] = self.model.mimi.encode_step(self.frames[slot : slot + 1], mimi_state)[0]
-        out = self.stream.step(self.previous, self.state)
-        self.previous, self.current = self.current, self.previous
-        out.text_tokens.tolist()
+        self.scheduler.run_once()
 
 
-def _tts_sampling(model: BenchModel) -> SamplingOptions:
-    """The ``dsm speak`` defaults: distilled CFG through the LUT when the model has one, else real CFG."""
-    distilled = model.lm.config.conditioner(CFG_CONDITION) is not None
-    return SamplingOptions(temp=DEFAULT_TEMPERATURE, top_k=AUDIO_TOP_K, text_temp=DEFAULT_TEMPERATURE,
-                           text_top_k=TEXT_TOP_K, cfg_coef=1.0 if distilled else DEFAULT_CFG)
+class SttRunner(_Runner):
+    def __init__(self, model: BenchModel, batch: int, seed: int):
+        stt = SttModel(model.checkpoint, model.mimi, model.lm, _tokenizer(model), model.stt_timing)
+        super().__init__(SttBatch(stt, TranscribeOptions(), batch), batch)
+        self.model = model
+        self.frames = _noise_frames(model, batch, seed)[:, 0].cpu().numpy()  # [B, FRAME_SIZE]
+        self.first_output_steps = math.ceil(stt.timing.time_offset * FRAME_RATE) + 1
+
+    def new_stream(self, index: int) -> SlotStream:
+        frame = self.frames[index]
+        return AudioStream(lambda: itertools.repeat(frame), deliver=_discard)
 
 
 def tts_condition(model: BenchModel, batch: int, seed: int) -> ConditionInputs | None:
@@ -144,44 +181,51 @@ def tts_condition(model: BenchModel, batch: int, seed: int) -> ConditionInputs |
     return ConditionInputs(values, tensors)
 
 
-class TtsRunner:
+def tts_model(model: BenchModel) -> TtsModel:
+    """The bench model as the TTS task takes it (no tokenizer: the bench text is token ids)."""
+    config = model.lm.config
+    ids = TtsTokenIds.from_lm_kwargs(model.checkpoint.lm_kwargs)
+    voices = VoiceSetup.from_checkpoint(model.checkpoint)
+    return TtsModel(model.checkpoint, model.lm, model.mimi, None, ids, voices, model.tts_delay_steps, config.dep_q)
+
+
+class _EndlessText:
+    """Text that never ends: ``FIRST_WORDS`` words, then one more per poll (a step consumes at most one)."""
+
+    name = "bench"
+
+    def __init__(self, word: Entry) -> None:
+        self.word, self.polls = word, 0
+
+    def poll(self) -> tuple[list[Entry], bool]:
+        self.polls += 1
+        return [self.word] * (FIRST_WORDS if self.polls == 1 else 1), False
+
+    def wait(self, timeout: float) -> bool:
+        return True
+
+
+class _BenchSpeech(TtsStream):
+    def __init__(self, voice: SlotVoice, word: Entry) -> None:
+        super().__init__(_discard)
+        self.voice, self.word = voice, word
+
+    def open(self, model: TtsModel, options: SpeakOptions) -> tuple[SlotVoice, EntryFeed]:
+        return self.voice, _EndlessText(self.word)
+
+
+class TtsRunner(_Runner):
     def __init__(self, model: BenchModel, batch: int, seed: int):
-        config, device = model.lm.config, model.lm.device
-        self.model, self.batch = model, batch
-        generator = torch.Generator(device=device).manual_seed(seed)
-        self.stream = LMStream(model.lm, _tts_sampling(model), hooks=StepHooks(audio_tokens=self._on_audio),
-                               cfg_no_text=True, num_generated=config.dep_q, generator=generator)
-        self.condition = tts_condition(model, batch, seed)
-        self.delay_steps = model.tts_delay_steps
-        delays = torch.tensor(config.delays[1 : config.dep_q + 1], dtype=torch.long, device=device)
-        self.audio_start = delays + self.delay_steps  # [G] first step whose audio token is real
-        self.skip_audio = torch.full((batch, config.dep_q), ZERO_TOKEN_ID, dtype=torch.long, device=device)
-        self.first_output_steps = self.delay_steps + config.max_delay + 1
+        tts = tts_model(model)
+        super().__init__(TtsBatch(tts, SpeakOptions(seed=seed), batch), batch)
+        self.model, self.delay_steps = model, tts.delay_steps
+        self.voice = SlotVoice("bench", tts_condition(model, 1, seed))
+        ids = tts.token_ids
+        self.word = Entry((max(ids.new_word, ids.pad, ids.main, ids.other) + 1,), "word")
+        self.first_output_steps = self.delay_steps + model.lm.config.max_delay + 1
 
-    def _on_audio(self, audio: Tensor, info: StepInfo) -> Tensor:
-        """``Synthesizer._on_audio`` without an audio prefix: each codebook is zero before its delay."""
-        return torch.where(info.offsets[:, None] < self.audio_start, ZERO_TOKEN_ID, audio)
-
-    def start(self) -> None:
-        self.state = self.stream.init_state(self.batch, self.condition)
-        self.mimi_state = self.model.mimi.init_state(self.batch)
-
-    def step(self) -> None:
-        """``Synthesizer._step`` and ``_decode`` for a batch of slots that are all ready."""
-        offsets = self.state.offsets
-        early = bool((offsets < self.delay_steps).all())
-        reached = (self.audio_start <= offsets.max()).nonzero()  # as Synthesizer._audio_needed
-        needed = int(reached.max()) + 1 if reached.numel() else 0
-        out = self.stream.step(None, self.state, replace_audio=self.skip_audio if early else None,
-                               audio_needed=needed)
-        times = self.state.offsets - 1 - self.model.lm.config.max_delay  # [B] time of the frame just completed
-        decode = out.frame_valid & (times >= self.delay_steps)
-        if bool(decode.any()):
-            codes = out.frame[:, 1:, None].clamp(min=0)
-            active = None if bool(decode.all()) else decode
-            pcm = self.model.mimi.decode_step(codes, self.mimi_state, active=active)
-            pcm[:, 0].clamp(-CLIP, CLIP).float().cpu().numpy()
-        out.text_tokens.tolist()
+    def new_stream(self, index: int) -> SlotStream:
+        return _BenchSpeech(self.voice, self.word)
 
 
 class CodecRunner:
