@@ -1,6 +1,7 @@
 """``dsm bench``: per path and batch size, how fast this device runs a model (warm-up reported apart).
 
-For every (path, batch) configuration (paths: :mod:`dsmcli.bench.paths`):
+For every (path, batch) configuration (paths: :mod:`dsmcli.bench.paths`, each the step the commands run, on
+their scheduler):
 
 1. warm-up: ``warmup`` steps of a fresh stream (first-call costs: allocation, kernel selection, compile);
 2. latency: a new fresh stream, stepped until its first word / first audio is out (``first_output_ms``);
