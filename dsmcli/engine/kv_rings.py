@@ -10,8 +10,8 @@ holds, the cells each slot attends over and the attention mask. A layer then onl
 * Positions are those the caller passes (one per slot and step); they must count the steps each slot advanced
   since its last reset, as the step engine's offsets do. So a slot that took ``n`` steps since its reset holds its
   keys in cells ``0..min(n, C)-1``, and it attends over exactly those (its length, a prefix of the ring), whatever
-  the slot held before its reset and wherever its batch mates are: a slot's outputs are bit-identical to those of
-  a fresh stream on the same input (tests/test_slot_reset.py). A fresh stream's first ``C`` steps therefore attend
+  the slot held before its reset and wherever its batch mates are: a slot's attention has the bits a fresh
+  stream's would on the same input (and so its whole step, at the same batch size: tests/test_slot_reset.py). A fresh stream's first ``C`` steps therefore attend
   over the cells written so far, not over the whole (mostly empty) ring. ``static`` attends over the whole ring
   from the first step instead (fixed shapes for ``torch.compile`` / CUDA graphs; cells not yet written are masked).
 * :meth:`KVRings.attend`: SDPA, or with ``native_attention`` (float32 models on CPU, head dims a multiple of 16)
@@ -21,12 +21,14 @@ holds, the cells each slot attends over and the attention mask. A layer then onl
   then differ from float32 SDPA by ~3e-4 relative (float16 keys and values), so only the int8 path uses it; the
   default path keeps SDPA. The kernel takes each slot's length; SDPA takes one length per call, so slots of
   different lengths are attended in separate calls. On CPU with several torch threads each slot gets its own
-  call even when lengths agree: torch's CPU attention gives a row other last bits depending on which thread
-  computes it (MKL's code path), i.e. on its place in the batch (one call per slot costs ~10 us per slot and
-  layer; one thread computes a batched call bit for bit as separate calls).
-* Rows that all took the same steps since :meth:`KVRings.restart` (the depformer, restarted every main step, or
-  a batch started together and never reset or paused) have one host-side length; otherwise the lengths are read
-  back to the host once per step (free on CPU; a synchronization on GPUs).
+  call even when lengths agree: torch's CPU flash attention gives a row other last bits depending on which
+  thread computes it (its MKL products take another code path there; ``MKL_CBWR=AUTO`` removes the
+  difference), i.e. on the row's place in the batch. An extra call costs ~10-15 us (per slot and layer; about
+  1 % of an stt-1b float32 step at batch 4); on one thread a batched call gives each row the bits of its own
+  call, so slots of one length share a call there.
+* Rings stepped without an ``active`` mask and never reset since :meth:`KVRings.restart` (the depformer's,
+  restarted every main step) have one host-side length for all rows; otherwise (the backbone's) the lengths are
+  read back to the host once per step (free on CPU; a synchronization on GPUs).
 """
 
 from __future__ import annotations
