@@ -11,9 +11,10 @@ holds, the cells each slot attends over and the attention mask. A layer then onl
   since its last reset, as the step engine's offsets do. So a slot that took ``n`` steps since its reset holds its
   keys in cells ``0..min(n, C)-1``, and it attends over exactly those (its length, a prefix of the ring), whatever
   the slot held before its reset and wherever its batch mates are: a slot's attention has the bits a fresh
-  stream's would on the same input (and so its whole step, at the same batch size: tests/test_slot_reset.py). A fresh stream's first ``C`` steps therefore attend
-  over the cells written so far, not over the whole (mostly empty) ring. ``static`` attends over the whole ring
-  from the first step instead (fixed shapes for ``torch.compile`` / CUDA graphs; cells not yet written are masked).
+  stream's would on the same input (and so its whole step, at the same batch size: tests/test_slot_reset.py). A
+  fresh stream's first ``C`` steps therefore attend over the cells written so far, not over the whole (mostly
+  empty) ring. ``static`` attends over the whole ring from the first step instead (fixed shapes for
+  ``torch.compile`` / CUDA graphs; cells not yet written are masked).
 * :meth:`KVRings.attend`: SDPA, or with ``native_attention`` (float32 models on CPU, head dims a multiple of 16)
   the kernel ``dsmcli/kernels/decode_attention.cpp`` over rings stored in float16: half the bytes of the KV reads
   that dominate a step once the window is full (~200 MB per stt-1b step at batch 1, 3.2 GB at batch 16), read as
