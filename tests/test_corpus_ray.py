@@ -15,6 +15,10 @@ from test_corpus import CLIPS, EXTENSIONS, FORMATS, clips, corpus, reference, ro
 
 ray = pytest.importorskip("ray")
 
+# the reference runs in this process: one torch thread, as the actors (outputs are the same bytes at the same
+# batch size and thread count)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 CLUSTER_CPUS = 4  # logical CPUs: two actors and the decode tasks; bounded whatever the machine
 RAY_SECONDS = 480
 

@@ -69,16 +69,23 @@ def test_rings_book_one_step_for_every_layer():
             assert keys.shape == values.shape == (3, 1, step.span, 2)
         assert step.span == min(position + 1, 4)
         assert step.mask[:2, 0, 0].sum(-1).tolist() == [min(position + 1, 4)] * 2
-    # slot 2 never advanced: its ring is empty, it wrote only the scratch cell, and it attends to everything
-    # (finite garbage) rather than to nothing (NaN)
-    assert (rings.positions[2] == -1).all() and bool(step.mask[2].all())
+    # slot 2 never advanced: its ring is empty, it wrote only the scratch cell, and it attends to its one (empty)
+    # cell (finite garbage) rather than to nothing (NaN)
+    assert (rings.positions[2] == -1).all() and step.mask[2, 0, 0].tolist() == [True, False, False, False]
+    assert step.lengths is not None and step.lengths.tolist() == [4, 4, 1]
     assert torch.equal(rings.keys[1][2, 0, :4], torch.zeros(4, 2))
     assert rings.positions[0, :4].tolist() == [4, 5, 2, 3]
     assert rings.keys[1][0, 0, :4, 0].tolist() == [14.0, 15.0, 12.0, 13.0]
+    # a reset slot attends over the cells it writes from then on, as a fresh ring would
     rings.reset(torch.tensor([True, False, False]))
-    assert (rings.positions[0] == -1).all() and rings.filled == 4
+    assert (rings.positions[0] == -1).all()
+    step = rings.advance(torch.tensor([[0], [6], [0]]), active)
+    assert step.lengths is not None and step.lengths.tolist() == [1, 4, 1] and step.span == 4
+    assert step.mask[0, 0, 0].tolist() == [True, False, False, False]
     rings.restart()
-    assert (rings.positions == -1).all() and rings.filled == 0
+    assert (rings.positions == -1).all() and rings.filled == 0 and rings.uniform
+    step = rings.advance(torch.tensor([[0], [0], [0]]), None)
+    assert step.lengths is None and step.span == 1  # every slot at the same step: one host-side length
 
 
 def _tts_condition(lm: LM, batch: int) -> ConditionInputs:

@@ -2,20 +2,34 @@
 
 All layers of a stack append at the same steps for the same slots, so the bookkeeping is shared and done once per
 step (:meth:`KVRings.advance` -> :class:`RingStep`): which cell each slot writes, the absolute position each cell
-holds and the attention mask. A layer then only writes its key/value row (:meth:`KVRings.write`) and attends.
+holds, the cells each slot attends over and the attention mask. A layer then only writes its key/value row
+(:meth:`KVRings.write`) and attends.
 
 * Cells ``0..C-1`` form the ring; cell ``C`` is a scratch cell: slots that do not advance (``active`` False) write
   there, so writes need no read-modify-write, and it is never attended to (its position stays -1).
-* ``filled`` (a host int) counts the leading cells that may hold a key: a stream's first ``C`` steps attend over
-  ``filled`` cells only, not the whole (mostly empty) ring. ``static`` keeps the span at ``C`` (fixed shapes for
-  ``torch.compile`` / CUDA graphs). Positions are those the caller passes (one per slot and step); they must
-  count the steps each slot advanced since its last reset, as the step engine's offsets do.
-* :meth:`KVRings.attend`: SDPA over the attended cells, or with ``native_attention`` (float32 models on CPU, head
-  dims a multiple of 16) the kernel ``dsmcli/kernels/decode_attention.cpp`` over rings stored in float16: half
-  the bytes of the KV reads that dominate a step once the window is full (~200 MB per stt-1b step at batch 1,
-  3.2 GB at batch 16), read as several concurrent streams (~2x SDPA's 1-row GEMMs on float32 rings, 2.5-3x with
-  float16). Attention outputs then differ from float32 SDPA by ~3e-4 relative (float16 keys and values), so
-  only the int8 path uses it; the default path keeps SDPA and stays bit-exact with the reference.
+* Positions are those the caller passes (one per slot and step); they must count the steps each slot advanced
+  since its last reset, as the step engine's offsets do. So a slot that took ``n`` steps since its reset holds its
+  keys in cells ``0..min(n, C)-1``, and it attends over exactly those (its length, a prefix of the ring), whatever
+  the slot held before its reset and wherever its batch mates are: a slot's attention has the bits a fresh
+  stream's would on the same input (and so its whole step, at the same batch size: tests/test_slot_reset.py). A
+  fresh stream's first ``C`` steps therefore attend over the cells written so far, not over the whole (mostly
+  empty) ring. ``static`` attends over the whole ring from the first step instead (fixed shapes for
+  ``torch.compile`` / CUDA graphs; cells not yet written are masked).
+* :meth:`KVRings.attend`: SDPA, or with ``native_attention`` (float32 models on CPU, head dims a multiple of 16)
+  the kernel ``dsmcli/kernels/decode_attention.cpp`` over rings stored in float16: half the bytes of the KV reads
+  that dominate a step once the window is full (~200 MB per stt-1b step at batch 1, 3.2 GB at batch 16), read as
+  several concurrent streams (~2x SDPA's 1-row GEMMs on float32 rings, 2.5-3x with float16). Attention outputs
+  then differ from float32 SDPA by ~3e-4 relative (float16 keys and values), so only the int8 path uses it; the
+  default path keeps SDPA. The kernel takes each slot's length; SDPA takes one length per call, so slots of
+  different lengths are attended in separate calls. On CPU with several torch threads each slot gets its own
+  call even when lengths agree: torch's CPU flash attention gives a row other last bits depending on which
+  thread computes it (its MKL products take another code path there; ``MKL_CBWR=AUTO`` removes the
+  difference), i.e. on the row's place in the batch. An extra call costs ~10-15 us (per slot and layer; about
+  1 % of an stt-1b float32 step at batch 4); on one thread a batched call gives each row the bits of its own
+  call, so slots of one length share a call there.
+* Rings stepped without an ``active`` mask and never reset since :meth:`KVRings.restart` (the depformer's,
+  restarted every main step) have one host-side length for all rows; otherwise (the backbone's) the lengths are
+  read back to the host once per step (free on CPU; a synchronization on GPUs).
 """
 
 from __future__ import annotations
@@ -34,21 +48,40 @@ EMPTY_POSITION = -1
 SCRATCH_CELLS = 1
 
 
+def one_call_per_row(device: torch.device) -> bool:
+    """Whether batched SDPA would give a row bits that depend on its place in the batch: on CPU with several torch
+    threads (MKL's code path differs by thread; one thread computes a batched call as separate calls)."""
+    return device.type == "cpu" and torch.get_num_threads() > 1
+
+
+def sdpa_per_row(q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """SDPA (no mask) whose rows do not depend on their place in the batch (see :func:`one_call_per_row`)."""
+    if q.shape[0] == 1 or not one_call_per_row(q.device):
+        return F.scaled_dot_product_attention(q, keys, values)
+    return torch.cat([F.scaled_dot_product_attention(q[b : b + 1], keys[b : b + 1], values[b : b + 1])
+                      for b in range(q.shape[0])])
+
+
 @dataclass(frozen=True)
 class RingStep:
     """One step's plan shared by the layers. index: the cell each slot writes (scratch if inactive), expanded to
-    ``[B, H, 1, D]`` for the ring writes' ``scatter_``; mask: bool ``[B, 1, 1, span]`` keys each slot attends to;
-    span: cells attended (a prefix of the ring)."""
+    ``[B, H, 1, D]`` for the ring writes' ``scatter_``; mask: bool ``[B, 1, 1, span]`` keys each slot attends to
+    (none past its length); span: cells attended (a prefix of the ring, the longest slot's); lengths: ``[B]``
+    int64 cells each slot attends over (None: ``span`` for every slot); calls: the SDPA calls, ``(first row,
+    end row, length)`` each."""
 
     index: Tensor
     mask: Tensor
     span: int
+    lengths: Tensor | None
+    calls: tuple[tuple[int, int, int], ...]
 
 
 @dataclass
 class KVRings:
     """keys, values: one ``[B, H, C + 1, D]`` tensor per layer (separate tensors, so that ``torch.compile`` updates
-    them in place); positions: ``[B, C + 1]`` absolute position per cell (-1 = empty)."""
+    them in place); positions: ``[B, C + 1]`` absolute position per cell (-1 = empty). ``filled``: cells every
+    slot holds while ``uniform`` (every slot took the same steps since :meth:`restart`)."""
 
     keys: list[Tensor]
     values: list[Tensor]
@@ -56,6 +89,7 @@ class KVRings:
     context: int | None  # attention window in steps (None = unbounded)
     static: bool = False
     filled: int = 0
+    uniform: bool = True
     native: Callable[..., Any] | None = None  # the native attention op, when used (then keys/values are float16)
 
     @classmethod
@@ -86,26 +120,52 @@ class KVRings:
         capacity = self.capacity
         query = positions[:, 0]
         cells = query % capacity
+        held = query + 1  # cells a slot holds after this step, before the cap (a paused slot keeps its own)
         if active is not None:
             cells = torch.where(active, cells, capacity)
+            held = torch.where(active, held, query)
             query = torch.where(active, query, EMPTY_POSITION)
+            self.uniform = False
         self.positions.scatter_(1, cells[:, None], query[:, None])
-        if not self.static:
-            self.filled = min(capacity, self.filled + 1)
-        span = capacity if self.static else self.filled
+        self.filled = min(capacity, self.filled + 1)
+        lengths: Tensor | None = None
+        if self.static:
+            per_slot = [capacity] * self.batch_size
+        elif self.uniform:
+            per_slot = [self.filled] * self.batch_size
+        else:
+            lengths = held.clamp(1, capacity)  # >= 1: a slot with nothing to attend to reads finite garbage
+            per_slot = lengths.tolist()
+        span = max(per_slot)
         batch, heads, _, head_dim = self.keys[0].shape
         index = cells.view(-1, 1, 1, 1).expand(batch, heads, 1, head_dim)
-        return RingStep(index, self._mask(positions, span), span)
+        return RingStep(index, self._mask(positions, span, lengths), span, lengths, self._calls(per_slot))
 
-    def _mask(self, positions: Tensor, span: int) -> Tensor:
+    def _calls(self, lengths: list[int]) -> tuple[tuple[int, int, int], ...]:
+        """SDPA calls over consecutive slots of one length; one per slot on CPU with several threads (see the
+        module docstring)."""
+        alone = one_call_per_row(self.positions.device)
+        calls: list[tuple[int, int, int]] = []
+        for row, length in enumerate(lengths):
+            if calls and not alone and calls[-1][2] == length:
+                calls[-1] = (calls[-1][0], row + 1, length)
+            else:
+                calls.append((row, row + 1, length))
+        return tuple(calls)
+
+    def _mask(self, positions: Tensor, span: int, lengths: Tensor | None) -> Tensor:
         keys = self.positions[:, None, :span]  # [B, 1, S]
         delta = positions[:, :, None] - keys
         allowed = (keys >= 0) & (delta >= 0)
         if self.context is not None:
             allowed &= delta < self.context
-        # A slot that neither advances nor has history attends to everything (finite garbage, not NaN); its
+        own = None if lengths is None else torch.arange(span, device=keys.device) < lengths[:, None, None]
+        if own is not None:
+            allowed &= own
+        # A slot that neither advances nor has history attends to all its cells (finite garbage, not NaN); its
         # output is discarded. Every advancing slot sees at least its own new key.
-        allowed |= ~allowed.any(dim=-1, keepdim=True)
+        nothing = ~allowed.any(dim=-1, keepdim=True)
+        allowed |= nothing if own is None else nothing & own
         return allowed[:, None]
 
     def write(self, layer: int, step: RingStep, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,16 +182,23 @@ class KVRings:
 
     def attend(self, layer: int, step: RingStep, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """Attention of the queries ``q`` ``[B, H, 1, D]`` over ``layer``'s ``keys``/``values`` (from :meth:`write`)
-        under the step's mask -> ``[B, H, 1, D]``."""
+        under the step's mask, each slot over its own length -> ``[B, H, 1, D]``."""
         if self.native is not None and q.dtype == torch.float32:
-            return self.native(q.contiguous(), self.keys[layer], self.values[layer], step.mask)
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
+            return self.native(q.contiguous(), self.keys[layer], self.values[layer], step.mask, step.lengths)
+        if len(step.calls) == 1:
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
+        return torch.cat([F.scaled_dot_product_attention(q[a:b], keys[a:b, :, :n], values[a:b, :, :n],
+                                                         attn_mask=step.mask[a:b, :, :, :n])
+                          for a, b, n in step.calls])
 
     def reset(self, mask: Tensor) -> None:
-        """Empty the slots selected by ``mask`` ``[B]`` (their cells are forgotten; ``filled`` is kept)."""
+        """Empty the slots selected by ``mask`` ``[B]``: they start again from cell 0 and attend over the cells
+        they write from then on (what a fresh ring holds)."""
         self.positions.masked_fill_(mask[:, None], EMPTY_POSITION)
+        self.uniform = False
 
     def restart(self) -> None:
         """Empty every slot (the depformer does this at each main step)."""
         self.positions.fill_(EMPTY_POSITION)
         self.filled = 0
+        self.uniform = True

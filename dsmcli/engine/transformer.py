@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.engine.config import TransformerConfig
-from dsmcli.engine.kv_rings import KVRings, RingStep
+from dsmcli.engine.kv_rings import KVRings, RingStep, sdpa_per_row
 from dsmcli.nn import make_norm, rope_angles
 from dsmcli.nn.gating import GatedFFN
 from dsmcli.nn.linear import linear
@@ -107,7 +107,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         q = _split_heads(linear(x, self.in_proj[0, :self.dim]), 1, self.num_heads)[0]
-        out = F.scaled_dot_product_attention(q, keys, values)
+        out = sdpa_per_row(q, keys, values)  # a row's bits do not depend on its place in the batch
         return linear(_merge_heads(out), self.out_proj[0])
 
 

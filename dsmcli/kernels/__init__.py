@@ -327,8 +327,9 @@ def depformer_step_op() -> Callable | None:
 
 @functools.cache
 def decode_attention_op() -> Callable | None:
-    """The compiled ``decode(q [B, H, 1, D], keys [B, H, C, D], values [B, H, C, D], mask [B, 1, 1, S] bool)
-    -> [B, H, 1, D]`` op (all float32), or None."""
+    """The compiled ``decode(q [B, H, 1, D] f32, keys [B, H, C, D], values [B, H, C, D] (f32 or f16), mask
+    [B, 1, 1, S] bool, lengths [B] i64 | None (cells each slot attends over, <= S)) -> [B, H, 1, D] f32`` op, or
+    None."""
     return _load("decode_attention")
 
 

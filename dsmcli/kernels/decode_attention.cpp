@@ -1,7 +1,9 @@
 // Attention of one query step per (slot, head) over a KV ring, on CPU: what a streaming LM step needs. The ring
 // holds float32 or float16 keys and values (float16: half the bytes, converted exactly to float32 as read).
 //
-// softmax(q . k_s / sqrt(D)) . v_s over the cells s < span where mask[b, s] is true. At batch 1 and a full
+// softmax(q . k_s / sqrt(D)) . v_s over the cells s < length[b] where mask[b, s] is true (a slot's length: the
+// cells its stream wrote since its reset, so that the cells are visited in the same order, and the result has the
+// same bits, whatever the slot held before; see dsmcli/engine/kv_rings.py). At batch 1 and a full
 // 750-step ring this reads ~200 MB of float32 keys and values per stt-1b step; torch's CPU flash attention runs
 // each head's scores as a 1-row GEMM and reached ~13 GB/s here. This kernel streams each head's keys, then its
 // values, as several concurrent memory streams with a software prefetch ahead of the reads. The arithmetic is
@@ -14,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "streams.h"
@@ -106,9 +109,10 @@ void one_head(const float* q, const T* k, const T* v, const bool* mask, int64_t 
 }
 
 // q [B, H, 1, D] float32; keys, values [B, H, C, D] (the ring), float32 or float16; mask [B, 1, 1, span] bool
-// (span <= C) -> [B, H, 1, D] float32.
+// (span <= C); lengths: int64 [B], 1 <= lengths[b] <= span, the cells slot b attends over (None: span)
+// -> [B, H, 1, D] float32.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
-                            const at::Tensor& mask) {
+                            const at::Tensor& mask, const std::optional<at::Tensor>& lengths) {
   TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat && q.is_contiguous(),
               "q: contiguous float32 [B, H, 1, D]");
   TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 4 && keys.scalar_type() == values.scalar_type() &&
@@ -122,6 +126,17 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
                   mask.size(1) == 1 && mask.size(2) == 1 && mask.size(3) <= C,
               "mask: contiguous bool [B, 1, 1, span <= C]");
   const int64_t span = mask.size(3);
+  std::vector<int64_t> length(B, span);
+  if (lengths.has_value()) {
+    const at::Tensor& given = *lengths;
+    TORCH_CHECK(given.dim() == 1 && given.size(0) == B && given.scalar_type() == at::kLong && given.is_contiguous(),
+                "lengths: contiguous int64 [B]");
+    const int64_t* lp = given.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(lp[b] >= 1 && lp[b] <= span, "lengths must be within 1..span");
+      length[b] = lp[b];
+    }
+  }
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   at::Tensor out = at::empty_like(q);
   const float* qp = q.data_ptr<float>();
@@ -132,7 +147,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
       std::vector<float> scores(std::max<int64_t>(span, 1));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / H;
-        one_head(qp + i * D, kp + i * C * D, vp + i * C * D, mp + b * span, span, D, scale, op + i * D, scores);
+        one_head(qp + i * D, kp + i * C * D, vp + i * C * D, mp + b * span, length[b], D, scale, op + i * D,
+                 scores);
       }
     });
   };
@@ -179,7 +195,7 @@ void ring_write(at::Tensor keys, at::Tensor values, const at::Tensor& k, const a
 }  // namespace
 
 TORCH_LIBRARY(dsmcli_attn, m) {
-  m.def("decode(Tensor q, Tensor keys, Tensor values, Tensor mask) -> Tensor");
+  m.def("decode(Tensor q, Tensor keys, Tensor values, Tensor mask, Tensor? lengths=None) -> Tensor");
   m.def("write(Tensor(a!) keys, Tensor(b!) values, Tensor k, Tensor v, Tensor cells) -> ()");
 }
 TORCH_LIBRARY_IMPL(dsmcli_attn, CPU, m) {
