@@ -6,6 +6,12 @@ arithmetic on CPU. :class:`NativeDepformer` runs the whole stack of a sub-step, 
 one call, on the project's streaming linear kernels (float32, int8 or int4 weights, as the model holds them).
 The input projection, the token embedding and the sampling stay in torch.
 
+:meth:`NativeDepformer.frame` goes further: all the sub-steps of a main step in one call (``depformer_step.cpp``'s
+``frame`` op), each with its input projection, its token embedding (the previous codebook's sampled token) and
+its sampling (temperature, top-k, CFG mix), done with the same ATen operators in the same order as
+:func:`dsmcli.engine.sampling.sample_token`, so the same random draws give the same tokens bit for bit. Only the
+text token's embedding (codebook 0's input) stays in torch.
+
 It applies to the released depformer layout on CPU in float32 (no positional embedding, RMSNorm, gated SiLU FFN,
 no layer scale, no cross-attention); :func:`native_depformer` returns None elsewhere and the torch path runs.
 Results match the torch path to float rounding (other summation orders: ~1e-6 relative on the logits).
@@ -41,6 +47,26 @@ def _linear_args(weight: Any) -> tuple[list[Tensor], int, int] | None:
     return None
 
 
+TORCH_MV, TORCH_LINEAR = 3, 4  # the frame op's torch products: dsmcli.nn.linear.linear, F.linear
+NO_LINEAR = -1
+
+
+def _prefix_linear(weight: Any, float_kind: int) -> tuple[list[Tensor], int, int] | None:
+    """A frame op linear computed as the torch path computes it (float32: ``float_kind``), or None."""
+    if isinstance(weight, Tensor):
+        return ([weight.contiguous()], float_kind, 0) if weight.dtype == torch.float32 and weight.dim() == 2 else None
+    return _linear_args(weight)
+
+
+def _table_args(table: Any) -> tuple[list[Tensor], int, int] | None:
+    """An embedding table for the frame op: float32 rows (kind 0) or int8 rows with scales (kind 1), or None."""
+    if isinstance(table, Tensor):
+        return ([table.contiguous()], 0, 0) if table.dtype == torch.float32 and table.dim() == 2 else None
+    if type(table) is Int8Weight and table.q.dim() == 2 and table.dtype == torch.float32:
+        return [table.q.contiguous(), table.scale.contiguous()], 1, table.group_size
+    return None
+
+
 def _norm_gain(norm: nn.Module) -> tuple[Tensor, float] | None:
     if isinstance(norm, nn.Identity):
         return torch.empty(0), 0.0
@@ -52,8 +78,8 @@ def _norm_gain(norm: nn.Module) -> tuple[Tensor, float] | None:
 class NativeDepformer:
     """The kernel's argument lists per codebook (built on first use) and the call."""
 
-    def __init__(self, depformer: nn.Module, op: Any):
-        self.depformer, self.op = depformer, op
+    def __init__(self, depformer: nn.Module, op: Any, frame_op: Any = None):
+        self.depformer, self.op, self.frame_op = depformer, op, frame_op
         self._args: dict[int, tuple[list[Tensor], list[int], list[int], float, float] | None] = {}
 
     def arguments(self, k: int) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
@@ -99,6 +125,56 @@ class NativeDepformer:
         tensors.append(torch.empty(0) if head.bias is None else head.bias.float().contiguous())
         return tensors, kinds, sizes, eps, out[1]
 
+    def frame_arguments(self) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
+        """The frame op's lists for all codebooks (built once), or None when a codebook cannot run natively."""
+        if not hasattr(self, "_frame"):
+            self._frame = self._build_frame()
+        return self._frame
+
+    def _build_frame(self) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
+        dep = self.depformer
+        tensors: list[Tensor] = []
+        kinds: list[int] = []
+        sizes: list[int] = []
+        starts, linear_starts, out_eps = [0], [0], []
+        for k in range(dep.config.num_codebooks):
+            stack = self.arguments(k)
+            parts = [_prefix_linear(dep.input_projs[dep.config.input_schedule[k]].weight, TORCH_MV)]
+            if k > 0:
+                embedding = dep.audio_emb[k - 1]
+                if embedding.demux:
+                    return None
+                parts.append(_table_args(embedding.weight))
+                low_rank = embedding.low_rank
+                parts.append(([], NO_LINEAR, 0) if low_rank is None else _prefix_linear(low_rank.weight, TORCH_LINEAR))
+            if stack is None or any(part is None for part in parts):
+                return None
+            for part in parts:
+                tensors.extend(part[0])
+                kinds.append(part[1])
+                sizes.append(part[2])
+            tensors.extend(stack[0])
+            kinds.extend(stack[1])
+            sizes.extend(stack[2])
+            starts.append(len(tensors))
+            linear_starts.append(len(kinds))
+            out_eps.append(stack[4])
+        return tensors, kinds, sizes, starts, linear_starts, out_eps
+
+    def frame(self, first: Tensor, hidden: Tensor, keys: Tensor, values: Tensor, count: int, temp: float,
+              top_k: int, cfg_coef: float, generator: torch.Generator | None) -> Tensor | None:
+        """Tokens ``[B, count]`` of the first ``count`` codebooks from the backbone output ``hidden`` ``[R, 1, D]``
+        and codebook 0's embedded input ``first`` ``[R, 1, Dd]`` (``R = 2B`` under CFG: ``cfg_coef`` != 1), sampled
+        as :func:`~dsmcli.engine.sampling.sample_token` samples (None: not supported here)."""
+        args = self.frame_arguments()
+        if args is None:
+            return None
+        tensors, kinds, sizes, starts, linear_starts, out_eps = args
+        return self.frame_op(hidden[:, 0].contiguous(), first[:, 0].contiguous(), tensors, kinds, sizes, starts,
+                             linear_starts, keys, values, count, self.depformer.config.transformer.num_heads,
+                             args_eps(self.arguments(0)), out_eps, float(temp), int(top_k), float(cfg_coef),
+                             generator)
+
     def logits(self, k: int, x: Tensor, keys: Tensor, values: Tensor) -> Tensor | None:
         """Logits ``[B, card]`` of codebook ``k`` from its input ``x`` ``[B, 1, D]`` (None: not supported)."""
         args = self.arguments(k)
@@ -107,6 +183,10 @@ class NativeDepformer:
         tensors, kinds, sizes, eps, out_eps = args
         return self.op(x[:, 0].contiguous(), tensors, kinds, sizes, keys, values, k,
                        self.depformer.config.transformer.num_heads, eps, out_eps)
+
+
+def args_eps(args: tuple[list[Tensor], list[int], list[int], float, float] | None) -> float:
+    return 0.0 if args is None else args[3]
 
 
 def native_depformer(depformer: nn.Module, dtype: torch.dtype, device: torch.device) -> NativeDepformer | None:
@@ -121,4 +201,4 @@ def native_depformer(depformer: nn.Module, dtype: torch.dtype, device: torch.dev
     op = depformer_step_op()
     if op is None or fp32_linear_op() is None:
         return None
-    return NativeDepformer(depformer, op)
+    return NativeDepformer(depformer, op, torch.ops.dsmcli_depformer.frame)

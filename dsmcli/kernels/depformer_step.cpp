@@ -33,7 +33,7 @@ c10::TypedOperatorHandle<Signature> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
-struct Cursor {  // walks the flat weight list and the per-linear kinds / group sizes
+struct Cursor {  // walks the flat weight list and the per-linear kinds / group sizes from given starts
   const std::vector<at::Tensor>& tensors;
   const std::vector<int64_t>& kinds;
   const std::vector<int64_t>& group_sizes;
@@ -44,11 +44,18 @@ struct Cursor {  // walks the flat weight list and the per-linear kinds / group 
     return tensors[tensor++];
   }
 
-  // y = x @ W.T for the next linear of the list.
-  at::Tensor apply(const at::Tensor& x) {
+  std::pair<int64_t, int64_t> next_kind() {
     TORCH_CHECK(linear < kinds.size() && linear < group_sizes.size(), "depformer_step: too few kinds");
     const int64_t kind = kinds[linear], gs = group_sizes[linear];
     ++linear;
+    return {kind, gs};
+  }
+
+  // y = x @ W.T for the next linear of the list (x [B, K] float32 contiguous). Kinds: 0 the native float32
+  // kernel, 1 int8, 2 int4 (the native kernels, as Int8Weight / Int4Weight.linear call them), 3 torch's
+  // product as dsmcli.nn.linear.linear computes it (mv for one row, else (W @ x.T).T), 4 at::linear (F.linear).
+  at::Tensor apply(const at::Tensor& x) {
+    const auto [kind, gs] = next_kind();
     if (kind == 0) {
       static auto fp32 = op<Fp32Linear>("dsmcli_fp32::linear");
       return fp32.call(x, next(), c10::nullopt);
@@ -59,6 +66,12 @@ struct Cursor {  // walks the flat weight list and the per-linear kinds / group 
       const at::Tensor& scales = next();
       return int8.call(x, q, scales, next(), gs);
     }
+    if (kind == 3) {
+      const at::Tensor& w = next();
+      if (x.size(0) == 1) return at::mv(w, x[0]).unsqueeze(0);
+      return at::mm(w, x.t()).t().contiguous();
+    }
+    if (kind == 4) return at::linear(x, next());
     TORCH_CHECK(kind == 2, "depformer_step: unknown linear kind ", kind);
     static auto int4 = op<Int4Linear>("dsmcli_int4::linear");
     const at::Tensor& q = next();
@@ -144,21 +157,10 @@ void add_(at::Tensor& x, const at::Tensor& y) {
   for (int64_t i = 0; i < x.numel(); ++i) xp[i] += yp[i];
 }
 
-at::Tensor depformer_step(const at::Tensor& input, at::TensorList weights, at::IntArrayRef kinds,
-                          at::IntArrayRef group_sizes, at::Tensor keys, at::Tensor values, int64_t position,
-                          int64_t num_heads, double eps, double out_eps) {
-  TORCH_CHECK(input.dim() == 2 && input.scalar_type() == at::kFloat, "input: float32 [B, D]");
-  TORCH_CHECK(keys.dim() == 5 && keys.scalar_type() == at::kFloat && keys.is_contiguous() &&
-                  values.sizes() == keys.sizes() && values.is_contiguous() && values.scalar_type() == at::kFloat,
-              "keys, values: contiguous float32 [L, B, H, C, head_dim]");
+// The stack, output norm and head of one sub-step on x [B, D] (consumed), reading its weights from `cursor`.
+at::Tensor run_stack(at::Tensor x, Cursor& cursor, at::Tensor& keys, at::Tensor& values, int64_t position,
+                     int64_t num_heads, double eps, double out_eps) {
   const int64_t L = keys.size(0);
-  TORCH_CHECK(keys.size(1) == input.size(0) && keys.size(2) == num_heads && keys.size(2) * keys.size(4) == input.size(1),
-              "keys/values do not match the input's batch and width");
-  TORCH_CHECK(position >= 0 && position < keys.size(3), "position outside the cache");
-  const std::vector<at::Tensor> tensors(weights.begin(), weights.end());
-  const std::vector<int64_t> kind_list(kinds.begin(), kinds.end()), sizes(group_sizes.begin(), group_sizes.end());
-  Cursor cursor{tensors, kind_list, sizes};
-  at::Tensor x = input.contiguous().clone();
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor& alpha1 = cursor.next();
     const at::Tensor qkv = cursor.apply(rms_norm(x, alpha1, eps));
@@ -172,9 +174,129 @@ at::Tensor depformer_step(const at::Tensor& input, at::TensorList weights, at::I
   at::Tensor logits = cursor.apply(x);
   const at::Tensor& bias = cursor.next();
   if (bias.numel() > 0) add_(logits, bias.expand_as(logits).contiguous());
+  return logits;
+}
+
+void check_cache(const at::Tensor& keys, const at::Tensor& values, int64_t rows, int64_t width, int64_t num_heads) {
+  TORCH_CHECK(keys.dim() == 5 && keys.scalar_type() == at::kFloat && keys.is_contiguous() &&
+                  values.sizes() == keys.sizes() && values.is_contiguous() && values.scalar_type() == at::kFloat,
+              "keys, values: contiguous float32 [L, B, H, C, head_dim]");
+  TORCH_CHECK(keys.size(1) == rows && keys.size(2) == num_heads && keys.size(2) * keys.size(4) == width,
+              "keys/values do not match the input's batch and width");
+}
+
+at::Tensor depformer_step(const at::Tensor& input, at::TensorList weights, at::IntArrayRef kinds,
+                          at::IntArrayRef group_sizes, at::Tensor keys, at::Tensor values, int64_t position,
+                          int64_t num_heads, double eps, double out_eps) {
+  TORCH_CHECK(input.dim() == 2 && input.scalar_type() == at::kFloat, "input: float32 [B, D]");
+  check_cache(keys, values, input.size(0), input.size(1), num_heads);
+  TORCH_CHECK(position >= 0 && position < keys.size(3), "position outside the cache");
+  const std::vector<at::Tensor> tensors(weights.begin(), weights.end());
+  const std::vector<int64_t> kind_list(kinds.begin(), kinds.end()), sizes(group_sizes.begin(), group_sizes.end());
+  Cursor cursor{tensors, kind_list, sizes};
+  at::Tensor logits = run_stack(input.contiguous().clone(), cursor, keys, values, position, num_heads, eps, out_eps);
   TORCH_CHECK(cursor.tensor == tensors.size() && cursor.linear == kind_list.size(),
               "depformer_step: the weight list is too long");
   return logits;
+}
+
+// The exponential race of dsmcli.engine.sampling._exponential_race, with the same ATen ops in the same order (so
+// the same random draws and the same result bit for bit): one draw per row of probs [R, V] -> [R].
+at::Tensor exponential_race(const at::Tensor& probs, const c10::optional<at::Generator>& generator) {
+  const at::Tensor flat = probs.reshape({-1, probs.size(-1)});
+  const at::Tensor race = flat / at::empty_like(flat).exponential_(1, generator);
+  return race.argmax(-1);
+}
+
+// dsmcli.engine.sampling.sample_token on float32 logits [R, V] -> long [R], op for op.
+at::Tensor sample_token(const at::Tensor& logits, double temp, int64_t top_k,
+                        const c10::optional<at::Generator>& generator) {
+  if (temp <= 0) return logits.argmax(-1);
+  at::Tensor probs = at::softmax(logits / temp, -1);
+  if (top_k > 0) {
+    auto [top, candidates] = at::topk(probs, std::min<int64_t>(top_k, probs.size(-1)), -1);
+    return candidates.gather(-1, exponential_race(top, generator).unsqueeze(-1)).squeeze(-1);
+  }
+  return exponential_race(probs, generator);
+}
+
+// One row of a token embedding table per token (tokens >= 0): kind 0 float32 [V, r], kind 1 int8 [V, r] with
+// float32 scales [V, r / group] (Int8Weight.rows: code * scale, one rounding) -> [R, r].
+at::Tensor table_rows(Cursor& cursor, const at::Tensor& tokens) {
+  const auto [kind, gs] = cursor.next_kind();
+  const at::Tensor& table = cursor.next();
+  if (kind == 0) return at::embedding(table, tokens);
+  TORCH_CHECK(kind == 1 && table.scalar_type() == at::kChar && table.is_contiguous(), "embedding table kind");
+  const at::Tensor& scale = cursor.next();
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && gs > 0, "embedding scales");
+  const int64_t R = tokens.size(0), r = table.size(1), V = table.size(0), G = scale.size(1);
+  at::Tensor out = at::empty({R, r}, scale.options());
+  const int64_t* ids = tokens.data_ptr<int64_t>();
+  const int8_t* q = table.data_ptr<int8_t>();
+  const float* s = scale.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < R; ++i) {
+    TORCH_CHECK(ids[i] >= 0 && ids[i] < V, "token outside the embedding table");
+    for (int64_t d = 0; d < r; ++d) o[i * r + d] = static_cast<float>(q[ids[i] * r + d]) * s[ids[i] * G + d / gs];
+  }
+  return out;
+}
+
+// All `count` sub-steps of a main step: codebook k reads input_proj_k(hidden) plus the embedding of the previous
+// token (k = 0: `first`, the text token's embedding, computed by the caller), runs the stack at position k, and
+// its logits (CFG-mixed when cfg_coef != 1: rows [2B] = conditional then unconditional) are sampled as
+// sample_token does; the sampled token is the next codebook's previous token. Per codebook, the lists hold: the
+// input projection (one linear), then for k >= 1 the embedding table (kind 0 / 1 above) and its low-rank linear
+// (kind -1: none), then the stack as depformer_step reads it. starts[k] / linear_starts[k]: where codebook k's
+// tensors / kinds begin (count + 1 entries each). Returns the tokens [B, count] (long).
+at::Tensor depformer_frame(const at::Tensor& hidden, const at::Tensor& first, at::TensorList weights,
+                           at::IntArrayRef kinds, at::IntArrayRef group_sizes, at::IntArrayRef starts,
+                           at::IntArrayRef linear_starts, at::Tensor keys, at::Tensor values, int64_t count,
+                           int64_t num_heads, double eps, at::ArrayRef<double> out_eps, double temp, int64_t top_k,
+                           double cfg_coef, c10::optional<at::Generator> generator) {
+  TORCH_CHECK(hidden.dim() == 2 && hidden.scalar_type() == at::kFloat && hidden.is_contiguous(),
+              "hidden: contiguous float32 [R, dim]");
+  TORCH_CHECK(first.dim() == 2 && first.scalar_type() == at::kFloat && first.size(0) == hidden.size(0),
+              "first: float32 [R, D]");
+  const int64_t R = hidden.size(0);
+  check_cache(keys, values, R, first.size(1), num_heads);
+  const bool cfg = cfg_coef != 1.0;
+  TORCH_CHECK(!cfg || R % 2 == 0, "CFG needs an even number of rows");
+  const int64_t B = cfg ? R / 2 : R;
+  TORCH_CHECK(count >= 0 && count <= keys.size(3) && static_cast<int64_t>(starts.size()) > count &&
+                  static_cast<int64_t>(linear_starts.size()) > count && static_cast<int64_t>(out_eps.size()) >= count,
+              "depformer_frame: count does not match the lists");
+  const std::vector<at::Tensor> tensors(weights.begin(), weights.end());
+  const std::vector<int64_t> kind_list(kinds.begin(), kinds.end()), sizes(group_sizes.begin(), group_sizes.end());
+  at::Tensor tokens = at::empty({B, count}, hidden.options().dtype(at::kLong));
+  at::Tensor previous;
+  for (int64_t k = 0; k < count; ++k) {
+    Cursor cursor{tensors, kind_list, sizes, static_cast<size_t>(starts[k]), static_cast<size_t>(linear_starts[k])};
+    at::Tensor x = cursor.apply(hidden);
+    if (k == 0) {
+      x = x + first;
+    } else {
+      at::Tensor rows = table_rows(cursor, previous);
+      if (kinds[cursor.linear] == -1) {
+        cursor.next_kind();
+      } else {
+        rows = cursor.apply(rows);
+      }
+      x = x + rows;
+    }
+    at::Tensor logits = run_stack(x.contiguous(), cursor, keys, values, k, num_heads, eps, out_eps[k]);
+    TORCH_CHECK(cursor.tensor == static_cast<size_t>(starts[k + 1]) &&
+                    cursor.linear == static_cast<size_t>(linear_starts[k + 1]),
+                "depformer_frame: codebook ", k, "'s weight list does not match its layout");
+    if (cfg) {
+      const at::Tensor conditional = logits.narrow(0, 0, B), unconditional = logits.narrow(0, B, B);
+      logits = unconditional + (conditional - unconditional) * cfg_coef;
+    }
+    const at::Tensor token = sample_token(logits, temp, top_k, generator);
+    tokens.select(1, k).copy_(token);
+    previous = cfg ? at::cat({token, token}) : token;
+  }
+  return tokens;
 }
 
 }  // namespace
@@ -182,5 +304,11 @@ at::Tensor depformer_step(const at::Tensor& input, at::TensorList weights, at::I
 TORCH_LIBRARY(dsmcli_depformer, m) {
   m.def("step(Tensor input, Tensor[] weights, int[] kinds, int[] group_sizes, Tensor(a!) keys, Tensor(b!) values, "
         "int position, int num_heads, float eps, float out_eps) -> Tensor");
+  m.def("frame(Tensor hidden, Tensor first, Tensor[] weights, int[] kinds, int[] group_sizes, int[] starts, "
+        "int[] linear_starts, Tensor(a!) keys, Tensor(b!) values, int count, int num_heads, float eps, "
+        "float[] out_eps, float temp, int top_k, float cfg_coef, Generator? generator) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(dsmcli_depformer, CPU, m) { m.impl("step", &depformer_step); }
+TORCH_LIBRARY_IMPL(dsmcli_depformer, CPU, m) {
+  m.impl("step", &depformer_step);
+  m.impl("frame", &depformer_frame);
+}
