@@ -15,6 +15,7 @@ import torch
 from dsmcli.bench_models import random_lm
 from dsmcli.engine import LM, ConditionInputs, LMConfig, LMStream, SamplingOptions, StepHooks, TensorCondition
 from dsmcli.engine.config import ZERO_TOKEN_ID
+from dsmcli.engine.depformer_native import HELPER, POOL, SERIAL
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.hub import load_checkpoint
 
@@ -198,7 +199,13 @@ def test_native_frame_samples_what_the_sub_steps_sample(tiny_tts, method, option
     assert lm.depformer is not None
     native = lm.depformer.native(torch.float32, "cpu")
     assert native is not None and native.frame_arguments() is not None
-    assert torch.equal(_tokens(lm, True, options, 2), _tokens(lm, False, options, 2))
+    expected = _tokens(lm, False, options, 2)
+    assert native.threads_mode() == (POOL if method == "none" else SERIAL)  # AUTO: the float path keeps torch's
+    for threads in (POOL, SERIAL, HELPER):
+        native.frame_threads = threads
+        # HELPER on a quantized model: every linear split between two threads (kinds 5-7); float: never split
+        assert any(kind >= 5 for kind in native.frame_arguments()[1]) == (method != "none" and threads == HELPER)
+        assert torch.equal(_tokens(lm, True, options, 2), expected)
 
 
 def test_native_frame_batch_invariant_and_deterministic(tiny_tts):

@@ -58,6 +58,27 @@ def _prefix_linear(weight: Any, float_kind: int) -> tuple[list[Tensor], int, int
     return _linear_args(weight)
 
 
+# How the frame op uses the cores: POOL, each linear a parallel region of torch's pool (a thread wake-up each,
+# ~20-30 us on the 2-core VM); SERIAL, the calling thread alone, no parallel region (one thread already reads a
+# weight from memory at the bandwidth two get, see benchmarks/README.md); HELPER, one region per frame, a second
+# thread computing half of each linear (spin-then-yield hand-offs: fast only while both threads have a core).
+# AUTO: SERIAL where every linear of the frame is a native int8 / int4 kernel, else POOL (the float model's MKL
+# products inside the call keep torch's threads: the default path stays bit-identical).
+AUTO, POOL, SERIAL, HELPER = -1, 0, 1, 2
+FRAME_THREADS = AUTO
+SPLIT = 5  # + kind: the frame op's two-thread split of a native linear (kinds 0-2)
+
+
+def _split(args: tuple[list[Tensor], int, int]) -> tuple[list[Tensor], int, int]:
+    """A native linear's tensors as two halves of its output rows (views, no copy) for the frame op's helper
+    thread; kinds other than the native ones (the torch products, no linear) are returned as they are."""
+    tensors, kind, group_size = args
+    if kind not in (FLOAT, INT8, INT4) or tensors[0].shape[0] < 2:
+        return args
+    half = tensors[0].shape[0] // 2
+    return ([t[:half] for t in tensors] + [t[half:] for t in tensors]), SPLIT + kind, group_size
+
+
 def _table_args(table: Any) -> tuple[list[Tensor], int, int] | None:
     """An embedding table for the frame op: float32 rows (kind 0) or int8 rows with scales (kind 1), or None."""
     if isinstance(table, Tensor):
@@ -80,6 +101,9 @@ class NativeDepformer:
 
     def __init__(self, depformer: nn.Module, op: Any, frame_op: Any = None):
         self.depformer, self.op, self.frame_op = depformer, op, frame_op
+        self.frame_threads = FRAME_THREADS
+        self._frames: dict[bool, Any] = {}  # the frame op's lists, with split linears (HELPER) or not
+        self._native_only = False  # every linear of the frame on a native int8 / int4 kernel
         self._args: dict[int, tuple[list[Tensor], list[int], list[int], float, float] | None] = {}
 
     def arguments(self, k: int) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
@@ -87,7 +111,7 @@ class NativeDepformer:
             self._args[k] = self._build(k)
         return self._args[k]
 
-    def _build(self, k: int) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
+    def _build(self, k: int, split: bool = False) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
         dep = self.depformer
         weight_set = dep.config.transformer.weight_set(k)
         tensors: list[Tensor] = []
@@ -97,6 +121,8 @@ class NativeDepformer:
 
         def add_linear(weight: Any) -> bool:
             args = _linear_args(weight)
+            if args is not None and split:
+                args = _split(args)
             if args is not None:
                 tensors.extend(args[0])
                 kinds.append(args[1])
@@ -127,9 +153,10 @@ class NativeDepformer:
 
     def frame_arguments(self) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
         """The frame op's lists for all codebooks (built once), or None when a codebook cannot run natively."""
-        if not hasattr(self, "_frame"):
-            self._frame = self._build_frame()
-        return self._frame
+        split = self.frame_threads == HELPER
+        if split not in self._frames:
+            self._frames[split] = self._build_frame()
+        return self._frames[split]
 
     def _build_frame(self) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
         dep = self.depformer
@@ -137,8 +164,8 @@ class NativeDepformer:
         kinds: list[int] = []
         sizes: list[int] = []
         starts, linear_starts, out_eps = [0], [0], []
+        codebooks = []
         for k in range(dep.config.num_codebooks):
-            stack = self.arguments(k)
             parts = [_prefix_linear(dep.input_projs[dep.config.input_schedule[k]].weight, TORCH_MV)]
             if k > 0:
                 embedding = dep.audio_emb[k - 1]
@@ -147,8 +174,19 @@ class NativeDepformer:
                 parts.append(_table_args(embedding.weight))
                 low_rank = embedding.low_rank
                 parts.append(([], NO_LINEAR, 0) if low_rank is None else _prefix_linear(low_rank.weight, TORCH_LINEAR))
-            if stack is None or any(part is None for part in parts):
+            if any(part is None for part in parts):
                 return None
+            codebooks.append(parts)
+        # two threads per linear (one parallel region per frame) only where every linear is a native kernel: the
+        # float model's torch products (MKL) would run single-threaded inside the region, in another float order
+        native = all(part[1] in (INT8, INT4, NO_LINEAR) for parts in codebooks for part in parts[:1] + parts[2:])
+        self._native_only = native
+        split = self.frame_threads == HELPER and native
+        for k, parts in enumerate(codebooks):
+            stack = self._build(k, split) if split else self.arguments(k)
+            if stack is None:
+                return None
+            parts = [_split(part) if split and i != 1 else part for i, part in enumerate(parts)]
             for part in parts:
                 tensors.extend(part[0])
                 kinds.append(part[1])
@@ -160,6 +198,12 @@ class NativeDepformer:
             linear_starts.append(len(kinds))
             out_eps.append(stack[4])
         return tensors, kinds, sizes, starts, linear_starts, out_eps
+
+    def threads_mode(self) -> int:
+        """POOL, SERIAL or HELPER: :attr:`frame_threads` with AUTO resolved (after :meth:`frame_arguments`)."""
+        if self.frame_threads != AUTO:
+            return self.frame_threads if self._native_only or self.frame_threads != HELPER else POOL
+        return SERIAL if self._native_only else POOL
 
     def frame(self, first: Tensor, hidden: Tensor, keys: Tensor, values: Tensor, count: int, temp: float,
               top_k: int, cfg_coef: float, generator: torch.Generator | None) -> Tensor | None:
@@ -173,7 +217,7 @@ class NativeDepformer:
         return self.frame_op(hidden[:, 0].contiguous(), first[:, 0].contiguous(), tensors, kinds, sizes, starts,
                              linear_starts, keys, values, count, self.depformer.config.transformer.num_heads,
                              args_eps(self.arguments(0)), out_eps, float(temp), int(top_k), float(cfg_coef),
-                             generator)
+                             generator, self.threads_mode())
 
     def logits(self, k: int, x: Tensor, keys: Tensor, values: Tensor) -> Tensor | None:
         """Logits ``[B, card]`` of codebook ``k`` from its input ``x`` ``[B, 1, D]`` (None: not supported)."""

@@ -18,9 +18,21 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <exception>
+#include <thread>
 #include <vector>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define DSM_PAUSE() _mm_pause()
+#else
+#define DSM_PAUSE() ((void)0)
+#endif
 
 namespace {
 
@@ -33,11 +45,69 @@ c10::TypedOperatorHandle<Signature> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
+// A second thread that computes half of each split linear (kinds 5-7 below) while the calling thread computes the
+// other half: one OpenMP region per frame instead of one per linear (each costs a thread wake-up, ~20-30 us on
+// the 2-core VM under PASSIVE waiting, ~600 per frame). Hand-offs are a generation counter each way; a waiting
+// thread spins briefly, then yields its core (so an oversubscribed machine is not made worse).
+struct Helper {
+  std::atomic<int64_t> posted{0}, done{0};
+  int64_t kind = 0, gs = 0;
+  const at::Tensor* weights = nullptr;  // the second half's tensors
+  const at::Tensor* x = nullptr;
+  at::Tensor out;
+  bool exit = false;
+  std::exception_ptr error;
+};
+
+constexpr int kSpins = 4000;  // ~0.1 ms of pause instructions before yielding
+
+inline void wait_for(const std::atomic<int64_t>& counter, int64_t target) {
+  for (int spins = 0; counter.load(std::memory_order_acquire) < target; ++spins) {
+    if (spins < kSpins) {
+      DSM_PAUSE();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// y = x @ W.T on one linear's tensors (kinds 0-2, as in Cursor::apply).
+at::Tensor native_linear(int64_t kind, int64_t gs, const at::Tensor* w, const at::Tensor& x) {
+  if (kind == 0) {
+    static auto fp32 = op<Fp32Linear>("dsmcli_fp32::linear");
+    return fp32.call(x, w[0], c10::nullopt);
+  }
+  if (kind == 1) {
+    static auto int8 = op<Int8Linear>("dsmcli_int8::linear");
+    return int8.call(x, w[0], w[1], w[2], gs);
+  }
+  TORCH_CHECK(kind == 2, "depformer_step: unknown linear kind ", kind);
+  static auto int4 = op<Int4Linear>("dsmcli_int4::linear");
+  return int4.call(x, w[0], w[1], gs);
+}
+
+constexpr int64_t kTensorsPerKind[3] = {1, 3, 2};
+
+void helper_loop(Helper& helper) {
+  for (int64_t generation = 1;; ++generation) {
+    wait_for(helper.posted, generation);
+    if (helper.exit) return;
+    try {
+      helper.out = native_linear(helper.kind, helper.gs, helper.weights, *helper.x);
+    } catch (...) {
+      helper.error = std::current_exception();
+    }
+    helper.done.store(generation, std::memory_order_release);
+  }
+}
+
 struct Cursor {  // walks the flat weight list and the per-linear kinds / group sizes from given starts
   const std::vector<at::Tensor>& tensors;
   const std::vector<int64_t>& kinds;
   const std::vector<int64_t>& group_sizes;
   size_t tensor = 0, linear = 0;
+  Helper* helper = nullptr;  // computes the second half of split linears (null: this thread does both halves)
+  int64_t* generation = nullptr;
 
   const at::Tensor& next() {
     TORCH_CHECK(tensor < tensors.size(), "depformer_step: the weight list is too short");
@@ -54,8 +124,34 @@ struct Cursor {  // walks the flat weight list and the per-linear kinds / group 
   // y = x @ W.T for the next linear of the list (x [B, K] float32 contiguous). Kinds: 0 the native float32
   // kernel, 1 int8, 2 int4 (the native kernels, as Int8Weight / Int4Weight.linear call them), 3 torch's
   // product as dsmcli.nn.linear.linear computes it (mv for one row, else (W @ x.T).T), 4 at::linear (F.linear).
+  // Kinds 5, 6, 7: kinds 0, 1, 2 with the weight split in two halves of its output rows (the tensors of the first,
+  // then of the second): the halves are computed on two threads and joined; every output is computed as the
+  // unsplit kernel computes it (the kernels never mix outputs), so the result is the same bit for bit.
   at::Tensor apply(const at::Tensor& x) {
     const auto [kind, gs] = next_kind();
+    if (kind >= 5 && kind <= 7) {
+      const int64_t base = kind - 5, count = kTensorsPerKind[base];
+      TORCH_CHECK(tensor + 2 * count <= tensors.size(), "depformer_step: the weight list is too short");
+      const at::Tensor* first = &tensors[tensor];
+      const at::Tensor* second = first + count;
+      tensor += 2 * count;
+      at::Tensor low, high;
+      if (helper != nullptr) {
+        helper->kind = base;
+        helper->gs = gs;
+        helper->weights = second;
+        helper->x = &x;
+        helper->posted.store(++*generation, std::memory_order_release);
+        low = native_linear(base, gs, first, x);
+        wait_for(helper->done, *generation);
+        if (helper->error) std::rethrow_exception(helper->error);
+        high = std::move(helper->out);
+      } else {
+        low = native_linear(base, gs, first, x);
+        high = native_linear(base, gs, second, x);
+      }
+      return at::cat({low, high}, 1);
+    }
     if (kind == 0) {
       static auto fp32 = op<Fp32Linear>("dsmcli_fp32::linear");
       return fp32.call(x, next(), c10::nullopt);
@@ -242,6 +338,13 @@ at::Tensor table_rows(Cursor& cursor, const at::Tensor& tokens) {
   return out;
 }
 
+void frame_loop(const at::Tensor& hidden, const at::Tensor& first, const std::vector<at::Tensor>& tensors,
+                const std::vector<int64_t>& kind_list, const std::vector<int64_t>& sizes, at::IntArrayRef starts,
+                at::IntArrayRef linear_starts, at::Tensor& keys, at::Tensor& values, int64_t count,
+                int64_t num_heads, double eps, at::ArrayRef<double> out_eps, double temp, int64_t top_k,
+                double cfg_coef, const c10::optional<at::Generator>& generator, at::Tensor& tokens, Helper* helper,
+                int64_t* generation);
+
 // All `count` sub-steps of a main step: codebook k reads input_proj_k(hidden) plus the embedding of the previous
 // token (k = 0: `first`, the text token's embedding, computed by the caller), runs the stack at position k, and
 // its logits (CFG-mixed when cfg_coef != 1: rows [2B] = conditional then unconditional) are sampled as
@@ -253,7 +356,7 @@ at::Tensor depformer_frame(const at::Tensor& hidden, const at::Tensor& first, at
                            at::IntArrayRef kinds, at::IntArrayRef group_sizes, at::IntArrayRef starts,
                            at::IntArrayRef linear_starts, at::Tensor keys, at::Tensor values, int64_t count,
                            int64_t num_heads, double eps, at::ArrayRef<double> out_eps, double temp, int64_t top_k,
-                           double cfg_coef, c10::optional<at::Generator> generator) {
+                           double cfg_coef, c10::optional<at::Generator> generator, int64_t threads) {
   TORCH_CHECK(hidden.dim() == 2 && hidden.scalar_type() == at::kFloat && hidden.is_contiguous(),
               "hidden: contiguous float32 [R, dim]");
   TORCH_CHECK(first.dim() == 2 && first.scalar_type() == at::kFloat && first.size(0) == hidden.size(0),
@@ -269,9 +372,62 @@ at::Tensor depformer_frame(const at::Tensor& hidden, const at::Tensor& first, at
   const std::vector<at::Tensor> tensors(weights.begin(), weights.end());
   const std::vector<int64_t> kind_list(kinds.begin(), kinds.end()), sizes(group_sizes.begin(), group_sizes.end());
   at::Tensor tokens = at::empty({B, count}, hidden.options().dtype(at::kLong));
+  const bool split = std::any_of(kind_list.begin(), kind_list.end(), [](int64_t kind) { return kind >= 5; });
+#if defined(_OPENMP)
+  if (threads == 1 && !omp_in_parallel()) {  // one thread, no parallel region at all (restored on exit)
+    struct Restore {
+      int threads = omp_get_max_threads();
+      ~Restore() { omp_set_num_threads(threads); }
+    } restore;
+    omp_set_num_threads(1);
+    frame_loop(hidden, first, tensors, kind_list, sizes, starts, linear_starts, keys, values, count, num_heads, eps,
+               out_eps, temp, top_k, cfg_coef, generator, tokens, nullptr, nullptr);
+    return tokens;
+  }
+  if (threads == 2 && split && omp_get_max_threads() >= 2 && !omp_in_parallel()) {
+    Helper helper;
+    int64_t generation = 0;
+    std::exception_ptr error;
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_thread_num() == 1) {
+        helper_loop(helper);
+      } else {
+        try {
+          frame_loop(hidden, first, tensors, kind_list, sizes, starts, linear_starts, keys, values, count, num_heads,
+                     eps, out_eps, temp, top_k, cfg_coef, generator, tokens, omp_get_num_threads() == 2 ? &helper
+                     : nullptr, &generation);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        if (omp_get_num_threads() == 2) {
+          helper.exit = true;
+          helper.posted.store(++generation, std::memory_order_release);
+        }
+      }
+    }
+    if (error) std::rethrow_exception(error);
+    return tokens;
+  }
+#endif
+  frame_loop(hidden, first, tensors, kind_list, sizes, starts, linear_starts, keys, values, count, num_heads, eps,
+             out_eps, temp, top_k, cfg_coef, generator, tokens, nullptr, nullptr);
+  return tokens;
+}
+
+void frame_loop(const at::Tensor& hidden, const at::Tensor& first, const std::vector<at::Tensor>& tensors,
+                const std::vector<int64_t>& kind_list, const std::vector<int64_t>& sizes, at::IntArrayRef starts,
+                at::IntArrayRef linear_starts, at::Tensor& keys, at::Tensor& values, int64_t count,
+                int64_t num_heads, double eps, at::ArrayRef<double> out_eps, double temp, int64_t top_k,
+                double cfg_coef, const c10::optional<at::Generator>& generator, at::Tensor& tokens, Helper* helper,
+                int64_t* generation) {
+  const bool cfg = cfg_coef != 1.0;
+  const int64_t B = tokens.size(0);
+  const auto& kinds = kind_list;
   at::Tensor previous;
   for (int64_t k = 0; k < count; ++k) {
-    Cursor cursor{tensors, kind_list, sizes, static_cast<size_t>(starts[k]), static_cast<size_t>(linear_starts[k])};
+    Cursor cursor{tensors, kind_list, sizes, static_cast<size_t>(starts[k]), static_cast<size_t>(linear_starts[k]),
+                  helper, generation};
     at::Tensor x = cursor.apply(hidden);
     if (k == 0) {
       x = x + first;
@@ -296,7 +452,6 @@ at::Tensor depformer_frame(const at::Tensor& hidden, const at::Tensor& first, at
     tokens.select(1, k).copy_(token);
     previous = cfg ? at::cat({token, token}) : token;
   }
-  return tokens;
 }
 
 }  // namespace
@@ -306,7 +461,7 @@ TORCH_LIBRARY(dsmcli_depformer, m) {
         "int position, int num_heads, float eps, float out_eps) -> Tensor");
   m.def("frame(Tensor hidden, Tensor first, Tensor[] weights, int[] kinds, int[] group_sizes, int[] starts, "
         "int[] linear_starts, Tensor(a!) keys, Tensor(b!) values, int count, int num_heads, float eps, "
-        "float[] out_eps, float temp, int top_k, float cfg_coef, Generator? generator) -> Tensor");
+        "float[] out_eps, float temp, int top_k, float cfg_coef, Generator? generator, int threads) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(dsmcli_depformer, CPU, m) {
   m.impl("step", &depformer_step);
