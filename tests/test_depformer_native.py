@@ -15,7 +15,7 @@ import torch
 from dsmcli.bench_models import random_lm
 from dsmcli.engine import LM, ConditionInputs, LMConfig, LMStream, SamplingOptions, StepHooks, TensorCondition
 from dsmcli.engine.config import ZERO_TOKEN_ID
-from dsmcli.engine.depformer_native import HELPER, POOL, SERIAL
+from dsmcli.engine.depformer_native import AUTO, HELPER, POOL, SERIAL, ModeTuner
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.hub import load_checkpoint
 
@@ -200,12 +200,38 @@ def test_native_frame_samples_what_the_sub_steps_sample(tiny_tts, method, option
     native = lm.depformer.native(torch.float32, "cpu")
     assert native is not None and native.frame_arguments() is not None
     expected = _tokens(lm, False, options, 2)
-    assert native.threads_mode() == (POOL if method == "none" else SERIAL)  # AUTO: the float path keeps torch's
+    # AUTO (the default, exercised by this first run): POOL on the float model, SERIAL or HELPER (tuned) otherwise
+    assert torch.equal(_tokens(lm, True, options, 2, steps=8), _tokens(lm, False, options, 2, steps=8))
+    assert native.threads_mode() == POOL if method == "none" else native.threads_mode() in (SERIAL, HELPER)
     for threads in (POOL, SERIAL, HELPER):
         native.frame_threads = threads
-        # HELPER on a quantized model: every linear split between two threads (kinds 5-7); float: never split
-        assert any(kind >= 5 for kind in native.frame_arguments()[1]) == (method != "none" and threads == HELPER)
+        assert native.threads_mode() == (POOL if method == "none" and threads == HELPER else threads)
+        # HELPER on a quantized model: every linear halved between two threads (kinds 5-7); float: never
+        split = native.frame_arguments(native.threads_mode() == HELPER)
+        assert split is not None and any(kind >= 5 for kind in split[1]) == (method != "none" and threads == HELPER)
+        assert not any(kind >= 5 for kind in native.frame_arguments()[1])
         assert torch.equal(_tokens(lm, True, options, 2), expected)
+    native.frame_threads = AUTO
+
+
+def test_mode_tuner_tries_both_then_follows_the_faster_and_probes():
+    tuner = ModeTuner()
+    seen = []
+    for _ in range(2 * ModeTuner.TRIALS):
+        mode = tuner.choose()
+        seen.append(mode)
+        tuner.record(mode, 0.05 if mode == HELPER else 0.08)
+    assert seen.count(SERIAL) == seen.count(HELPER) == ModeTuner.TRIALS
+    picks = []
+    for _ in range(3 * ModeTuner.PROBE_EVERY):
+        mode = tuner.choose()
+        picks.append(mode)
+        tuner.record(mode, 0.05 if mode == HELPER else 0.08)
+    assert 2 <= picks.count(SERIAL) <= 4 and picks.count(HELPER) == len(picks) - picks.count(SERIAL)
+    for _ in range(3 * ModeTuner.PROBE_EVERY):  # the machine gets busy: HELPER becomes the slow one
+        mode = tuner.choose()
+        tuner.record(mode, 0.16 if mode == HELPER else 0.09)
+    assert tuner.choose() == SERIAL or tuner.frames % ModeTuner.PROBE_EVERY == ModeTuner.PROBE_EVERY - 1
 
 
 def test_native_frame_batch_invariant_and_deterministic(tiny_tts):

@@ -19,6 +19,7 @@ Results match the torch path to float rounding (other summation orders: ~1e-6 re
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import torch
@@ -60,12 +61,43 @@ def _prefix_linear(weight: Any, float_kind: int) -> tuple[list[Tensor], int, int
 
 # How the frame op uses the cores: POOL, each linear a parallel region of torch's pool (a thread wake-up each,
 # ~20-30 us on the 2-core VM); SERIAL, the calling thread alone, no parallel region (one thread already reads a
-# weight from memory at the bandwidth two get, see benchmarks/README.md); HELPER, one region per frame, a second
-# thread computing half of each linear (spin-then-yield hand-offs: fast only while both threads have a core).
-# AUTO: SERIAL where every linear of the frame is a native int8 / int4 kernel, else POOL (the float model's MKL
-# products inside the call keep torch's threads: the default path stays bit-identical).
+# cold weight from memory at the bandwidth two get, see benchmarks/README.md); HELPER, one region per frame, a
+# second thread computing half of each linear (spin-then-yield hand-offs: the fastest while both threads have a
+# core, 2x slower than SERIAL on an oversubscribed machine). All three compute the same tokens bit for bit.
+# AUTO: on int8 / int4 models, SERIAL or HELPER, whichever has been faster lately (:class:`ModeTuner`); float
+# models keep POOL (their MKL products inside the call keep torch's threads: the default path stays bit-identical).
 AUTO, POOL, SERIAL, HELPER = -1, 0, 1, 2
 FRAME_THREADS = AUTO
+
+
+class ModeTuner:
+    """Picks SERIAL or HELPER by their recent wall time per full frame (exponential moving averages): each mode is
+    tried ``TRIALS`` times first, then the faster one runs and the other is probed once every ``PROBE_EVERY``
+    frames, so a machine that becomes busy (or quiet) is followed within a few seconds of audio."""
+
+    TRIALS = 2
+    PROBE_EVERY = 25
+    WEIGHT = 0.3  # of the newest frame in the average
+
+    def __init__(self) -> None:
+        self.average: dict[int, float] = {}
+        self.trials = {SERIAL: 0, HELPER: 0}
+        self.frames = 0
+
+    def choose(self) -> int:
+        for mode, count in self.trials.items():
+            if count < self.TRIALS:
+                return mode
+        best = min(self.average, key=self.average.__getitem__)
+        if self.frames % self.PROBE_EVERY == self.PROBE_EVERY - 1:
+            return SERIAL if best == HELPER else HELPER
+        return best
+
+    def record(self, mode: int, seconds: float) -> None:
+        self.frames += 1
+        self.trials[mode] += 1
+        old = self.average.get(mode)
+        self.average[mode] = seconds if old is None else (1 - self.WEIGHT) * old + self.WEIGHT * seconds
 SPLIT = 5  # + kind: the frame op's two-thread split of a native linear (kinds 0-2)
 
 
@@ -102,8 +134,9 @@ class NativeDepformer:
     def __init__(self, depformer: nn.Module, op: Any, frame_op: Any = None):
         self.depformer, self.op, self.frame_op = depformer, op, frame_op
         self.frame_threads = FRAME_THREADS
-        self._frames: dict[bool, Any] = {}  # the frame op's lists, with split linears (HELPER) or not
+        self._frames: dict[bool, Any] = {}  # the frame op's lists, with halved linears (HELPER) or not
         self._native_only = False  # every linear of the frame on a native int8 / int4 kernel
+        self.tuner = ModeTuner()  # AUTO's choice between SERIAL and HELPER
         self._args: dict[int, tuple[list[Tensor], list[int], list[int], float, float] | None] = {}
 
     def arguments(self, k: int) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
@@ -151,14 +184,15 @@ class NativeDepformer:
         tensors.append(torch.empty(0) if head.bias is None else head.bias.float().contiguous())
         return tensors, kinds, sizes, eps, out[1]
 
-    def frame_arguments(self) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
-        """The frame op's lists for all codebooks (built once), or None when a codebook cannot run natively."""
-        split = self.frame_threads == HELPER
+    def frame_arguments(self, split: bool = False
+                        ) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
+        """The frame op's lists for all codebooks (built once per ``split``: the native linears halved for HELPER
+        on int8 / int4 models), or None when a codebook cannot run natively."""
         if split not in self._frames:
-            self._frames[split] = self._build_frame()
+            self._frames[split] = self._build_frame(split)
         return self._frames[split]
 
-    def _build_frame(self) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
+    def _build_frame(self, split: bool) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
         dep = self.depformer
         tensors: list[Tensor] = []
         kinds: list[int] = []
@@ -181,7 +215,7 @@ class NativeDepformer:
         # float model's torch products (MKL) would run single-threaded inside the region, in another float order
         native = all(part[1] in (INT8, INT4, NO_LINEAR) for parts in codebooks for part in parts[:1] + parts[2:])
         self._native_only = native
-        split = self.frame_threads == HELPER and native
+        split = split and native
         for k, parts in enumerate(codebooks):
             stack = self._build(k, split) if split else self.arguments(k)
             if stack is None:
@@ -200,24 +234,31 @@ class NativeDepformer:
         return tensors, kinds, sizes, starts, linear_starts, out_eps
 
     def threads_mode(self) -> int:
-        """POOL, SERIAL or HELPER: :attr:`frame_threads` with AUTO resolved (after :meth:`frame_arguments`)."""
-        if self.frame_threads != AUTO:
-            return self.frame_threads if self._native_only or self.frame_threads != HELPER else POOL
-        return SERIAL if self._native_only else POOL
+        """POOL, SERIAL or HELPER: :attr:`frame_threads` resolved for this model (after :meth:`frame_arguments`;
+        AUTO: the tuner's choice)."""
+        if not self._native_only:
+            return POOL if self.frame_threads in (AUTO, HELPER) else self.frame_threads
+        return self.tuner.choose() if self.frame_threads == AUTO else self.frame_threads
 
     def frame(self, first: Tensor, hidden: Tensor, keys: Tensor, values: Tensor, count: int, temp: float,
               top_k: int, cfg_coef: float, generator: torch.Generator | None) -> Tensor | None:
         """Tokens ``[B, count]`` of the first ``count`` codebooks from the backbone output ``hidden`` ``[R, 1, D]``
         and codebook 0's embedded input ``first`` ``[R, 1, Dd]`` (``R = 2B`` under CFG: ``cfg_coef`` != 1), sampled
         as :func:`~dsmcli.engine.sampling.sample_token` samples (None: not supported here)."""
-        args = self.frame_arguments()
-        if args is None:
+        if self.frame_arguments() is None:
             return None
+        mode = self.threads_mode()
+        args = self.frame_arguments(mode == HELPER)
+        assert args is not None
         tensors, kinds, sizes, starts, linear_starts, out_eps = args
-        return self.frame_op(hidden[:, 0].contiguous(), first[:, 0].contiguous(), tensors, kinds, sizes, starts,
-                             linear_starts, keys, values, count, self.depformer.config.transformer.num_heads,
-                             args_eps(self.arguments(0)), out_eps, float(temp), int(top_k), float(cfg_coef),
-                             generator, self.threads_mode())
+        start = time.perf_counter()
+        tokens = self.frame_op(hidden[:, 0].contiguous(), first[:, 0].contiguous(), tensors, kinds, sizes, starts,
+                               linear_starts, keys, values, count, self.depformer.config.transformer.num_heads,
+                               args_eps(self.arguments(0)), out_eps, float(temp), int(top_k), float(cfg_coef),
+                               generator, mode)
+        if self.frame_threads == AUTO and mode != POOL and count == self.depformer.config.num_codebooks:
+            self.tuner.record(mode, time.perf_counter() - start)  # full frames only: comparable times
+        return tokens
 
     def logits(self, k: int, x: Tensor, keys: Tensor, values: Tensor) -> Tensor | None:
         """Logits ``[B, card]`` of codebook ``k`` from its input ``x`` ``[B, 1, D]`` (None: not supported)."""
