@@ -14,6 +14,12 @@
 // A linear takes 1 tensor (kind 0, float32 [N, K]), 3 (kind 1: int8 q, scales, group sums) or 2 (kind 2: int4
 // packed q, scales); `kinds` and `group_sizes` have one entry per linear in the same order. Everything float32.
 // The float arithmetic per row never reads another row: a row's logits do not depend on its batch mates.
+//
+// The `frame` op runs all the sub-steps of a main step in one call: per codebook its input projection, the
+// embedding of the previous codebook's token, the stack above, the CFG mix and the sampling (the ATen operators
+// of dsmcli.engine.sampling.sample_token in the same order: same random draws, same tokens). Its `threads`
+// argument: 0 every linear on torch's pool, 1 the calling thread alone (no parallel region), 2 one OpenMP region
+// per frame whose second thread computes half of each halved linear (kinds 5-7).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
