@@ -1,7 +1,7 @@
 """Same-process A/B of the depformer's execution modes on ``dsm bench``'s TTS path (issue 15).
 
     flock /tmp/bigmodel.lock python benchmarks/tts_frame_ab.py [--model tts-1.6b-en_fr] [--quantize int4]
-                                                                 [--steps 8] [--threads 2] [--modes loop pool serial helper]
+        [--steps 8] [--threads 2] [--modes loop pool serial helper]
 
 Loads the model with random weights, steps a fresh :class:`dsmcli.bench_paths.TtsRunner` stream past its first
 audio, then times steady-state steps with the modes interleaved step by step (so a busy machine slows them

@@ -48,6 +48,8 @@ def _linear_args(weight: Any) -> tuple[list[Tensor], int, int] | None:
     return None
 
 
+# the frame op's lists: tensors, kinds, group sizes, tensor / kind starts per codebook, output-norm eps per codebook
+FrameArguments = tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]]
 TORCH_MV, TORCH_LINEAR = 3, 4  # the frame op's torch products: dsmcli.nn.linear.linear, F.linear
 NO_LINEAR = -1
 
@@ -184,15 +186,14 @@ class NativeDepformer:
         tensors.append(torch.empty(0) if head.bias is None else head.bias.float().contiguous())
         return tensors, kinds, sizes, eps, out[1]
 
-    def frame_arguments(self, split: bool = False
-                        ) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
+    def frame_arguments(self, split: bool = False) -> FrameArguments | None:
         """The frame op's lists for all codebooks (built once per ``split``: the native linears halved for HELPER
         on int8 / int4 models), or None when a codebook cannot run natively."""
         if split not in self._frames:
             self._frames[split] = self._build_frame(split)
         return self._frames[split]
 
-    def _build_frame(self, split: bool) -> tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]] | None:
+    def _build_frame(self, split: bool) -> FrameArguments | None:
         dep = self.depformer
         tensors: list[Tensor] = []
         kinds: list[int] = []
