@@ -24,8 +24,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `dsm` starts (see benc
 
 import torch  # noqa: E402
 
-from dsmcli.bench_models import load_bench_model  # noqa: E402
-from dsmcli.bench_paths import TtsRunner  # noqa: E402
+try:  # the bench modules' home since they moved into the dsmcli.bench package
+    from dsmcli.bench.models import load_bench_model  # noqa: E402
+    from dsmcli.bench.paths import TtsRunner  # noqa: E402
+except ImportError:  # before the move
+    from dsmcli.bench_models import load_bench_model  # type: ignore[no-redef]  # noqa: E402
+    from dsmcli.bench_paths import TtsRunner  # type: ignore[no-redef]  # noqa: E402
 from dsmcli.engine.depformer_native import HELPER, POOL, SERIAL  # noqa: E402
 from dsmcli.engine.quantize import QuantMethod  # noqa: E402
 
