@@ -15,6 +15,7 @@ import torch
 from dsmcli.bench.models import random_lm
 from dsmcli.engine import LM, ConditionInputs, LMConfig, LMStream, SamplingOptions, StepHooks, TensorCondition
 from dsmcli.engine.config import ZERO_TOKEN_ID
+from dsmcli.engine.depformer_native import AUTO, HELPER, POOL, SERIAL, ModeTuner
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.hub.files import load_checkpoint
 
@@ -48,6 +49,7 @@ def _run(lm: LM, native: bool, batch: int = 1) -> tuple[torch.Tensor, torch.Tens
     depformer = lm.depformer
     assert depformer is not None
     depformer.native_step = native
+    depformer.native_frame = False  # the per-sub-step path: its logits are captured here
     captured: list[torch.Tensor] = []
     original = depformer.logits
 
@@ -64,6 +66,7 @@ def _run(lm: LM, native: bool, batch: int = 1) -> tuple[torch.Tensor, torch.Tens
         audio = [stream.step(None, state).audio_tokens for _ in range(STEPS)]
     finally:
         del depformer.logits
+        depformer.native_frame = True
     return torch.stack(captured), torch.stack(audio)
 
 
@@ -151,3 +154,89 @@ def test_quantizing_after_a_float_stream_rebuilds_the_native_runner(tiny_tts):
     assert native is not None and native.arguments(0) is not None
     assert 2 in native.arguments(0)[1] and not any(isinstance(t, Int4Weight) for t in native.arguments(0)[0])
     _assert_close(_run(lm, True), _run(lm, False), QUANTIZED_RTOL)
+
+
+def _tokens(lm: LM, frame: bool, options: SamplingOptions, batch: int, steps: int = STEPS) -> torch.Tensor:
+    """Text and audio tokens ``[steps, B, 1 + G]`` of a stream, the depformer's sub-steps in one native frame call
+    or one native call each."""
+    depformer = lm.depformer
+    assert depformer is not None
+    depformer.native_frame = frame
+    calls = []
+    original = depformer.sample_frame
+
+    def count(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    depformer.sample_frame = count  # type: ignore[method-assign]
+    try:
+        stream = LMStream(lm, options, generator=torch.Generator().manual_seed(5))
+        state = stream.init_state(batch, _condition(lm, batch))
+        outs = []
+        for _ in range(steps):
+            out = stream.step(None, state)
+            outs.append(torch.cat([out.text_tokens[:, None], out.audio_tokens], dim=1))
+    finally:
+        del depformer.sample_frame
+        depformer.native_frame = True
+    assert calls and all(calls) == frame and any(calls) == frame
+    return torch.stack(outs)
+
+
+SAMPLED = SamplingOptions(temp=0.8, top_k=5, text_temp=0.7, text_top_k=3)
+
+
+@pytest.mark.parametrize("method", ["none", "int8", "int4"])
+@pytest.mark.parametrize("options", [SAMPLED, SamplingOptions.greedy(), SamplingOptions(temp=1.0, top_k=0),
+                                     SamplingOptions(temp=0.8, top_k=5, cfg_coef=2.0)],
+                         ids=["top-k", "greedy", "no-top-k", "cfg"])
+def test_native_frame_samples_what_the_sub_steps_sample(tiny_tts, method, options):
+    """One native call per frame (sampling included) gives the tokens of one call per sub-step plus torch
+    sampling, bit for bit: same logits, same random draws in the same order."""
+    lm = _wide_depformer_lm(tiny_tts, method) if method != "none" else LM.load(tiny_tts, dtype=torch.float32)
+    assert lm.depformer is not None
+    native = lm.depformer.native(torch.float32, "cpu")
+    assert native is not None and native.frame_arguments() is not None
+    expected = _tokens(lm, False, options, 2)
+    # AUTO (the default, exercised by this first run): POOL on the float model, SERIAL or HELPER (tuned) otherwise
+    assert torch.equal(_tokens(lm, True, options, 2, steps=8), _tokens(lm, False, options, 2, steps=8))
+    assert native.threads_mode() == POOL if method == "none" else native.threads_mode() in (SERIAL, HELPER)
+    for threads in (POOL, SERIAL, HELPER):
+        native.frame_threads = threads
+        assert native.threads_mode() == (POOL if method == "none" and threads == HELPER else threads)
+        # HELPER on a quantized model: every linear halved between two threads (kinds 5-7); float: never
+        split = native.frame_arguments(native.threads_mode() == HELPER)
+        assert split is not None and any(kind >= 5 for kind in split[1]) == (method != "none" and threads == HELPER)
+        assert not any(kind >= 5 for kind in native.frame_arguments()[1])
+        assert torch.equal(_tokens(lm, True, options, 2), expected)
+    native.frame_threads = AUTO
+
+
+def test_mode_tuner_tries_both_then_follows_the_faster_and_probes():
+    tuner = ModeTuner()
+    seen = []
+    for _ in range(2 * ModeTuner.TRIALS):
+        mode = tuner.choose()
+        seen.append(mode)
+        tuner.record(mode, 0.05 if mode == HELPER else 0.08)
+    assert seen.count(SERIAL) == seen.count(HELPER) == ModeTuner.TRIALS
+    picks = []
+    for _ in range(3 * ModeTuner.PROBE_EVERY):
+        mode = tuner.choose()
+        picks.append(mode)
+        tuner.record(mode, 0.05 if mode == HELPER else 0.08)
+    assert 2 <= picks.count(SERIAL) <= 4 and picks.count(HELPER) == len(picks) - picks.count(SERIAL)
+    for _ in range(3 * ModeTuner.PROBE_EVERY):  # the machine gets busy: HELPER becomes the slow one
+        mode = tuner.choose()
+        tuner.record(mode, 0.16 if mode == HELPER else 0.09)
+    assert tuner.choose() == SERIAL or tuner.frames % ModeTuner.PROBE_EVERY == ModeTuner.PROBE_EVERY - 1
+
+
+def test_native_frame_batch_invariant_and_deterministic(tiny_tts):
+    lm = _wide_depformer_lm(tiny_tts, "int4")
+    batch = _tokens(lm, True, SamplingOptions.greedy(), 3)
+    assert torch.equal(batch, _tokens(lm, True, SamplingOptions.greedy(), 3))
+    alone = _tokens(lm, True, SamplingOptions.greedy(), 1)
+    assert torch.equal(batch[:, :1], alone)

@@ -8,6 +8,8 @@ step per codebook and are emptied at the start of every main step (:meth:`Depfor
 
 On CPU in float32 the stack, output norm and head of a sub-step run in one native call
 (:mod:`dsmcli.engine.depformer_native`) unless ``native_step`` is False; the torch path is the fallback.
+:meth:`Depformer.sample_frame` runs all the sub-steps of a main step, their sampling included, in one native
+call (same tokens and random draws as the per-sub-step loop) unless ``native_frame`` is False.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Depformer(nn.Module):
         self.heads = nn.ModuleList([nn.Linear(dim, lm.card, bias=lm.bias_proj, device=device, dtype=dtype)
                                     for _ in range(cfg.num_codebooks)])
         self.native_step = True  # sub-steps in one native call where supported (False: always the torch path)
+        self.native_frame = True  # all sub-steps of a main step in one native call (needs native_step)
         self._native: tuple[NativeDepformer | None] | None = None  # resolved at the first init_state
 
     def forget_native(self) -> None:
@@ -103,3 +106,19 @@ class Depformer(nn.Module):
         out = self.transformer(x, state.positions[k], state.transformer, None, cfg.transformer.weight_set(k))
         head = cast(nn.Linear, self.heads[k])
         return linear(self.out_norms[k](out), head.weight, head.bias)[:, 0]
+
+    def sample_frame(self, previous: Tensor, hidden: Tensor, state: DepformerState, count: int, temp: float,
+                     top_k: int, cfg_coef: float, generator: torch.Generator | None) -> Tensor | None:
+        """The tokens ``[B, count]`` of codebooks ``0 .. count - 1`` in one native call: each sub-step's logits
+        (CFG-mixed when ``cfg_coef`` != 1, rows ``[2B]``) sampled as :func:`~dsmcli.engine.sampling.sample_token`
+        samples them, with the same random draws in the same order, so the same tokens as calling :meth:`logits`
+        and ``sample_token`` per codebook. ``previous``: the text tokens ``[R]`` of the model rows. None when the
+        native path does not apply (then loop over :meth:`logits`)."""
+        if not self.native_frame or state.native_keys is None or state.native_values is None or count <= 0:
+            return None
+        native = self.native(hidden.dtype, hidden.device)
+        if native is None or native.frame_op is None or native.frame_arguments() is None:
+            return None
+        first = self.text_emb(previous[:, None])
+        return native.frame(first, hidden, state.native_keys, state.native_values, count, temp, top_k, cfg_coef,
+                            generator)

@@ -6,6 +6,12 @@ arithmetic on CPU. :class:`NativeDepformer` runs the whole stack of a sub-step, 
 one call, on the project's streaming linear kernels (float32, int8 or int4 weights, as the model holds them).
 The input projection, the token embedding and the sampling stay in torch.
 
+:meth:`NativeDepformer.frame` goes further: all the sub-steps of a main step in one call (``depformer_step.cpp``'s
+``frame`` op), each with its input projection, its token embedding (the previous codebook's sampled token) and
+its sampling (temperature, top-k, CFG mix), done with the same ATen operators in the same order as
+:func:`dsmcli.engine.sampling.sample_token`, so the same random draws give the same tokens bit for bit. Only the
+text token's embedding (codebook 0's input) stays in torch.
+
 It applies to the released depformer layout on CPU in float32 (no positional embedding, RMSNorm, gated SiLU FFN,
 no layer scale, no cross-attention); :func:`native_depformer` returns None elsewhere and the torch path runs.
 Results match the torch path to float rounding (other summation orders: ~1e-6 relative on the logits).
@@ -13,6 +19,7 @@ Results match the torch path to float rounding (other summation orders: ~1e-6 re
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import torch
@@ -41,6 +48,80 @@ def _linear_args(weight: Any) -> tuple[list[Tensor], int, int] | None:
     return None
 
 
+# the frame op's lists: tensors, kinds, group sizes, tensor / kind starts per codebook, output-norm eps per codebook
+FrameArguments = tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]]
+TORCH_MV, TORCH_LINEAR = 3, 4  # the frame op's torch products: dsmcli.nn.linear.linear, F.linear
+NO_LINEAR = -1
+
+
+def _prefix_linear(weight: Any, float_kind: int) -> tuple[list[Tensor], int, int] | None:
+    """A frame op linear computed as the torch path computes it (float32: ``float_kind``), or None."""
+    if isinstance(weight, Tensor):
+        return ([weight.contiguous()], float_kind, 0) if weight.dtype == torch.float32 and weight.dim() == 2 else None
+    return _linear_args(weight)
+
+
+# How the frame op uses the cores: POOL, each linear a parallel region of torch's pool (a thread wake-up each,
+# ~20-30 us on the 2-core VM); SERIAL, the calling thread alone, no parallel region (one thread already reads a
+# cold weight from memory at the bandwidth two get, see benchmarks/README.md); HELPER, one region per frame, a
+# second thread computing half of each linear (spin-then-yield hand-offs: the fastest while both threads have a
+# core, 2x slower than SERIAL on an oversubscribed machine). All three compute the same tokens bit for bit.
+# AUTO: on int8 / int4 models, SERIAL or HELPER, whichever has been faster lately (:class:`ModeTuner`); float
+# models keep POOL (their MKL products inside the call keep torch's threads: the default path stays bit-identical).
+AUTO, POOL, SERIAL, HELPER = -1, 0, 1, 2
+FRAME_THREADS = AUTO
+
+
+class ModeTuner:
+    """Picks SERIAL or HELPER by their recent wall time per full frame (exponential moving averages): each mode is
+    tried ``TRIALS`` times first, then the faster one runs and the other is probed once every ``PROBE_EVERY``
+    frames, so a machine that becomes busy (or quiet) is followed within a few seconds of audio."""
+
+    TRIALS = 2
+    PROBE_EVERY = 25
+    WEIGHT = 0.3  # of the newest frame in the average
+
+    def __init__(self) -> None:
+        self.average: dict[int, float] = {}
+        self.trials = {SERIAL: 0, HELPER: 0}
+        self.frames = 0
+
+    def choose(self) -> int:
+        for mode, count in self.trials.items():
+            if count < self.TRIALS:
+                return mode
+        best = min(self.average, key=self.average.__getitem__)
+        if self.frames % self.PROBE_EVERY == self.PROBE_EVERY - 1:
+            return SERIAL if best == HELPER else HELPER
+        return best
+
+    def record(self, mode: int, seconds: float) -> None:
+        self.frames += 1
+        self.trials[mode] += 1
+        old = self.average.get(mode)
+        self.average[mode] = seconds if old is None else (1 - self.WEIGHT) * old + self.WEIGHT * seconds
+SPLIT = 5  # + kind: the frame op's two-thread split of a native linear (kinds 0-2)
+
+
+def _split(args: tuple[list[Tensor], int, int]) -> tuple[list[Tensor], int, int]:
+    """A native linear's tensors as two halves of its output rows (views, no copy) for the frame op's helper
+    thread; kinds other than the native ones (the torch products, no linear) are returned as they are."""
+    tensors, kind, group_size = args
+    if kind not in (FLOAT, INT8, INT4) or tensors[0].shape[0] < 2:
+        return args
+    half = tensors[0].shape[0] // 2
+    return ([t[:half] for t in tensors] + [t[half:] for t in tensors]), SPLIT + kind, group_size
+
+
+def _table_args(table: Any) -> tuple[list[Tensor], int, int] | None:
+    """An embedding table for the frame op: float32 rows (kind 0) or int8 rows with scales (kind 1), or None."""
+    if isinstance(table, Tensor):
+        return ([table.contiguous()], 0, 0) if table.dtype == torch.float32 and table.dim() == 2 else None
+    if type(table) is Int8Weight and table.q.dim() == 2 and table.dtype == torch.float32:
+        return [table.q.contiguous(), table.scale.contiguous()], 1, table.group_size
+    return None
+
+
 def _norm_gain(norm: nn.Module) -> tuple[Tensor, float] | None:
     if isinstance(norm, nn.Identity):
         return torch.empty(0), 0.0
@@ -52,8 +133,12 @@ def _norm_gain(norm: nn.Module) -> tuple[Tensor, float] | None:
 class NativeDepformer:
     """The kernel's argument lists per codebook (built on first use) and the call."""
 
-    def __init__(self, depformer: nn.Module, op: Any):
-        self.depformer, self.op = depformer, op
+    def __init__(self, depformer: nn.Module, op: Any, frame_op: Any = None):
+        self.depformer, self.op, self.frame_op = depformer, op, frame_op
+        self.frame_threads = FRAME_THREADS
+        self._frames: dict[bool, Any] = {}  # the frame op's lists, with halved linears (HELPER) or not
+        self._native_only = False  # every linear of the frame on a native int8 / int4 kernel
+        self.tuner = ModeTuner()  # AUTO's choice between SERIAL and HELPER
         self._args: dict[int, tuple[list[Tensor], list[int], list[int], float, float] | None] = {}
 
     def arguments(self, k: int) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
@@ -61,7 +146,7 @@ class NativeDepformer:
             self._args[k] = self._build(k)
         return self._args[k]
 
-    def _build(self, k: int) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
+    def _build(self, k: int, split: bool = False) -> tuple[list[Tensor], list[int], list[int], float, float] | None:
         dep = self.depformer
         weight_set = dep.config.transformer.weight_set(k)
         tensors: list[Tensor] = []
@@ -71,6 +156,8 @@ class NativeDepformer:
 
         def add_linear(weight: Any) -> bool:
             args = _linear_args(weight)
+            if args is not None and split:
+                args = _split(args)
             if args is not None:
                 tensors.extend(args[0])
                 kinds.append(args[1])
@@ -99,6 +186,81 @@ class NativeDepformer:
         tensors.append(torch.empty(0) if head.bias is None else head.bias.float().contiguous())
         return tensors, kinds, sizes, eps, out[1]
 
+    def frame_arguments(self, split: bool = False) -> FrameArguments | None:
+        """The frame op's lists for all codebooks (built once per ``split``: the native linears halved for HELPER
+        on int8 / int4 models), or None when a codebook cannot run natively."""
+        if split not in self._frames:
+            self._frames[split] = self._build_frame(split)
+        return self._frames[split]
+
+    def _build_frame(self, split: bool) -> FrameArguments | None:
+        dep = self.depformer
+        tensors: list[Tensor] = []
+        kinds: list[int] = []
+        sizes: list[int] = []
+        starts, linear_starts, out_eps = [0], [0], []
+        codebooks = []
+        for k in range(dep.config.num_codebooks):
+            parts = [_prefix_linear(dep.input_projs[dep.config.input_schedule[k]].weight, TORCH_MV)]
+            if k > 0:
+                embedding = dep.audio_emb[k - 1]
+                if embedding.demux:
+                    return None
+                parts.append(_table_args(embedding.weight))
+                low_rank = embedding.low_rank
+                parts.append(([], NO_LINEAR, 0) if low_rank is None else _prefix_linear(low_rank.weight, TORCH_LINEAR))
+            if any(part is None for part in parts):
+                return None
+            codebooks.append(parts)
+        # two threads per linear (one parallel region per frame) only where every linear is a native kernel: the
+        # float model's torch products (MKL) would run single-threaded inside the region, in another float order
+        native = all(part[1] in (INT8, INT4, NO_LINEAR) for parts in codebooks for part in parts[:1] + parts[2:])
+        self._native_only = native
+        split = split and native
+        for k, parts in enumerate(codebooks):
+            stack = self._build(k, split) if split else self.arguments(k)
+            if stack is None:
+                return None
+            parts = [_split(part) if split and i != 1 else part for i, part in enumerate(parts)]
+            for part in parts:
+                tensors.extend(part[0])
+                kinds.append(part[1])
+                sizes.append(part[2])
+            tensors.extend(stack[0])
+            kinds.extend(stack[1])
+            sizes.extend(stack[2])
+            starts.append(len(tensors))
+            linear_starts.append(len(kinds))
+            out_eps.append(stack[4])
+        return tensors, kinds, sizes, starts, linear_starts, out_eps
+
+    def threads_mode(self) -> int:
+        """POOL, SERIAL or HELPER: :attr:`frame_threads` resolved for this model (after :meth:`frame_arguments`;
+        AUTO: the tuner's choice)."""
+        if not self._native_only:
+            return POOL if self.frame_threads in (AUTO, HELPER) else self.frame_threads
+        return self.tuner.choose() if self.frame_threads == AUTO else self.frame_threads
+
+    def frame(self, first: Tensor, hidden: Tensor, keys: Tensor, values: Tensor, count: int, temp: float,
+              top_k: int, cfg_coef: float, generator: torch.Generator | None) -> Tensor | None:
+        """Tokens ``[B, count]`` of the first ``count`` codebooks from the backbone output ``hidden`` ``[R, 1, D]``
+        and codebook 0's embedded input ``first`` ``[R, 1, Dd]`` (``R = 2B`` under CFG: ``cfg_coef`` != 1), sampled
+        as :func:`~dsmcli.engine.sampling.sample_token` samples (None: not supported here)."""
+        if self.frame_arguments() is None:
+            return None
+        mode = self.threads_mode()
+        args = self.frame_arguments(mode == HELPER)
+        assert args is not None
+        tensors, kinds, sizes, starts, linear_starts, out_eps = args
+        start = time.perf_counter()
+        tokens = self.frame_op(hidden[:, 0].contiguous(), first[:, 0].contiguous(), tensors, kinds, sizes, starts,
+                               linear_starts, keys, values, count, self.depformer.config.transformer.num_heads,
+                               args_eps(self.arguments(0)), out_eps, float(temp), int(top_k), float(cfg_coef),
+                               generator, mode)
+        if self.frame_threads == AUTO and mode != POOL and count == self.depformer.config.num_codebooks:
+            self.tuner.record(mode, time.perf_counter() - start)  # full frames only: comparable times
+        return tokens
+
     def logits(self, k: int, x: Tensor, keys: Tensor, values: Tensor) -> Tensor | None:
         """Logits ``[B, card]`` of codebook ``k`` from its input ``x`` ``[B, 1, D]`` (None: not supported)."""
         args = self.arguments(k)
@@ -107,6 +269,10 @@ class NativeDepformer:
         tensors, kinds, sizes, eps, out_eps = args
         return self.op(x[:, 0].contiguous(), tensors, kinds, sizes, keys, values, k,
                        self.depformer.config.transformer.num_heads, eps, out_eps)
+
+
+def args_eps(args: tuple[list[Tensor], list[int], list[int], float, float] | None) -> float:
+    return 0.0 if args is None else args[3]
 
 
 def native_depformer(depformer: nn.Module, dtype: torch.dtype, device: torch.device) -> NativeDepformer | None:
@@ -121,4 +287,4 @@ def native_depformer(depformer: nn.Module, dtype: torch.dtype, device: torch.dev
     op = depformer_step_op()
     if op is None or fp32_linear_op() is None:
         return None
-    return NativeDepformer(depformer, op)
+    return NativeDepformer(depformer, op, torch.ops.dsmcli_depformer.frame)

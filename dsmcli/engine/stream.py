@@ -281,8 +281,12 @@ class LMStream:
         depformer, dstate, opts = self.lm.depformer, state.depformer, self.options
         assert depformer is not None and dstate is not None
         dstate.restart()
+        frame = depformer.sample_frame(state.model_rows(text), hidden, dstate, needed, opts.temp, opts.top_k,
+                                       opts.cfg_coef if opts.uses_cfg else 1.0, self.generator)
+        if frame is not None:  # all the sub-steps in one native call, same draws
+            state.audio[:, :needed] = frame
         previous = text
-        for k in range(needed):
+        for k in range(0 if frame is not None else needed):
             logits = depformer.logits(k, state.model_rows(previous), hidden, dstate)
             if opts.uses_cfg:
                 conditional, unconditional = logits.chunk(2)

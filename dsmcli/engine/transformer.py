@@ -15,6 +15,8 @@ the KV rings, plus the cross-attention keys/values computed once per stream) is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass
 from typing import cast
 
@@ -99,15 +101,26 @@ class CrossAttention(nn.Module):
         self.dim, self.num_heads = dim, num_heads
         self.in_proj = nn.Parameter(torch.empty(1, 3 * dim, dim, device=device, dtype=dtype))
         self.out_proj = nn.Parameter(torch.empty(1, dim, dim, device=device, dtype=dtype))
+        # set by dsmcli.engine.quantize on CPU: the native decode-attention op, over float16 source keys/values
+        self.native_decode: Callable | None = None
+        self._masks: dict[tuple[int, int], Tensor] = {}
 
     def project_source(self, source: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values ``[B, H, S, head_dim]`` of ``source`` ``[B, S, dim]`` (computed once per stream)."""
         k, v = _split_heads(F.linear(source, self.in_proj[0, self.dim:]), 2, self.num_heads)
+        if self.native_decode is not None:
+            return k.to(torch.float16).contiguous(), v.to(torch.float16).contiguous()
         return k, v
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         q = _split_heads(linear(x, self.in_proj[0, :self.dim]), 1, self.num_heads)[0]
-        out = sdpa_per_row(q, keys, values)  # a row's bits do not depend on its place in the batch
+        if self.native_decode is not None and keys.dtype == torch.float16:
+            shape = (keys.shape[0], keys.shape[2])
+            if shape not in self._masks:
+                self._masks[shape] = torch.ones(shape[0], 1, 1, shape[1], dtype=torch.bool, device=keys.device)
+            out = self.native_decode(q.float().contiguous(), keys, values, self._masks[shape]).to(q.dtype)
+        else:
+            out = sdpa_per_row(q, keys, values)  # a row's bits do not depend on its place in the batch
         return linear(_merge_heads(out), self.out_proj[0])
 
 

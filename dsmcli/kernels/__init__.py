@@ -10,7 +10,8 @@
 * ``seanet_step_op()``: ``torch.ops.dsmcli_seanet.step`` (``seanet_step.cpp``), a whole streaming step of Mimi's
   SEANet encoder in one call.
 * ``depformer_step_op()``: ``torch.ops.dsmcli_depformer.step`` (``depformer_step.cpp``), one depformer sub-step
-  (its whole stack, output norm and head) in one call, on the linears above.
+  (its whole stack, output norm and head) in one call, on the linears above; ``torch.ops.dsmcli_depformer.frame``
+  from the same file runs all the sub-steps of a main step, their sampling included.
 * ``decode_attention_op()``: ``torch.ops.dsmcli_attn.decode`` (``decode_attention.cpp``), one query step per slot
   and head over a float32 or float16 KV ring (the int8 LM's attention); ``ring_write_op()``:
   ``torch.ops.dsmcli_attn.write`` from the same file, a step's keys and values into such a ring.
