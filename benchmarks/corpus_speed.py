@@ -39,7 +39,7 @@ def build_corpus(inputs: Path, copies: int, folder: Path) -> int:
 def run_mode(mode: str, args: argparse.Namespace, corpus: Path, work: Path, round_: int) -> dict:
     out, manifest = work / f"out-{mode}-{round_}", work / f"manifest-{mode}-{round_}.jsonl"
     command = [sys.executable, "-m", "dsmcli", "transcribe", str(corpus), "-m", args.model, "-f", "json",
-               "-o", str(out), "-b", str(args.batch_size), "--manifest", str(manifest), "--quantize", args.quantize]
+               "-o", f"{out}/", "-b", str(args.batch_size), "--manifest", str(manifest), "--quantize", args.quantize]
     if mode == "ray":
         command += ["--ray", "--ray-actors", str(args.ray_actors), "--threads", str(args.actor_threads)]
     else:
