@@ -24,6 +24,15 @@ class UsageError(DsmError):
     exit_code = EXIT_USAGE
 
 
+class OptionError(UsageError):
+    """A per-run option out of range. Library code names the option by its field (``option``, e.g. ``n_q``); the
+    CLI, which knows the flag spelling, rewrites the message with it (``dsmcli.commands.common.option_flags``)."""
+
+    def __init__(self, option: str, detail: str) -> None:
+        super().__init__(f"{option} {detail}")
+        self.option, self.detail = option, detail
+
+
 class ModelLoadError(DsmError):
     """Model cannot be found, downloaded, or loaded (missing file, offline cache miss, corrupt weights)."""
 

@@ -124,8 +124,8 @@ def sigint_handler_kept():
     (["dialog", "{script}"], "dsmcli.commands.speak_run.load_checkpoint"),
     (["voices"], "dsmcli.commands.speak_run.load_checkpoint"),
     (["bench", "--random-weights"], "dsmcli.bench.runner.run_bench"),
-    (["models"], "dsmcli.hub.files.load_registry"),
-    (["download", "stt-1b-en_fr"], "dsmcli.hub.files.load_registry"),
+    (["models"], "dsmcli.hub.registry.load_registry"),
+    (["download", "stt-1b-en_fr"], "dsmcli.hub.registry.load_registry"),
 ], ids=lambda value: value[0] if isinstance(value, list) else None)
 def test_ctrl_c_while_loading(args, loader, tmp_path, capfd, monkeypatch, sigint_handler_kept):
     from dsmcli.cli import main

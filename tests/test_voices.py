@@ -20,7 +20,8 @@ from safetensors.torch import save_file  # noqa: E402
 
 from dsmcli.constants import SAMPLE_RATE  # noqa: E402
 from dsmcli.errors import InputError, ModelLoadError  # noqa: E402
-from dsmcli.hub.files import Checkpoint, ModelSource  # noqa: E402
+from dsmcli.hub.checkpoint import Checkpoint
+from dsmcli.hub.files import ModelSource  # noqa: E402
 from dsmcli.tts.tokens import TtsTokenIds  # noqa: E402
 from dsmcli.tts.voices import (  # noqa: E402
     ResolvedVoice,

@@ -44,7 +44,6 @@ from dsmcli.tts.model import (
 )
 from dsmcli.engine.stream import StepHooks, StepInfo
 from dsmcli.tts.synthesizer import CLIP
-from dsmcli.tts.voices import DEFAULT_MAX_SPEAKERS
 
 NOISE_LEVEL = 0.1  # amplitude of the noise fed to the encoder
 VOICE_SECONDS = 10  # length of one voice embedding (FORMAT.md §6.7): 125 frames at 12.5 Hz
@@ -131,7 +130,7 @@ def tts_condition(model: BenchModel, batch: int, seed: int) -> ConditionInputs |
         return None
     generator = torch.Generator().manual_seed(seed)
     frames = int(VOICE_SECONDS * model.frame_rate)
-    speakers = int(model.checkpoint.tts_config.get("max_speakers", DEFAULT_MAX_SPEAKERS))
+    speakers = model.checkpoint.tts.max_speakers
     values, tensors = {}, {}
     for conditioner in config.conditioners:
         if conditioner.kind is ConditionerKind.LUT:

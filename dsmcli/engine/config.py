@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from dsmcli.constants import UNGENERATED_TOKEN_ID, ZERO_TOKEN_ID
 from dsmcli.engine.condition_config import (
     ConditionerConfig,
     ConditionerKind,
@@ -36,8 +37,6 @@ from dsmcli.engine.condition_config import (
 from dsmcli.nn.gating import Activation
 from dsmcli.nn.norms import NormKind
 
-ZERO_TOKEN_ID = -1  # embeds to an exact zero vector; nothing is sampled for it
-UNGENERATED_TOKEN_ID = -2  # placeholder in the token ring for "not known yet"
 DISTILLED_CFG_CONDITION = "cfg"  # name of the LUT condition carrying a distilled CFG coefficient
 
 IGNORED_KEYS = frozenset({"betas", "gradient_checkpointing", "depformer_causal", "depformer_context",

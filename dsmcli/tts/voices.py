@@ -22,17 +22,18 @@ from typing import Any
 import torch
 
 from dsmcli.errors import InputError, ModelLoadError
-from dsmcli.hub.files import Checkpoint, ModelSource, NotCachedError, load_registry, resolve_source
+from dsmcli.hub.checkpoint import Checkpoint
+from dsmcli.hub.files import ModelSource, NotCachedError, resolve_source
+from dsmcli.hub.registry import VOICES_ROLE, load_registry
+from dsmcli.hub.task_config import DEFAULT_MAX_SPEAKERS
 from dsmcli.tts.tokens import TtsTokenIds
 
 VOICE_CONDITIONER = "speaker_wavs"  # conditioner name and tensor key in voice files
-DEFAULT_MAX_SPEAKERS = 5  # TTSModel.max_speakers when tts_config has none
 PREFIX_TRIM_FRAMES = 2  # get_prefix drops the last 2 Mimi frames of an audio-prefix voice
 EMBEDDING_EXT = ".safetensors"
 AUDIO_EXTS = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a")
 FILE_SCHEME = "file://"
 HF_SCHEME = "hf://"
-VOICES_ROLE = "voices"
 
 
 class VoiceKind(str, enum.Enum):
@@ -61,7 +62,7 @@ class VoiceSetup:
     def from_checkpoint(cls, checkpoint: Checkpoint, voices: str | Path | ModelSource | None = None) -> VoiceSetup:
         """The setup of a TTS checkpoint; ``voices`` overrides its voices repo (registry name, repo id or dir)."""
         source = voices if isinstance(voices, ModelSource) else default_voices_source(checkpoint, voices)
-        max_speakers = int(checkpoint.tts_config.get("max_speakers", DEFAULT_MAX_SPEAKERS))
+        max_speakers = checkpoint.tts.max_speakers
         conditioner = conditioner_config(checkpoint.lm_kwargs)
         if conditioner is None:
             return cls(VoiceKind.AUDIO_PREFIX, source, max_speakers=max_speakers, model_name=checkpoint.name)
