@@ -474,8 +474,3 @@ def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
         quantizer.replace(module, attribute, weight)
         del weight
     return quantizer.report()
-
-
-def is_quantized(lm: nn.Module) -> bool:
-    """True when some weight of ``lm`` is an :class:`Int8Weight`."""
-    return any(isinstance(value, Int8Weight) for module in lm.modules() for value in vars(module).values())

@@ -16,6 +16,7 @@ import torch
 
 from dsmcli.codec import Mimi
 from dsmcli.engine import LM, LMConfig, SamplingOptions
+from dsmcli.engine.config import DISTILLED_CFG_CONDITION as CFG_CONDITION
 from dsmcli.engine.config import ConditionerKind
 from dsmcli.errors import ModelLoadError, OptionError
 from dsmcli.hub.checkpoint import Checkpoint, load_checkpoint
@@ -39,7 +40,6 @@ TTS_MODEL_TYPE = "tts"
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"
 # LUT conditions the reference sets: control = "ok" always, cfg = the distilled coefficient.
 CONTROL_CONDITION, CONTROL_VALUE = "control", "ok"
-CFG_CONDITION = "cfg"
 CFG_FORMAT = ".1f"  # how the reference turns the coefficient into a LUT value
 
 
@@ -98,7 +98,7 @@ class TtsModel:
     @property
     def cfg_values(self) -> tuple[str, ...]:
         """Values of the distilled-CFG LUT (empty: the model uses real CFG)."""
-        return distilled_cfg_values(self.config)
+        return self.config.distilled_cfg_values
 
     @property
     def second_stream_ahead(self) -> int:
@@ -139,15 +139,9 @@ class TtsModel:
                            padding_between=options.padding_between, frame_rate=self.frame_rate)
 
 
-def distilled_cfg_values(config: LMConfig) -> tuple[str, ...]:
-    """Values of the ``cfg`` LUT condition (CFG distillation, "1.0".."4.0"); empty for a real-CFG model."""
-    conditioner = config.conditioner(CFG_CONDITION)
-    return () if conditioner is None or conditioner.kind is not ConditionerKind.LUT else conditioner.possible_values
-
-
 def cfg_lut_value(config: LMConfig, cfg: float | None, model_name: str) -> str | None:
     """``cfg`` as the distilled-CFG LUT value ("2.0"), None for a model without one. OptionError if not a value."""
-    values = distilled_cfg_values(config)
+    values = config.distilled_cfg_values
     if not values:
         return None
     value = format(DEFAULT_CFG if cfg is None else cfg, CFG_FORMAT)

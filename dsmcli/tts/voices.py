@@ -328,11 +328,6 @@ def voice_model_tag(setup: VoiceSetup) -> str | None:
     return None if setup.kind is VoiceKind.AUDIO_PREFIX else f"{setup.sig}@{setup.epoch}"
 
 
-def local_voice_sources(dirs: Sequence[str | Path]) -> list[ModelSource]:
-    """Local voice folders as sources for :func:`list_voices`."""
-    return [ModelSource(name=str(d), local_dir=Path(d)) for d in dirs]
-
-
 def conditioner_config(lm_kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The ``speaker_wavs`` entry of config.json's conditioners, None for audio-prefix models."""
     return (lm_kwargs.get("conditioners") or {}).get(VOICE_CONDITIONER)
