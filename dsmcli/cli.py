@@ -21,6 +21,7 @@ import typer  # noqa: E402
 
 from dsmcli import __version__  # noqa: E402
 from dsmcli.commands import bench, kernels, models, serve, speak, transcribe  # noqa: E402
+from dsmcli.commands.common import error_message  # noqa: E402
 from dsmcli.errors import EXIT_INTERRUPTED, DsmError  # noqa: E402
 
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         # Without standalone mode Typer *returns* the exit code of typer.Exit (and of Ctrl-C) instead of raising.
         code = app(args=argv, standalone_mode=False)
     except DsmError as exc:
-        print(f"dsm: error: {exc}", file=sys.stderr, flush=True)
+        print(f"dsm: error: {error_message(exc)}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         interrupted()

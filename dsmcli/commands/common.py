@@ -1,15 +1,14 @@
 """What every command module shares: the `--help` option panels and examples, device / dtype flags, and the
-spelling of flags in error messages. No torch at import: `dsm --help` builds every command's help from here."""
+spelling of flags in error messages (:func:`error_message`). No torch at import: `dsm --help` builds every command's help from here."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import typer
 
-from dsmcli.errors import OptionError, UsageError
+from dsmcli.errors import DsmError, OptionError, OptionInputError, UsageError, option_message
 
 if TYPE_CHECKING:
     import torch
@@ -19,7 +18,7 @@ INPUT, OUTPUT, MODEL, DECODING, PERFORMANCE, DEVICES = "Input", "Output", "Model
 
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 # Library option fields (OptionError.option) → the flag a user typed; other fields get --field-with-dashes.
-FLAGS: Mapping[str, str] = {"n_q": "--n-q", "padding": "--max-padding / padding"}
+FLAGS: Mapping[str, str] = {"padding": "padding"}
 
 
 def examples(*lines: str) -> str:
@@ -33,13 +32,11 @@ def flag_name(option: str) -> str:
     return FLAGS.get(option, "--" + option.replace("_", "-"))
 
 
-@contextlib.contextmanager
-def option_flags() -> Iterator[None]:
-    """Re-raise a library :class:`OptionError` as a UsageError that names the flag (``--n-q must be ...``)."""
-    try:
-        yield
-    except OptionError as exc:
-        raise UsageError(f"{flag_name(exc.option)} {exc.detail}") from None
+def error_message(error: DsmError) -> str:
+    """The one line a failure prints: an option named by the library (``n_q``) is spelled as its flag (``--n-q``)."""
+    if isinstance(error, (OptionError, OptionInputError)):
+        return option_message(flag_name(error.option), error.detail)
+    return str(error)
 
 
 def dtype_option():

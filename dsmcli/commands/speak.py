@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from dsmcli.commands.common import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, dtype_option, examples
-from dsmcli.commands.common import option_flags, resolve_device, resolve_dtype
+from dsmcli.commands.common import resolve_device, resolve_dtype
 from dsmcli.corpus import flags
 from dsmcli.corpus.inputs import TEXT_EXTENSIONS
 from dsmcli.corpus.plan import CorpusOptions, run_speak
@@ -53,9 +53,8 @@ def _model_option():
 
 def _options(temperature: float, cfg: Optional[float], padding_bonus: float, seed: Optional[int],
              max_padding: int) -> SpeakOptions:
-    with option_flags():
-        return SpeakOptions(temperature=temperature, cfg=cfg, padding_bonus=padding_bonus, seed=seed,
-                            max_padding=max_padding)
+    return SpeakOptions(temperature=temperature, cfg=cfg, padding_bonus=padding_bonus, seed=seed,
+                        max_padding=max_padding)
 
 
 def _formats(formats: Optional[List[str]], srt: bool, json_: bool) -> tuple[str, ...]:
@@ -98,8 +97,7 @@ def _run(corpus: CorpusOptions | None = None, **fields) -> None:
     # of a typer.Exit, and turns Ctrl-C into such an Exit(130), instead of exiting with it.
     try:
         request = SpeakRequest(**fields)
-        with option_flags():
-            result = run_speak(request, corpus) if corpus is not None and corpus.active else execute(request)
+        result = run_speak(request, corpus) if corpus is not None and corpus.active else execute(request)
     except KeyboardInterrupt:
         print("dsm: interrupted", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -16,7 +16,6 @@ from typing import Any, BinaryIO
 
 import torch
 
-from dsmcli.commands.common import option_flags
 from dsmcli.errors import EXIT_OK, EXIT_PARTIAL, DsmError, InputError, UsageError
 from dsmcli.hub.checkpoint import load_checkpoint
 from dsmcli.outputs import WriterOptions
@@ -225,9 +224,8 @@ def execute(request: SpeakRequest) -> RunResult:
         check_device(request.audio_device, "output")  # PortAudio and the device, before anything loads
     checkpoint = load_checkpoint(request.model)  # read and checked once: the model below loads from it
     setup = checked_voice_setup(checkpoint, request.voice_repo)
-    with option_flags():
-        cfg_lut_value(checkpoint.lm_config, request.options.cfg, checkpoint.name)  # fail before loading the weights
-        codebooks_to_generate(checkpoint.lm_config, request.n_q, setup)
+    cfg_lut_value(checkpoint.lm_config, request.options.cfg, checkpoint.name)  # fail before loading the weights
+    codebooks_to_generate(checkpoint.lm_config, request.n_q, setup)
     if request.dialog and not setup.multi_speaker:
         raise UsageError(f"{checkpoint.name} takes a single voice prefix, not dialog voices: "
                          f"use a model with voice embeddings (tts-1.6b-en_fr)")

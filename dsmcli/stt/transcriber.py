@@ -22,7 +22,7 @@ import torch
 from dsmcli.audio import FrameChunker
 from dsmcli.constants import FRAME_RATE, FRAME_SIZE
 from dsmcli.engine import LMStream, SamplingOptions, StepOutput
-from dsmcli.errors import DsmError, UsageError
+from dsmcli.errors import DsmError, OptionError, UsageError
 from dsmcli.results import EndOfTurn, TranscriptEvent
 from dsmcli.stt import END_OF_TURN_CLASS, END_OF_TURN_HEAD, SttModel
 from dsmcli.stt.prompt import PromptRun, SttPrompt
@@ -41,9 +41,9 @@ class TranscribeOptions:
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
-            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
+            raise OptionError("temperature", f"must be >= 0, got {self.temperature}")
         if not 0 < self.vad_threshold < 1:
-            raise UsageError(f"--vad-threshold must be between 0 and 1, got {self.vad_threshold}")
+            raise OptionError("vad_threshold", f"must be between 0 and 1, got {self.vad_threshold}")
 
 
 class TranscriptSink(Protocol):
@@ -183,7 +183,7 @@ class Transcriber:
     def __init__(self, model: SttModel, options: TranscribeOptions = TranscribeOptions(), batch_size: int = 1,
                  prompt: SttPrompt | None = None):
         if options.vad and not model.has_end_of_turn:
-            raise UsageError(f"--vad: {model.name} has no end-of-turn (VAD) heads; use stt-1b-en_fr-candle")
+            raise OptionError("vad", f": {model.name} has no end-of-turn (VAD) heads; use stt-1b-en_fr-candle")
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.options, self.batch_size = model, options, batch_size
