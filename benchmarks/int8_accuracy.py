@@ -35,7 +35,7 @@ from dsmcli.bench.architectures import released_config  # noqa: E402
 from dsmcli.engine import LM, ConditionInputs, LMConfig, LMStream, SamplingOptions, StepHooks  # noqa: E402
 from dsmcli.engine import TensorCondition  # noqa: E402
 from dsmcli.engine.quantize import QuantMethod, quantize_lm  # noqa: E402
-from dsmcli.hub.checkpoint import Checkpoint
+from dsmcli.hub.checkpoint import Checkpoint  # noqa: E402
 from dsmcli.hub.files import ModelSource  # noqa: E402
 from dsmcli.hub.loaders import load_lm
 

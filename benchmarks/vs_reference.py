@@ -8,7 +8,7 @@
    of its codes frame by frame (what ``dsm speak`` runs per step).
 2. LM: the reference ``LMModel`` of the architecture is built with random weights (bf16-valued, so the released
    bf16 file is lossless), saved in the released layout (``save_lm``) next to a ``config.json``, and ours is
-   loaded from that directory through ``LM.load``: bit-identical weights. Both step greedy on the Mimi codes of
+   loaded from that directory through ``dsmcli.hub.loaders.load_lm``: bit-identical weights. Both step greedy on the Mimi codes of
    bria.mp3, interleaved round by round (the machine is shared: medians over rounds; see benchmarks/README.md).
 3. Ours is then quantized in place (``quantize_lm(lm, "int8")``) and timed again against fresh reference
    rounds; int8 agreement (text-logit cosine similarity, greedy token agreement) is measured teacher-forced
@@ -50,7 +50,6 @@ sys.path.insert(0, str(REPO / "tools"))
 from fixturelib.audio import SHARED_DATA, speech_24k
 
 from dsmcli.bench.architectures import released_config
-from dsmcli.codec import Mimi
 from dsmcli.constants import FRAME_SIZE
 from dsmcli.engine import LM, ConditionInputs, LMStream, SamplingOptions, StepHooks, TensorCondition
 from dsmcli.engine.quantize import quantize_lm

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsmcli.codec import Mimi
 from dsmcli.engine import LM, LMStream, SamplingOptions
 from dsmcli.engine.quantize import quantize_lm
 from dsmcli.kernels import decode_attention_op

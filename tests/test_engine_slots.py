@@ -19,7 +19,7 @@ from test_lm_harness import (
     voice_inputs,
 )
 
-from dsmcli.engine import LM, ConditionInputs, LMStream, SamplingOptions, StepHooks
+from dsmcli.engine import ConditionInputs, LMStream, SamplingOptions, StepHooks
 from dsmcli.hub.loaders import load_lm
 
 STEPS = 40

@@ -21,7 +21,7 @@ from test_lm_harness import (
     run_ref_stt,
 )
 
-from dsmcli.engine import LM, EngineOptions
+from dsmcli.engine import EngineOptions
 from dsmcli.hub.loaders import load_lm
 
 SECONDS = 17.0  # 212 steps of 80 ms

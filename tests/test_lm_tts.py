@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from test_lm_harness import OurTTSRun, encode_speech, ref_tts_frames, reference_checkpoint, voice_inputs
 
-from dsmcli.engine import LM, SamplingOptions
+from dsmcli.engine import SamplingOptions
 from dsmcli.hub.loaders import load_lm
 
 SCRIPT = ("Hello there, this is a tiny voice speaking a few words so that the stream runs for a while, "

@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsmcli.codec import Mimi
 from dsmcli.engine import (
     LM,
     ConditionInputs,

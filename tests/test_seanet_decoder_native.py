@@ -12,7 +12,6 @@ import torch
 
 import dsmcli.codec.conv as conv_module
 import dsmcli.codec.seanet as seanet_module
-from dsmcli.codec import Mimi
 from dsmcli.codec.config import SEANetConfig
 from dsmcli.codec.conv import CONVTR, CONVTR_DEPTHWISE, CausalConvTranspose1d
 from dsmcli.codec.seanet import ELU, SEANetDecoder

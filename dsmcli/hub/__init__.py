@@ -2,7 +2,8 @@
 
 * :mod:`~dsmcli.hub.registry` — weights.toml (short names, roles, defaults);
 * :mod:`~dsmcli.hub.files` — model sources (Hub repo, local dir) and their files through the HF cache;
-* :mod:`~dsmcli.hub.checkpoint` — config.json split as the reference does, with typed task configs;
+* :mod:`~dsmcli.hub.checkpoint` — config.json split as the reference does; :mod:`~dsmcli.hub.task_config` — its
+  typed task configs (stt_config, tts_config, lm_gen_config);
 * :mod:`~dsmcli.hub.weights` — safetensors → state dicts;
 * :mod:`~dsmcli.hub.loaders` — checkpoint → LM, Mimi, tokenizer (the engine and codec never touch files).
 

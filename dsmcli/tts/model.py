@@ -21,12 +21,10 @@ from dsmcli.engine.config import ConditionerKind
 from dsmcli.errors import ModelLoadError, OptionError
 from dsmcli.hub.checkpoint import Checkpoint, load_checkpoint
 from dsmcli.hub.loaders import load_lm, load_mimi, load_tokenizer
-from dsmcli.tts.options import (  # noqa: F401 - SpeakOptions and its defaults are imported from here too
+from dsmcli.tts.options import (  # noqa: F401 - re-exported: SpeakOptions and the sampling defaults
     AUDIO_TOP_K,
     DEFAULT_CFG,
     DEFAULT_TEMPERATURE,
-    FINAL_PADDING,
-    MAX_GEN_STEPS,
     TEXT_TOP_K,
     SpeakOptions,
 )
