@@ -126,7 +126,7 @@ def _bare_audio_error(voice: str, setup: VoiceSetup) -> InputError:
     return InputError(
         f"voice {voice}: {setup.model_name or 'this model'} needs a precomputed voice embedding "
         f"({Path(voice).name}{setup.suffix}) and none was found; pick a voice from `dsm voices`, pass a "
-        f"{EMBEDDING_EXT} embedding, or use `--model tts-0.75b-en-public`, which clones a voice from any audio")
+        f"{EMBEDDING_EXT} embedding, or use the model tts-0.75b-en-public, which clones a voice from any audio")
 
 
 def _from_local(voice: str, path: Path, setup: VoiceSetup) -> ResolvedVoice:
