@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO / "tools"))
 from fixturelib.audio import SHARED_DATA, speech_24k  # noqa: E402
 
 from dsmcli.codec import Mimi  # noqa: E402
+from dsmcli.hub.loaders import load_mimi
 
 SPEECH = "bria.mp3"
 FIXTURE_GLOB = "tests/.fixtures/real-mimi-*/*.safetensors"
@@ -211,7 +212,7 @@ def find_weights(explicit: Path | None, tmp: Path) -> Path:
 def measure(path: Path, args: argparse.Namespace) -> list[Comparison]:
     from make_fixtures import load_ref_mimi
 
-    ours, ref = Mimi.load(path), load_ref_mimi(path, None, 32)
+    ours, ref = load_mimi(path), load_ref_mimi(path, None, 32)
     results = []
     for batch in args.batches:
         wav = speech(args.seconds, batch, ours.frame_size)
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         path = find_weights(args.mimi, Path(tmp))
         print(f"weights: {path}")
         if args.decode_ab:
-            ours = Mimi.load(path)
+            ours = load_mimi(path)
             for batch in args.batches:
                 decode_ab(ours, ours.encode(speech(args.seconds, batch, ours.frame_size)), args.rounds)
             return 0

@@ -35,7 +35,9 @@ from dsmcli.bench.architectures import released_config  # noqa: E402
 from dsmcli.engine import LM, ConditionInputs, LMConfig, LMStream, SamplingOptions, StepHooks  # noqa: E402
 from dsmcli.engine import TensorCondition  # noqa: E402
 from dsmcli.engine.quantize import QuantMethod, quantize_lm  # noqa: E402
-from dsmcli.hub.files import Checkpoint, ModelSource  # noqa: E402
+from dsmcli.hub.checkpoint import Checkpoint  # noqa: E402
+from dsmcli.hub.files import ModelSource  # noqa: E402
+from dsmcli.hub.loaders import load_lm
 
 
 def _print(label: str, report, agree: dict[str, float]) -> None:
@@ -48,10 +50,10 @@ def _print(label: str, report, agree: dict[str, float]) -> None:
 def stt_checkpoint(args: argparse.Namespace) -> None:
     mimi = next(args.checkpoint.glob("mimi-*.safetensors"))
     codes = vr.speech_codes(mimi, vr.speech_frames(args.steps / 12.5 + 1))[..., : args.steps]
-    fp32 = vr.text_logits_run(LM.load(args.checkpoint, dtype=torch.float32), codes, None)
+    fp32 = vr.text_logits_run(load_lm(args.checkpoint, dtype=torch.float32), codes, None)
     for method in args.methods:
         for group_size in args.group_sizes:
-            lm = LM.load(args.checkpoint, dtype=torch.float32)
+            lm = load_lm(args.checkpoint, dtype=torch.float32)
             report = quantize_lm(lm, method, group_size=group_size)
             _print(f"{method} group {group_size}", report, vr.agreement(fp32, vr.text_logits_run(lm, codes, fp32[1])))
             del lm
@@ -100,9 +102,9 @@ def tts_run(lm: LM, steps: int, seed: int, forced: tuple[torch.Tensor, torch.Ten
 
 
 def tts_fixture(args: argparse.Namespace) -> None:
-    fp32_logits, fp32_tokens = tts_run(LM.load(args.tts, dtype=torch.float32), args.steps, args.seed, None)
+    fp32_logits, fp32_tokens = tts_run(load_lm(args.tts, dtype=torch.float32), args.steps, args.seed, None)
     for method in args.methods:
-        lm = LM.load(args.tts, dtype=torch.float32, quantize=method)
+        lm = load_lm(args.tts, dtype=torch.float32, quantize=method)
         logits, (_, audio) = tts_run(lm, args.steps, args.seed, fp32_tokens)
         cosine = torch.cosine_similarity(fp32_logits, logits, dim=-1)
         same = audio == fp32_tokens[1]

@@ -8,7 +8,7 @@
    of its codes frame by frame (what ``dsm speak`` runs per step).
 2. LM: the reference ``LMModel`` of the architecture is built with random weights (bf16-valued, so the released
    bf16 file is lossless), saved in the released layout (``save_lm``) next to a ``config.json``, and ours is
-   loaded from that directory through ``LM.load``: bit-identical weights. Both step greedy on the Mimi codes of
+   loaded from that directory through ``dsmcli.hub.loaders.load_lm``: bit-identical weights. Both step greedy on the Mimi codes of
    bria.mp3, interleaved round by round (the machine is shared: medians over rounds; see benchmarks/README.md).
 3. Ours is then quantized in place (``quantize_lm(lm, "int8")``) and timed again against fresh reference
    rounds; int8 agreement (text-logit cosine similarity, greedy token agreement) is measured teacher-forced
@@ -50,10 +50,10 @@ sys.path.insert(0, str(REPO / "tools"))
 from fixturelib.audio import SHARED_DATA, speech_24k
 
 from dsmcli.bench.architectures import released_config
-from dsmcli.codec import Mimi
 from dsmcli.constants import FRAME_SIZE
 from dsmcli.engine import LM, ConditionInputs, LMStream, SamplingOptions, StepHooks, TensorCondition
 from dsmcli.engine.quantize import quantize_lm
+from dsmcli.hub.loaders import load_lm, load_mimi
 
 NON_LM_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
                "lm_gen_config", "tts_config", "stt_config", "model_id")
@@ -124,7 +124,7 @@ def speech_frames(seconds: float) -> torch.Tensor:
 def bench_mimi(path: Path, frames: torch.Tensor, codes: torch.Tensor, rounds: int) -> dict[str, Timing]:
     from make_fixtures import load_ref_mimi
 
-    ref, ours = load_ref_mimi(path, None, 32), Mimi.load(path)
+    ref, ours = load_ref_mimi(path, None, 32), load_mimi(path)
 
     def ref_stream() -> tuple[list[tuple[float, float]], float]:
         with torch.no_grad(), ref.streaming(1):
@@ -164,7 +164,7 @@ def bench_mimi(path: Path, frames: torch.Tensor, codes: torch.Tensor, rounds: in
 
 def speech_codes(path: Path, frames: torch.Tensor) -> torch.Tensor:
     """Codes ``[1, n_q, F]`` of the frames, streamed through our Mimi (what ``dsm transcribe`` feeds the LM)."""
-    mimi = Mimi.load(path)
+    mimi = load_mimi(path)
     state = mimi.init_state(1)
     return torch.cat([mimi.encode_step(frame, state) for frame in frames], dim=-1)
 
@@ -330,7 +330,7 @@ def tts_phases(ref_lm, checkpoint: Path, config: dict, args) -> dict[str, Timing
     w, n, seed = args.warmup, args.steps, args.seed
     timings: dict[str, Timing] = {}
     for mode in ("fp32", *args.quantize):
-        ours = LM.load(checkpoint, dtype=torch.float32)
+        ours = load_lm(checkpoint, dtype=torch.float32)
         if mode != "fp32":
             report = quantize_lm(ours, mode)
             print(f"quantized {report.tensors} weights: {report.bytes_before / 2**30:.2f} -> "
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             del ref_lm
             lines, agree = tts_summary(timings, args), {}
         else:
-            ours = LM.load(checkpoint, dtype=torch.float32)
+            ours = load_lm(checkpoint, dtype=torch.float32)
             agree = stt_phases(ref_lm, ours, codes, timings, args)
             del ref_lm, ours
             lines = summary(timings, agree, args)

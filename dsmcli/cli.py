@@ -1,7 +1,10 @@
-"""The `dsm` command line: parse flags, call one library function, map expected failures to exit codes.
+"""The `dsm` command line: the Typer app, every command registered explicitly, and expected failures mapped to
+exit codes.
 
-No model logic lives here. Exit codes (README.md): 0 ok, 1 runtime error, 2 usage, 3 model load,
-4 input decode, 5 some files of a batch failed, 130 interrupted.
+No model logic lives here; each command is a function of :mod:`dsmcli.commands` (which never imports this module).
+The command modules import no torch at module level, so `dsm --help` stays fast; a command imports what it needs
+when it runs. Exit codes (README.md): 0 ok, 1 runtime error, 2 usage, 3 model load, 4 input decode, 5 some files of
+a batch failed, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,16 +20,9 @@ apply_wait_policy()  # before anything imports torch: OpenMP reads it once (see 
 import typer  # noqa: E402
 
 from dsmcli import __version__  # noqa: E402
+from dsmcli.commands import bench, kernels, models, serve, speak, transcribe  # noqa: E402
+from dsmcli.commands.common import error_message  # noqa: E402
 from dsmcli.errors import EXIT_INTERRUPTED, DsmError  # noqa: E402
-
-# Option panels of `--help` (rich_help_panel=...): every option of every command sits in one of these.
-INPUT, OUTPUT, MODEL, DECODING, PERFORMANCE, DEVICES = "Input", "Output", "Model", "Decoding", "Performance", "Devices"
-
-
-def examples(*lines: str) -> str:
-    """A command's help epilog: "Examples" then one command line each (Rich markup in them is escaped)."""
-    escaped = (line.replace("[", "\\[") for line in lines)
-    return "[bold]Examples[/bold]\n\n" + "\n".join(escaped)
 
 
 def _plain_help_types() -> None:
@@ -64,12 +60,6 @@ app = typer.Typer(
 )
 
 
-def fail(message: str, code: int) -> None:
-    """One line on stderr, then exit with ``code``."""
-    print(f"dsm: error: {message}", file=sys.stderr, flush=True)
-    raise typer.Exit(code)
-
-
 def _version(value: bool) -> None:
     if value:
         print(f"dsm {__version__}")
@@ -85,39 +75,15 @@ def _root(
     """Streaming speech-to-text and text-to-speech with Kyutai's Delayed Streams Modeling models."""
 
 
-@app.command("models", epilog=examples("dsm models", "dsm models --json | jq '.[] | select(.cached)'"))
-def models_cmd(
-    json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON.", rich_help_panel=OUTPUT),
-) -> None:
-    """List the model registry (weights.toml) and what is in the local cache."""
-    from dsmcli.commands.models import list_models
-
-    list_models(json_out=json_out)
-
-
-@app.command("download", epilog=examples("dsm download stt-1b-en_fr",
-                                          "dsm download tts-1.6b-en_fr && dsm download tts-voices",
-                                          "dsm download kyutai/stt-2.6b-en"))
-def download_cmd(
-    model: str = typer.Argument(..., metavar="MODEL", help="Registry name, Hub repo id, or local directory."),
-) -> None:
-    """Fetch a model's files into the Hugging Face cache ahead of time."""
-    from dsmcli.commands.models import download_model
-
-    download_model(model)
-
-
-def _register_optional_commands() -> None:
-    """Task commands live in their own modules; each registers itself on `app`."""
-    import importlib
-
-    for module in ("dsmcli.commands.transcribe", "dsmcli.commands.speak", "dsmcli.commands.bench",
-                   "dsmcli.commands.kernels", "dsmcli.commands.serve"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+app.command("transcribe", epilog=transcribe.TRANSCRIBE_EPILOG)(transcribe.transcribe_cmd)
+app.command("speak", epilog=speak.SPEAK_EPILOG)(speak.speak_cmd)
+app.command("dialog", epilog=speak.DIALOG_EPILOG)(speak.dialog_cmd)
+app.command("voices", epilog=speak.VOICES_EPILOG)(speak.voices_cmd)
+app.command("models", epilog=models.MODELS_EPILOG)(models.models_cmd)
+app.command("download", epilog=models.DOWNLOAD_EPILOG)(models.download_cmd)
+app.command("bench", epilog=bench.BENCH_EPILOG)(bench.bench_cmd)
+app.command("kernels")(kernels.kernels_cmd)
+app.command("serve")(serve.serve_cmd)
 
 
 def interrupted() -> NoReturn:
@@ -130,11 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     if hasattr(signal, "SIGPIPE"):  # `dsm ... | head` ends quietly, like other Unix tools
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
-        _register_optional_commands()  # imports torch: seconds, during which Ctrl-C must not print a traceback
         # Without standalone mode Typer *returns* the exit code of typer.Exit (and of Ctrl-C) instead of raising.
         code = app(args=argv, standalone_mode=False)
     except DsmError as exc:
-        print(f"dsm: error: {exc}", file=sys.stderr, flush=True)
+        print(f"dsm: error: {error_message(exc)}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         interrupted()

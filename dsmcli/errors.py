@@ -46,3 +46,26 @@ class DeviceError(DsmError):
     """No audio device / PortAudio missing."""
 
     exit_code = EXIT_RUNTIME
+
+
+class _NamesAnOption:
+    """An error about one per-run option. Library code names the option by its field (``option``: ``n_q``,
+    ``prompt_audio``), never by a flag; the CLI, which knows the flag spelling, words the message with it
+    (``dsmcli.commands.common.error_message``: ``--n-q must be ...``)."""
+
+    def __init__(self, option: str, detail: str) -> None:
+        super().__init__(option_message(option, detail))
+        self.option, self.detail = option, detail
+
+
+def option_message(name: str, detail: str) -> str:
+    """``name`` then ``detail``, joined by a space unless the detail starts with a colon."""
+    return f"{name}{'' if detail.startswith(':') else ' '}{detail}"
+
+
+class OptionError(_NamesAnOption, UsageError):
+    """A per-run option with a bad value (exit code 2)."""
+
+
+class OptionInputError(_NamesAnOption, InputError):
+    """The input an option names cannot be read (exit code 4), e.g. the prompt audio file."""

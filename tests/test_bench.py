@@ -23,7 +23,10 @@ from dsmcli.bench.paths import BenchPath
 from dsmcli.cli import main
 from dsmcli.engine import LM, LMConfig
 from dsmcli.errors import UsageError
-from dsmcli.hub.files import Checkpoint, ModelSource, load_registry
+from dsmcli.hub.checkpoint import Checkpoint
+from dsmcli.hub.files import ModelSource
+from dsmcli.hub.registry import load_registry
+from dsmcli.hub.loaders import load_lm
 
 STEPS, WARMUP = 3, 1
 # FORMAT.md intro: published parameter counts of the released LMs.
@@ -90,7 +93,7 @@ def test_cli_bench_table(tiny_stt, capsys):
 
 def test_random_weights_stt_builds_the_configured_architecture(tiny_stt):
     model = load_bench_model(tiny_stt, torch.device("cpu"), torch.float32, random_weights=True, seed=3)
-    released = LM.load(tiny_stt, dtype=torch.float32)
+    released = load_lm(tiny_stt, dtype=torch.float32)
     shapes = {k: v.shape for k, v in model.lm.state_dict().items()}
     assert shapes == {k: v.shape for k, v in released.state_dict().items()}
     assert all(torch.isfinite(v).all() for v in model.lm.state_dict().values())

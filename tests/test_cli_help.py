@@ -7,7 +7,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from dsmcli.cli import _register_optional_commands, app
+from dsmcli.cli import app
 
 PANELS = ("Input", "Output", "Model", "Decoding", "Performance", "Devices")
 COMMANDS = {  # command -> the panels it must show
@@ -23,7 +23,6 @@ PANEL_TITLE = re.compile(r"^╭─ (\w[\w ]*?) ─")
 
 
 def help_text(*args: str) -> str:
-    _register_optional_commands()
     result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"})
     assert result.exit_code == 0, result.output
     return result.output

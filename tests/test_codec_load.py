@@ -13,6 +13,7 @@ from dsmcli.codec import Mimi, MimiConfig
 from dsmcli.codec.config import PadMode
 from dsmcli.errors import ModelLoadError
 from dsmcli.nn import NormKind
+from dsmcli.hub.loaders import load_mimi
 
 STT_MIMI_NAME = "mimi-pytorch-e351c8d8@125.safetensors"
 
@@ -32,8 +33,8 @@ def _tensors_on(model: Mimi, device: str) -> bool:
 
 
 def test_load_from_local_dir_and_offline_hub_cache_agree(tiny_repo, tiny_stt):
-    from_dir = Mimi.load(tiny_repo)
-    from_cache = Mimi.load(tiny_stt)
+    from_dir = load_mimi(tiny_repo)
+    from_cache = load_mimi(tiny_stt)
     tiny = MimiConfig.from_dict(json.loads((tiny_repo / "mimi_config.json").read_text()))
     assert from_dir.config == from_cache.config == tiny
     assert from_dir.config.transformer.context == 16 and from_dir.frame_size == 1920
@@ -45,7 +46,7 @@ def test_load_from_local_dir_and_offline_hub_cache_agree(tiny_repo, tiny_stt):
 
 
 def test_load_bare_safetensors_is_released_sizes(real_mimi_path):
-    mimi = Mimi.load(real_mimi_path, num_codebooks=8)
+    mimi = load_mimi(real_mimi_path, num_codebooks=8)
     assert mimi.config == MimiConfig()
     assert (mimi.sample_rate, mimi.frame_rate, mimi.frame_size) == (24000, 12.5, 1920)
     assert mimi.num_codebooks == 8 and mimi.total_codebooks == 32
@@ -63,16 +64,16 @@ def test_reference_module_names_are_accepted(tiny_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo, repo)
     save_file(renamed, str(repo / STT_MIMI_NAME))
-    assert _same_weights(Mimi.load(repo), Mimi.load(tiny_repo))
+    assert _same_weights(load_mimi(repo), load_mimi(tiny_repo))
 
 
 def test_corrupt_file_is_a_model_load_error(tmp_path):
     bad = tmp_path / "mimi.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + bytes(64))
     with pytest.raises(ModelLoadError, match="mimi.safetensors"):
-        Mimi.load(bad)
+        load_mimi(bad)
     with pytest.raises(ModelLoadError, match="not found"):
-        Mimi.load(tmp_path / "missing.safetensors")
+        load_mimi(tmp_path / "missing.safetensors")
 
 
 def _repo_with(tiny_repo, tmp_path, edit) -> object:
@@ -87,7 +88,7 @@ def _repo_with(tiny_repo, tmp_path, edit) -> object:
 def test_wrong_shapes_and_missing_tensors_are_named(tiny_repo, tmp_path):
     # Tiny weights read as the released sizes (no config override): 2 layers instead of 8.
     with pytest.raises(ModelLoadError, match=r"missing tensor encoder_transformer\.transformer\.layers\.2\."):
-        Mimi.load(tiny_repo / STT_MIMI_NAME)
+        load_mimi(tiny_repo / STT_MIMI_NAME)
 
     def reshape(state):
         state["decoder.model.2.convtr.convtr.weight"] = state["decoder.model.2.convtr.convtr.weight"][:, :-1].contiguous()
@@ -95,14 +96,14 @@ def test_wrong_shapes_and_missing_tensors_are_named(tiny_repo, tmp_path):
     repo = _repo_with(tiny_repo, tmp_path / "a", reshape)
     with pytest.raises(ModelLoadError, match=r"decoder\.model\.2\.convtr\.convtr\.weight has shape \(128, 63, 16\)"
                                              r" in the file, the model expects \(128, 64, 16\)"):
-        Mimi.load(repo)
+        load_mimi(repo)
 
     def drop(state):
         del state["quantizer.rvq_rest.vq.layers.3._codebook.embedding_sum"]
 
     repo = _repo_with(tiny_repo, tmp_path / "b", drop)
     with pytest.raises(ModelLoadError, match=r"missing tensor quantizer\.rvq_rest\.vq\.layers\.3\._codebook"):
-        Mimi.load(repo)
+        load_mimi(repo)
 
 
 def test_config_round_trip_and_rejections():

@@ -9,7 +9,7 @@ import torch
 
 from dsmcli.codec.config import MimiConfig, PadMode, QuantizerConfig
 from dsmcli.codec.conv import CausalConv1d, CausalConvTranspose1d
-from dsmcli.codec.loading import released_names
+from dsmcli.codec.checkpoint import released_names
 from dsmcli.codec.quantizer import SplitQuantizer
 from dsmcli.codec.transformer import MimiTransformer
 

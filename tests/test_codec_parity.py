@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from dsmcli.codec import Mimi
+from dsmcli.hub.loaders import load_mimi
 
 LATENT_TOL = 1e-4
 AUDIO_TOL = 1e-4
@@ -109,7 +110,7 @@ def tiny_pair(fixture_dir, tiny_stt, bria_24k) -> Pair:
     repo = fixture_dir / "tiny-stt"
     config = json.loads((repo / MIMI_CONFIG_NAME).read_text())
     ref = load_ref_mimi(repo / STT_MIMI_NAME, config, num_codebooks=config["quantizer"]["n_q"])
-    ours = Mimi.load(tiny_stt)  # through the offline HF cache, with the mimi_config.json override
+    ours = load_mimi(tiny_stt)  # through the offline HF cache, with the mimi_config.json override
     return _make_pair("tiny", ref, ours, torch.from_numpy(bria_24k(SECONDS["tiny"])))
 
 
@@ -118,7 +119,7 @@ def real_pair(real_mimi_path, bria_24k) -> Pair:
     from make_fixtures import load_ref_mimi
 
     ref = load_ref_mimi(real_mimi_path, None, num_codebooks=32)
-    ours = Mimi.load(real_mimi_path)
+    ours = load_mimi(real_mimi_path)
     return _make_pair("real", ref, ours, torch.from_numpy(bria_24k(SECONDS["real"])))
 
 

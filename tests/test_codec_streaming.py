@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dsmcli.codec import Mimi
+from dsmcli.hub.loaders import load_mimi
 
 FRAMES = 40
 RESET_AT = 15  # slot 1 restarts here on another clip
@@ -16,7 +17,7 @@ AUDIO_TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def tiny_mimi(tiny_stt) -> Mimi:
-    return Mimi.load(tiny_stt)
+    return load_mimi(tiny_stt)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import soundfile
 from conftest import SINGLE_THREAD_ENV, subprocess_env
 from dsmcli.cli import main
 from dsmcli.constants import SAMPLE_RATE
-from dsmcli.corpus import atomic
+from dsmcli.outputs import atomic
 from dsmcli.corpus.inputs import AUDIO_EXTENSIONS, InputSelection, Shard, expand_inputs, shard_of
 from dsmcli.corpus.manifest import read_manifest
 

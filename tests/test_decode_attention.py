@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsmcli.codec import Mimi
 from dsmcli.engine import LM, LMStream, SamplingOptions
 from dsmcli.engine.quantize import quantize_lm
 from dsmcli.kernels import decode_attention_op
+from dsmcli.hub.loaders import load_lm, load_mimi
 
 REL_TOL = 1e-5  # another float summation order, relative to the largest output
 
@@ -65,9 +65,9 @@ def _logits(lm: LM, codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 @needs_native
 def test_lm_uses_native_attention_only_when_asked(tiny_stt, bria_24k):
-    mimi = Mimi.load(tiny_stt)
+    mimi = load_mimi(tiny_stt)
     codes = mimi.encode(torch.from_numpy(bria_24k(6.0))[None, None])  # 75 steps: the tiny ring wraps
-    model = LM.load(tiny_stt, dtype=torch.float32)
+    model = load_lm(tiny_stt, dtype=torch.float32)
     assert model.config.transformer.context < codes.shape[-1]
     sdpa, used = _logits(model, codes)
     assert not used

@@ -17,7 +17,8 @@ from dsmcli.engine import LM, ConditionInputs, LMConfig, LMStream, SamplingOptio
 from dsmcli.engine.config import ZERO_TOKEN_ID
 from dsmcli.engine.depformer_native import AUTO, HELPER, POOL, SERIAL, ModeTuner
 from dsmcli.engine.quantize import QuantMethod
-from dsmcli.hub.files import load_checkpoint
+from dsmcli.hub.checkpoint import load_checkpoint
+from dsmcli.hub.loaders import load_lm
 
 LOGIT_RTOL = 1e-5  # native vs torch depformer logits, relative to their peak (float rounding: ~2e-7 measured)
 # quantized: the int8/int4 kernels round each activation row to int16 steps, so float-rounding differences of the
@@ -78,7 +79,7 @@ def _assert_close(native: tuple[torch.Tensor, torch.Tensor], torch_path: tuple[t
 
 
 def test_native_depformer_matches_torch_float32(tiny_tts):
-    lm = LM.load(tiny_tts, dtype=torch.float32)
+    lm = load_lm(tiny_tts, dtype=torch.float32)
     assert lm.depformer is not None and lm.depformer.native(torch.float32, "cpu") is not None
     _assert_close(_run(lm, True), _run(lm, False))
 
@@ -118,7 +119,7 @@ def test_native_depformer_batch_invariant_and_deterministic(tiny_tts):
 def test_audio_needed_stops_the_depformer_with_the_same_draws(tiny_tts, needed):
     """A stream that skips codebooks >= ``needed`` at its first steps samples exactly what the full stream samples
     when those codebooks are forced to -1 (what ``dsm speak`` does during the audio delay)."""
-    lm = LM.load(tiny_tts, dtype=torch.float32)
+    lm = load_lm(tiny_tts, dtype=torch.float32)
     options = SamplingOptions(temp=0.8, top_k=5, text_temp=0.7, text_top_k=3)
     skip_steps = 3
 

@@ -29,6 +29,7 @@ from dsmcli.engine import (
 from dsmcli.engine.kv_rings import KVRings
 from dsmcli.engine.quantize import Int8Weight
 from dsmcli.nn.linear import linear
+from dsmcli.hub.loaders import load_lm
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -129,7 +130,7 @@ def _run(lm: LM, engine: EngineOptions, steps: int, condition: ConditionInputs |
 
 @pytest.mark.parametrize("which", ["stt", "tts"])
 def test_prefix_attention_equals_whole_ring_attention(which, tiny_stt, tiny_tts):
-    lm = LM.load(tiny_stt if which == "stt" else tiny_tts, dtype=torch.float32)
+    lm = load_lm(tiny_stt if which == "stt" else tiny_tts, dtype=torch.float32)
     condition = _tts_condition(lm, len(STARTS)) if which == "tts" else None
     steps = lm.config.transformer.context + 10  # past the point where the rings are full
     fast = _run(lm, EngineOptions(), steps, condition)
@@ -141,7 +142,7 @@ def test_prefix_attention_equals_whole_ring_attention(which, tiny_stt, tiny_tts)
 
 def test_compiled_step_equals_eager(tiny_stt):
     """``torch.compile`` on CPU (inductor, ~20-70 s here): same logits and tokens as the eager static step."""
-    lm = LM.load(tiny_stt, dtype=torch.float32)
+    lm = load_lm(tiny_stt, dtype=torch.float32)
     steps = 12
     eager = _run(lm, EngineOptions(static_shapes=True), steps)
     torch._dynamo.reset()

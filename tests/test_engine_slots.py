@@ -19,7 +19,8 @@ from test_lm_harness import (
     voice_inputs,
 )
 
-from dsmcli.engine import LM, ConditionInputs, LMStream, SamplingOptions, StepHooks
+from dsmcli.engine import ConditionInputs, LMStream, SamplingOptions, StepHooks
+from dsmcli.hub.loaders import load_lm
 
 STEPS = 40
 STARTS = (0, 3, 7, 7)
@@ -118,7 +119,7 @@ def test_schedule_shape():
 def test_stt_slots_equal_separate_streams(tiny_stt, bria_24k):
     info = reference_checkpoint(tiny_stt)
     codes = encode_speech(info.get_mimi(device="cpu"), bria_24k(16.0))[0]  # [32, 200]
-    lm = LM.load(tiny_stt, dtype=torch.float32)
+    lm = load_lm(tiny_stt, dtype=torch.float32)
     gen = LMStream(lm, SamplingOptions.greedy())
 
     def inputs(segment: int, j: int) -> torch.Tensor:
@@ -136,7 +137,7 @@ def test_tts_slots_equal_separate_streams(tiny_tts, tiny_voices):
     """Depformer, delays, cross-attention and per-slot conditions (voice + distilled cfg) in a batch."""
     from dsmcli.hub.files import hub_download
 
-    lm = LM.load(tiny_tts, dtype=torch.float32)
+    lm = load_lm(tiny_tts, dtype=torch.float32)
     alice, bob = (hub_download(tiny_voices, f"voices/{n}.wav.1e68beda@240.safetensors") for n in ("alice", "bob"))
     per_slot = [voice_inputs([alice], 5, "2.0"), voice_inputs([bob], 5, "3.0"),
                 voice_inputs([alice, bob], 5, "1.0"), voice_inputs([bob, alice], 5, None)]

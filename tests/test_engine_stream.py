@@ -7,16 +7,17 @@ import pytest
 import torch
 
 from dsmcli.engine import LM, ConditionInputs, LMStream, SamplingOptions, StepHooks, TensorCondition
+from dsmcli.hub.loaders import load_lm
 
 
 @pytest.fixture(scope="module")
 def stt_lm(tiny_stt):
-    return LM.load(tiny_stt, dtype=torch.float32)
+    return load_lm(tiny_stt, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
 def tts_lm(tiny_tts):
-    return LM.load(tiny_tts, dtype=torch.float32)
+    return load_lm(tiny_tts, dtype=torch.float32)
 
 
 def _tts_condition(lm: LM, batch: int) -> ConditionInputs:

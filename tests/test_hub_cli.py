@@ -13,8 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 from dsmcli.hub import files as hub
+from dsmcli.hub import checkpoint, registry
+from dsmcli.hub.task_config import GenerationConfig, SttConfig
 from dsmcli.errors import EXIT_MODEL, EXIT_USAGE, ModelLoadError
-from dsmcli.hub.weights import assign_state, read_safetensors
+from dsmcli.hub.weights import read_safetensors
+from dsmcli.nn.state import assign_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,14 +46,14 @@ def fake_cached_repo(hf_home: Path, repo: str, files: dict[str, str]) -> None:
 
 
 def test_registry_has_the_released_models():
-    reg = hub.load_registry()
+    reg = registry.load_registry()
     assert reg["stt-1b-en_fr"].repo == "kyutai/stt-1b-en_fr"
     assert reg["stt-2.6b-en"].repo == "kyutai/stt-2.6b-en"
     assert reg["tts-1.6b-en_fr"].repo == "kyutai/tts-1.6b-en_fr"
     assert reg["tts-0.75b-en-public"].repo == "kyutai/tts-0.75b-en-public"
     assert reg["tts-voices"].role == "voices"
-    assert hub.default_model("stt") == "stt-1b-en_fr"
-    assert hub.default_model("tts") == "tts-1.6b-en_fr"
+    assert registry.default_model("stt") == "stt-1b-en_fr"
+    assert registry.default_model("tts") == "tts-1.6b-en_fr"
 
 
 def test_resolve_source_kinds(tmp_path):
@@ -68,10 +71,10 @@ def test_checkpoint_splits_config_like_the_reference(tmp_path):
         "stt_config": {"audio_delay_seconds": 0.5}, "lm_gen_config": {"temp": 0},
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    ckpt = hub.load_checkpoint(tmp_path)
-    assert ckpt.model_type == "stt" and ckpt.lm_name == hub.DEFAULT_LM_NAME
+    ckpt = checkpoint.load_checkpoint(tmp_path)
+    assert ckpt.model_type == "stt" and ckpt.lm_name == checkpoint.DEFAULT_LM_NAME
     assert ckpt.lm_kwargs == {"dim": 64}
-    assert ckpt.stt_config == {"audio_delay_seconds": 0.5}
+    assert ckpt.stt == SttConfig(audio_delay_seconds=0.5) and ckpt.generation == GenerationConfig(temp=0.0)
     with pytest.raises(ModelLoadError, match="missing file .*m.safetensors"):
         _ = ckpt.mimi_path
 

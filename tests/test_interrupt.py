@@ -1,7 +1,9 @@
 """Ctrl-C during start-up: exit code 130 and one line on stderr, for every command, never a traceback.
 
 The moments: a real SIGINT while the process imports torch (``python -m dsmcli CMD`` in a subprocess, signalled
-as soon as ``libtorch_cpu`` is mapped: the first seconds of every command); a real SIGINT while the weights are
+as soon as ``libtorch_cpu`` is mapped: the first seconds of every command that runs a model); for the commands
+that need no torch (``models``, ``download``: they start without it, as ``dsm --help`` does), a real SIGINT while
+they import the Hub client (slowed down in the child); a real SIGINT while the weights are
 read (transcribe and speak in a subprocess whose safetensors reader waits, as on a slow disk); and a Ctrl-C
 while the model or the registry loads for every command (the loader raises KeyboardInterrupt, in this process).
 """
@@ -53,6 +55,8 @@ COMMANDS = [
     ["dialog", "script.txt"],
     ["voices"],
     ["bench", "--random-weights"],
+]
+TORCH_FREE_COMMANDS = [
     ["models"],
     ["download", "stt-1b-en_fr"],
 ]
@@ -64,6 +68,60 @@ def test_ctrl_c_while_importing(args, tmp_path):
     code, err = _sigint_while_importing_torch(args, tmp_path)
     assert code == 130, err
     assert err.splitlines() == ["dsm: interrupted"], err
+
+
+SLOW_IMPORT = """
+import importlib.abc, pathlib, sys, time
+marker, slow_module = pathlib.Path(sys.argv[1]), sys.argv[2]
+class SlowImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == slow_module:
+            marker.touch()
+            time.sleep(120)  # a slow import (cold disk): the test presses Ctrl-C meanwhile
+        return None
+sys.meta_path.insert(0, SlowImport())
+sys.argv = ["dsm", *sys.argv[3:]]
+from dsmcli.__main__ import run
+run()
+"""
+
+
+def _sigint_when(marker: Path, child: list[str], cwd: Path, timeout: float = STARTUP_TIMEOUT) -> tuple[int, str]:
+    """Run ``child``; send SIGINT once it creates ``marker``; (exit code, stderr)."""
+    proc = subprocess.Popen(child, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env(), cwd=cwd)
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, f"{child}: {marker.name} never appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=EXIT_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, err.decode(errors="replace")
+
+
+@pytest.mark.parametrize("args", TORCH_FREE_COMMANDS, ids=lambda args: args[0])
+def test_ctrl_c_while_importing_the_hub_client(args, tmp_path):
+    marker = tmp_path / "importing"
+    code, err = _sigint_when(marker, [sys.executable, "-c", SLOW_IMPORT, str(marker), "huggingface_hub", *args],
+                             tmp_path)
+    assert code == 130, err
+    assert err.splitlines() == ["dsm: interrupted"], err
+
+
+@pytest.mark.parametrize("args", [["--help"], ["models", "--json"], ["speak", "--help"]], ids=" ".join)
+def test_start_up_without_torch(args, tmp_path):
+    """`dsm --help`, a command's help and `dsm models` never import torch (seconds saved on every such call)."""
+    check = ("import runpy, sys; sys.argv = ['dsm', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('dsmcli', run_name='__main__')\n"
+             "except SystemExit as exit:\n    assert exit.code in (0, None), exit.code\n"
+             "print('torch' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", check, *args], capture_output=True, env=subprocess_env(),
+                          cwd=tmp_path, timeout=EXIT_TIMEOUT)
+    assert proc.returncode == 0 and proc.stderr.decode().splitlines()[-1] == "False", proc.stderr.decode()
 
 
 SLOW_DISK = """
@@ -124,8 +182,8 @@ def sigint_handler_kept():
     (["dialog", "{script}"], "dsmcli.commands.speak_run.load_checkpoint"),
     (["voices"], "dsmcli.commands.speak_run.load_checkpoint"),
     (["bench", "--random-weights"], "dsmcli.bench.runner.run_bench"),
-    (["models"], "dsmcli.hub.files.load_registry"),
-    (["download", "stt-1b-en_fr"], "dsmcli.hub.files.load_registry"),
+    (["models"], "dsmcli.hub.registry.load_registry"),
+    (["download", "stt-1b-en_fr"], "dsmcli.hub.registry.load_registry"),
 ], ids=lambda value: value[0] if isinstance(value, list) else None)
 def test_ctrl_c_while_loading(args, loader, tmp_path, capfd, monkeypatch, sigint_handler_kept):
     from dsmcli.cli import main

@@ -75,7 +75,7 @@ def test_derived_values_of_tts_1b6():
     config = LMConfig.from_dict(TTS_1B6)
     assert (config.text_initial_id, config.audio_initial_id, config.text_vocab_in) == (8000, 2048, 8001)
     assert (config.zero_id, config.ungenerated_id, config.text_pad_id, config.end_of_padding_id) == (-1, -2, 3, 0)
-    assert config.text_card_out == 8000 and config.max_delay == 2 and config.num_input_audio == 0
+    assert config.text_card_out == 8000 and config.max_delay == 2 and config.n_q - config.dep_q == 0
     main = config.transformer
     assert main.norm is NormKind.RMS_NORM_F32 and main.gating is Activation.SILU
     assert main.positional_embedding is PositionalEmbedding.ROPE and main.context == 500

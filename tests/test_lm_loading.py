@@ -13,7 +13,8 @@ from test_lm_harness import reference_checkpoint, voice_inputs
 
 from dsmcli.engine import LM, LMStream, SamplingOptions
 from dsmcli.errors import ModelLoadError
-from dsmcli.hub.files import load_checkpoint
+from dsmcli.hub.checkpoint import load_checkpoint
+from dsmcli.hub.loaders import load_lm
 
 
 def _local_copy(repo: str, dest: Path) -> Path:
@@ -26,7 +27,7 @@ def _local_copy(repo: str, dest: Path) -> Path:
 
 
 def test_default_dtype_bf16_with_float32_conditioners(tiny_tts):
-    lm = LM.load(tiny_tts)
+    lm = load_lm(tiny_tts)
     assert lm.dtype == torch.bfloat16 and lm.device == torch.device("cpu")
     assert lm.depformer.heads[0].weight.dtype == torch.bfloat16
     params = dict(lm.conditioning.named_parameters())
@@ -35,7 +36,7 @@ def test_default_dtype_bf16_with_float32_conditioners(tiny_tts):
 
 def test_same_weights_as_the_reference_loader(tiny_tts):
     ref = reference_checkpoint(tiny_tts).get_moshi(device="cpu", dtype=torch.float32)
-    from_file = LM.load(tiny_tts, dtype=torch.float32)
+    from_file = load_lm(tiny_tts, dtype=torch.float32)
     from_module = LM.from_state(from_file.config, dict(ref.state_dict()), dtype=torch.float32)  # split names
     a, b = from_file.state_dict(), from_module.state_dict()
     assert a.keys() == b.keys()
@@ -59,7 +60,7 @@ def test_packed_and_split_depformer_files_give_identical_outputs(tiny_tts, tiny_
     voice = hub_download(tiny_voices, "voices/alice.wav.1e68beda@240.safetensors")
     outputs = []
     for folder in (tmp_path / "packed", split_dir):
-        lm = LM.load(folder, dtype=torch.float32)
+        lm = load_lm(folder, dtype=torch.float32)
         gen = LMStream(lm, SamplingOptions.greedy())
         state = gen.init_state(1, voice_inputs([voice], 5, "2.0"))
         outputs.append(torch.stack([gen.step(None, state).frame[0] for _ in range(12)]))
@@ -73,11 +74,11 @@ def test_missing_and_misshaped_tensors_are_named(tiny_stt, tmp_path):
     missing = {k: v for k, v in state.items() if k != "out_norm.alpha"}
     save_file(missing, str(lm_file))
     with pytest.raises(ModelLoadError, match=r"missing tensor out_norm\.alpha"):
-        LM.load(tmp_path / "model")
+        load_lm(tmp_path / "model")
     state["text_linear.weight"] = state["text_linear.weight"][:-1].contiguous()
     save_file(state, str(lm_file))
     with pytest.raises(ModelLoadError, match=r"text_linear\.weight"):
-        LM.load(tmp_path / "model")
+        load_lm(tmp_path / "model")
 
 
 def test_unknown_config_key_is_a_model_error(tiny_stt, tmp_path):
@@ -87,4 +88,4 @@ def test_unknown_config_key_is_a_model_error(tiny_stt, tmp_path):
     config["mixture_of_experts"] = 8
     config_path.write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="mixture_of_experts"):
-        LM.load(tmp_path / "model")
+        load_lm(tmp_path / "model")

@@ -21,7 +21,8 @@ from test_lm_harness import (
     run_ref_stt,
 )
 
-from dsmcli.engine import LM, EngineOptions
+from dsmcli.engine import EngineOptions
+from dsmcli.hub.loaders import load_lm
 
 SECONDS = 17.0  # 212 steps of 80 ms
 
@@ -33,7 +34,7 @@ def stt_case(request, bria_24k):
     info = reference_checkpoint(repo)
     ref_lm = info.get_moshi(device="cpu", dtype=torch.float32)
     codes = encode_speech(info.get_mimi(device="cpu"), bria_24k(SECONDS))
-    ours = LM.load(repo, dtype=torch.float32)
+    ours = load_lm(repo, dtype=torch.float32)
     return repo, ref_lm, ours, codes, run_ref_stt(ref_lm, codes)
 
 
@@ -72,7 +73,7 @@ def test_bfloat16_close_to_reference(tiny_stt, bria_24k):
     info = reference_checkpoint(tiny_stt)
     codes = encode_speech(info.get_mimi(device="cpu"), bria_24k(8.0))
     ref = run_ref_stt(info.get_moshi(device="cpu", dtype=torch.bfloat16), codes)
-    ours = LM.load(tiny_stt)
+    ours = load_lm(tiny_stt)
     assert ours.dtype == torch.bfloat16
     static = run_our_stt(ours, codes, forced=ref.tokens, engine=EngineOptions(static_shapes=True))
     assert float(relative_error(static.logits, ref.logits).max()) <= 1e-2

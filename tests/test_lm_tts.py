@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from test_lm_harness import OurTTSRun, encode_speech, ref_tts_frames, reference_checkpoint, voice_inputs
 
-from dsmcli.engine import LM, SamplingOptions
+from dsmcli.engine import SamplingOptions
+from dsmcli.hub.loaders import load_lm
 
 SCRIPT = ("Hello there, this is a tiny voice speaking a few words so that the stream runs for a while, "
           "with enough words to keep the depformer busy for more than one hundred steps of audio.")
@@ -42,7 +43,7 @@ def test_tts_two_voices_distilled_cfg(tiny_tts, tiny_voices):
     audio = ref[tts.delay_steps :, :, 1:]
     assert (audio >= 0).all() and audio.unique().numel() > 8  # real codes from every codebook
 
-    ours = LM.load(tiny_tts, dtype=torch.float32)
+    ours = load_lm(tiny_tts, dtype=torch.float32)
     condition = voice_inputs(voices, tts.max_speakers, "2.0")
     entries = [tts.prepare_script([SCRIPT], padding_between=1)]
     frames = OurTTSRun(tts, ours, entries, condition).run(STEPS)
@@ -58,7 +59,7 @@ def test_tts_prefix_real_cfg(tiny_tts_prefix, bria_24k):
     entries = [tts.prepare_script([SCRIPT], padding_between=1)]
     ref = ref_tts_frames(tts, entries, [], prefixes=[prefix], steps=100)
 
-    ours = LM.load(tiny_tts_prefix, dtype=torch.float32)
+    ours = load_lm(tiny_tts_prefix, dtype=torch.float32)
     entries = [tts.prepare_script([SCRIPT], padding_between=1)]
     guided = SamplingOptions(temp=0.0, text_temp=0.0, cfg_coef=2.0)
     frames = OurTTSRun(tts, ours, entries, None, prefixes=[prefix], options=guided).run(100)
@@ -79,7 +80,7 @@ def test_tts_sampling_draws_like_the_reference(tiny_tts, tiny_voices):
     attributes = tts.make_condition_attributes(voices, cfg_coef=2.0)
     torch.manual_seed(1234)
     ref = ref_tts_frames(tts, [tts.prepare_script([SCRIPT], padding_between=1)], [attributes], steps=40)
-    ours = LM.load(tiny_tts, dtype=torch.float32)
+    ours = load_lm(tiny_tts, dtype=torch.float32)
     options = SamplingOptions(temp=0.6, top_k=250, text_temp=0.6, text_top_k=25)
     run = OurTTSRun(tts, ours, [tts.prepare_script([SCRIPT], padding_between=1)], voice_inputs(voices, 5, "2.0"),
                     options=options)
@@ -94,7 +95,7 @@ def test_tts_fewer_codebooks_than_the_depformer(tiny_tts, tiny_voices):
     attributes = tts.make_condition_attributes(voices, cfg_coef=1.5)
     ref = ref_tts_frames(tts, [tts.prepare_script([SCRIPT], padding_between=1)], [attributes], steps=40)
     assert ref.shape[-1] == 1 + 5
-    ours = LM.load(tiny_tts, dtype=torch.float32)
+    ours = load_lm(tiny_tts, dtype=torch.float32)
     run = OurTTSRun(tts, ours, [tts.prepare_script([SCRIPT], padding_between=1)], voice_inputs(voices, 5, "1.5"),
                     num_generated=5)
     _assert_frames_equal(run.run(40), ref, "tiny-tts n_q=5")

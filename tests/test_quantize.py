@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsmcli.codec import Mimi
 from dsmcli.engine import (
     LM,
     ConditionInputs,
@@ -34,6 +33,7 @@ from dsmcli.engine.quantize import (
     quantize_rows,
 )
 from dsmcli.kernels import DISABLE_ENV, int8_linear_op
+from dsmcli.hub.loaders import load_lm, load_mimi
 
 LINEAR_RTOL = 0.02  # relative L2 error of one int8 linear against the float weight (~0.5-0.9 % measured)
 NATIVE_RTOL = 1e-4  # native kernel vs exact float64 math on the dequantized weight (int16 activations: ~3e-5)
@@ -159,7 +159,7 @@ def test_indexing_and_unsupported_ops():
 
 
 def _speech_codes(repo: str, bria_24k) -> torch.Tensor:
-    mimi = Mimi.load(repo)
+    mimi = load_mimi(repo)
     return mimi.encode(torch.from_numpy(bria_24k(SPEECH_SECONDS))[None, None])  # [1, n_q, T]
 
 
@@ -187,8 +187,8 @@ def _assert_close_run(ref: tuple[torch.Tensor, torch.Tensor], quant: tuple[torch
 
 def test_quantized_stt_follows_float(tiny_stt, bria_24k):
     codes = _speech_codes(tiny_stt, bria_24k)
-    reference = LM.load(tiny_stt, dtype=torch.float32)
-    model = LM.load(tiny_stt, dtype=torch.float32)
+    reference = load_lm(tiny_stt, dtype=torch.float32)
+    model = load_lm(tiny_stt, dtype=torch.float32)
     linear_tensors = 4 * model.config.transformer.num_layers + 1 + model.config.extra_heads_num_heads
     report = quantize_lm(model, "int8")
     assert (report.method, report.kernel, report.tensors) == (QuantMethod.INT8, Int8Kernel.AUTO, linear_tensors)
@@ -201,7 +201,7 @@ def test_quantized_stt_follows_float(tiny_stt, bria_24k):
 
 
 def test_quantize_none_leaves_the_model_alone(tiny_stt):
-    model = LM.load(tiny_stt, dtype=torch.float32)
+    model = load_lm(tiny_stt, dtype=torch.float32)
     before = {k: v.data_ptr() for k, v in model.state_dict().items()}
     report = quantize_lm(model, QuantMethod.NONE)
     assert report.tensors == 0
@@ -219,7 +219,7 @@ def _tts_condition(lm: LM) -> ConditionInputs:
 def test_quantized_tts_depformer_follows_float(tiny_tts):
     """Backbone, cross-attention, demuxed text embedding and the scheduled depformer all quantized; text and audio
     tokens teacher-forced from the float run so both see the same inputs."""
-    reference, model = LM.load(tiny_tts, dtype=torch.float32), LM.load(tiny_tts, dtype=torch.float32)
+    reference, model = load_lm(tiny_tts, dtype=torch.float32), load_lm(tiny_tts, dtype=torch.float32)
     quantize_lm(model, "int8")
     condition = _tts_condition(reference)
     forced: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -239,8 +239,8 @@ def test_quantized_tts_depformer_follows_float(tiny_tts):
 
 @pytest.mark.parametrize("kernel", ["auto", "dequantize"])
 def test_quantized_bfloat16_model(tiny_stt, kernel):
-    reference = LM.load(tiny_stt, dtype=torch.bfloat16)
-    model = LM.load(tiny_stt, dtype=torch.bfloat16)
+    reference = load_lm(tiny_stt, dtype=torch.bfloat16)
+    model = load_lm(tiny_stt, dtype=torch.bfloat16)
     assert quantize_lm(model, "int8", kernel=kernel).kernel is Int8Kernel(kernel)
     codes = torch.randint(0, model.config.card, (1, model.config.n_q, 12), generator=torch.Generator().manual_seed(1))
     fp = _stt_run(reference, codes, None)

@@ -28,8 +28,9 @@ from dsmcli.engine.quantize import (
     quantize_rows_int4,
     unpack_int4,
 )
-from dsmcli.hub.files import load_checkpoint
+from dsmcli.hub.checkpoint import load_checkpoint
 from dsmcli.kernels import DISABLE_ENV, int4_linear_op
+from dsmcli.hub.loaders import load_lm
 
 NATIVE_RTOL = 1e-4  # native kernel vs float64 math on the dequantized weight (int16 activations: ~3e-5 measured)
 LINEAR_RTOL = 0.15  # one int4 linear vs the float weight, Gaussian weights (9-13 % measured: 4 bits)
@@ -137,9 +138,9 @@ def _assert_same_model(a: LM, b: LM) -> None:
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_quantized_while_loading_is_quantize_lm(tiny_tts, method):
-    after = LM.load(tiny_tts, dtype=torch.float32)
+    after = load_lm(tiny_tts, dtype=torch.float32)
     report = quantize_lm(after, method)
-    loading = LM.load(tiny_tts, dtype=torch.float32, quantize=method)
+    loading = load_lm(tiny_tts, dtype=torch.float32, quantize=method)
     assert loading.quantization == report and report.method is QuantMethod(method)
     assert not any(isinstance(p, torch.Tensor) and p.dim() == 2 and name.endswith("in_proj")
                    for name, p in loading.named_parameters())
@@ -161,8 +162,8 @@ def test_int4_stt_follows_float(tiny_stt, bria_24k):
     from test_quantize import _speech_codes, _stt_run
 
     codes = _speech_codes(tiny_stt, bria_24k)
-    reference = LM.load(tiny_stt, dtype=torch.float32)
-    model = LM.load(tiny_stt, dtype=torch.float32, quantize="int4")
+    reference = load_lm(tiny_stt, dtype=torch.float32)
+    model = load_lm(tiny_stt, dtype=torch.float32, quantize="int4")
     assert model.quantization is not None and model.quantization.native_tensors > 0
     fp32 = _stt_run(reference, codes, None)
     int4 = _stt_run(model, codes, fp32[1])

@@ -12,11 +12,11 @@ import torch
 
 import dsmcli.codec.conv as conv_module
 import dsmcli.codec.seanet as seanet_module
-from dsmcli.codec import Mimi
 from dsmcli.codec.config import SEANetConfig
 from dsmcli.codec.conv import CONVTR, CONVTR_DEPTHWISE, CausalConvTranspose1d
 from dsmcli.codec.seanet import ELU, SEANetDecoder
 from dsmcli.kernels import seanet_step_op
+from dsmcli.hub.loaders import load_mimi
 
 REL_TOL = 1e-5  # float sums in other orders through 14 convs and 4 transposed convs, relative to the largest output
 REF_AUDIO_TOL = 1e-4  # the codec parity tests' audio tolerance (test_codec_parity.py)
@@ -142,7 +142,7 @@ def test_native_streaming_decode_matches_the_reference(fixture_dir, tiny_stt, mo
     repo = fixture_dir / "tiny-stt"
     config = json.loads((repo / MIMI_CONFIG_NAME).read_text())
     ref = load_ref_mimi(repo / STT_MIMI_NAME, config, num_codebooks=config["quantizer"]["n_q"])
-    ours = Mimi.load(tiny_stt)
+    ours = load_mimi(tiny_stt)
     torch.manual_seed(3)
     codes = torch.randint(0, ours.cardinality, (1, ours.total_codebooks, 30))
     calls = []

@@ -21,6 +21,7 @@ from dsmcli.tts.state_machine import (  # noqa: E402
     TextStreamMachine,
 )
 from dsmcli.tts.tokens import TtsTokenIds  # noqa: E402
+from dsmcli.hub.task_config import TtsConfig
 
 TEXT_CARD = 8000
 IDS = TtsTokenIds.for_text_card(TEXT_CARD)
@@ -246,10 +247,11 @@ def test_batch_streaming_api():
 
 
 def test_config_from_checkpoint_values():
-    ids = TtsTokenIds.from_lm_kwargs({"text_card": 8000, "existing_text_padding_id": 3})
+    ids = TtsTokenIds.for_text_card(8000, pad=3)
     assert (ids.card, ids.new_word, ids.pad, ids.main, ids.other, ids.zero, ids.ungenerated) == (
         8001, 0, 3, 1, 2, -1, -2)
-    config = TextStreamConfig.from_config(ids, {"audio_delay": 1.28, "second_stream_ahead": 2})
+    tts = TtsConfig.from_dict({"audio_delay": 1.28, "second_stream_ahead": 2})
+    config = TextStreamConfig(ids, tts.second_stream_ahead)
     assert (config.second_stream_ahead, config.max_padding, config.initial_padding) == (2, 8, 2)
     assert ids.demux(ids.mux(17, 4)) == (17, 4) and ids.demux(ids.mux(3)) == (3, -1)
     with pytest.raises(ValueError):

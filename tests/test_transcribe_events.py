@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import pytest
 
-from dsmcli.hub.files import load_checkpoint
+from dsmcli.hub.checkpoint import load_checkpoint
 from dsmcli.outputs import (
     JsonWriter,
     SrtWriter,
@@ -22,7 +22,7 @@ from dsmcli.outputs import (
 )
 from dsmcli.results import EndOfTurn, Word
 from dsmcli.outputs.segments import SegmentOptions, SubtitleOptions
-from dsmcli.stt import load_tokenizer
+from dsmcli.hub.loaders import load_tokenizer
 from dsmcli.stt.transcriber import InputEvents
 from dsmcli.stt.words import WordAssembler
 

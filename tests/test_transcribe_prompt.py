@@ -231,7 +231,7 @@ def test_prompt_text_the_vocabulary_cannot_spell_is_refused(models):
     with pytest.raises(UsageError, match="cannot spell Ω") as error:
         Transcriber(stt, prompt=SttPrompt("fo Ω la"))
     assert "la" not in str(error.value).split("spell", 1)[1].split(";")[0]
-    with pytest.raises(UsageError, match="--prompt is empty"):
+    with pytest.raises(UsageError, match="prompt is empty"):
         SttPrompt("  ")
 
 

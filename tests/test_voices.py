@@ -20,7 +20,8 @@ from safetensors.torch import save_file  # noqa: E402
 
 from dsmcli.constants import SAMPLE_RATE  # noqa: E402
 from dsmcli.errors import InputError, ModelLoadError  # noqa: E402
-from dsmcli.hub.files import Checkpoint, ModelSource  # noqa: E402
+from dsmcli.hub.checkpoint import Checkpoint  # noqa: E402
+from dsmcli.hub.files import ModelSource  # noqa: E402
 from dsmcli.tts.tokens import TtsTokenIds  # noqa: E402
 from dsmcli.tts.voices import (  # noqa: E402
     ResolvedVoice,
@@ -31,7 +32,6 @@ from dsmcli.tts.voices import (  # noqa: E402
     build_speaker_condition,
     list_voices,
     load_voice_embedding,
-    local_voice_sources,
     resolve_voice,
     voice_model_tag,
 )
@@ -262,7 +262,7 @@ def test_list_voices(setup_16b, tmp_path):
     write_voice(local / ("mine.wav" + SUFFIX))
     write_wav(local / "clip.wav")
     (local / "notes.txt").write_text("not a voice")
-    sources = [setup_16b.voices, *local_voice_sources([local])]
+    sources = [setup_16b.voices, ModelSource(name=str(local), local_dir=Path(local))]
     every = list_voices(sources)
     names = [(v.name, v.model_tag) for v in every]
     assert names == [

@@ -12,7 +12,7 @@ import torch
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 from dsmcli.errors import InputError  # noqa: E402
-from dsmcli.hub.files import load_checkpoint  # noqa: E402
+from dsmcli.hub.checkpoint import load_checkpoint  # noqa: E402
 from dsmcli.tts.script import script_to_entries  # noqa: E402
 from dsmcli.tts.state_machine import TextStreamConfig  # noqa: E402
 from dsmcli.tts.tokens import TtsTokenIds  # noqa: E402
@@ -61,8 +61,8 @@ def test_entries_with_the_checkpoint_tokenizer(tiny_tts, multi_speaker):
 
     checkpoint = load_checkpoint(tiny_tts)
     tokenizer = SentencePieceProcessor(model_file=str(checkpoint.tokenizer_path))
-    ids = TtsTokenIds.from_lm_kwargs(checkpoint.lm_kwargs)
-    config = TextStreamConfig.from_config(ids, checkpoint.tts_config)
+    ids = TtsTokenIds.from_lm_config(checkpoint.lm_config)
+    config = TextStreamConfig(ids, checkpoint.tts.second_stream_ahead)
     assert config.second_stream_ahead == 2 and ids.card == checkpoint.lm_kwargs["text_card"] + 1
     script = ["Hello: this is (a) test <break time=\"0.5s\"/> of the tiny model’s voice.", "Bonjour à vous!"]
     ours = script_to_entries(tokenizer, ids, script, multi_speaker=multi_speaker)

@@ -142,7 +142,7 @@ class _ByteSink(AudioSink):
 
     def discard(self) -> None:
         """Drop the temporary of an atomic file (a failed or interrupted input of a corpus run)."""
-        from dsmcli.corpus.atomic import discard
+        from dsmcli.outputs.atomic import discard
 
         discard(self.stream)
 
@@ -252,7 +252,7 @@ def open_sink(
 ) -> AudioSink:
     """The sink for ``target``: ``-`` is stdout (WAV, or raw s16le with ``raw``); a path picks
     by extension (.wav or none, .raw/.pcm, .flac, .ogg, .mp3). Refuses to overwrite without ``force``. ``atomic``:
-    the file is written under a temporary name and renamed when closed (``dsmcli.corpus.atomic``)."""
+    the file is written under a temporary name and renamed when closed (``dsmcli.outputs.atomic``)."""
     if str(target) == STDOUT:
         return RawWriter(STDOUT, rate, channels) if raw else WavWriter(STDOUT, rate, channels)
     path = Path(target)
@@ -273,13 +273,13 @@ def open_sink(
 
 
 def _open_atomic(path: str | Path) -> BinaryIO:
-    from dsmcli.corpus.atomic import open_binary
+    from dsmcli.outputs.atomic import open_binary
 
     return cast(BinaryIO, open_binary(path))
 
 
-def _atomic_target(path: str | Path):  # -> dsmcli.corpus.atomic.AtomicTarget
-    from dsmcli.corpus.atomic import AtomicTarget
+def _atomic_target(path: str | Path):  # -> dsmcli.outputs.atomic.AtomicTarget
+    from dsmcli.outputs.atomic import AtomicTarget
 
     return AtomicTarget(path)
 

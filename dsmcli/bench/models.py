@@ -25,7 +25,9 @@ from dsmcli.codec.quantizer import ResidualVQ
 from dsmcli.engine import LM, LMConfig
 from dsmcli.engine.quantize import QuantizeReport, QuantMethod, WeightQuantizer, quantization_targets
 from dsmcli.errors import ModelLoadError
-from dsmcli.hub.files import Checkpoint, ModelSource, NotCachedError, load_checkpoint
+from dsmcli.hub.checkpoint import Checkpoint, load_checkpoint
+from dsmcli.hub.files import ModelSource, NotCachedError
+from dsmcli.hub.loaders import load_lm, load_mimi, mimi_config
 from dsmcli.stt import SttTiming
 
 NORM_GAIN_NAMES = ("alpha",)  # RMSNorm gains ([1, 1, D]); other 1-D weights (LayerNorm, layer scale) too
@@ -58,13 +60,12 @@ class BenchModel:
 
     @property
     def stt_timing(self) -> SttTiming:
-        return SttTiming.from_stt_config(self.checkpoint.stt_config)
+        return SttTiming.from_config(self.checkpoint.stt)
 
     @property
     def tts_delay_steps(self) -> int:
         """Steps the audio lags the text (``int(audio_delay * frame_rate)``, as ``TtsModel``)."""
-        delay = float(self.checkpoint.tts_config.get("audio_delay", 0.0))
-        return int(delay * float(self.frame_rate))
+        return self.checkpoint.tts.delay_steps(self.frame_rate, self.name)
 
     @property
     def params(self) -> int:
@@ -161,11 +162,6 @@ def random_mimi(config: MimiConfig, device: torch.device, seed: int) -> Mimi:
     return mimi.eval().requires_grad_(False)
 
 
-def _mimi_config(checkpoint: Checkpoint) -> MimiConfig:
-    raw = checkpoint.mimi_config
-    return MimiConfig() if raw is None else MimiConfig.from_dict(raw)
-
-
 def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, random_weights: bool = False,
                      quantize: QuantMethod = QuantMethod.NONE, seed: int = 0) -> BenchModel:
     """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize."""
@@ -174,11 +170,11 @@ def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, ra
         checkpoint = bench_checkpoint(model, random_weights)
         kind = _kind(checkpoint)
         if random_weights:
-            lm = random_lm(LMConfig.from_dict(checkpoint.lm_kwargs), device, dtype, seed, quantize)
-            mimi = random_mimi(_mimi_config(checkpoint), device, seed + 1)
+            lm = random_lm(checkpoint.lm_config, device, dtype, seed, quantize)
+            mimi = random_mimi(mimi_config(checkpoint), device, seed + 1)
         else:
-            lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype, quantize=quantize)
-            mimi = Mimi.load(model, device=device)
+            lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
+            mimi = load_mimi(checkpoint, device=device)
     except NotCachedError as exc:
         if random_weights or model not in ARCHITECTURES:
             raise

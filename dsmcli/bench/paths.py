@@ -32,7 +32,8 @@ from dsmcli.bench.models import BenchModel, ModelKind
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine import ConditionerKind, ConditionInputs, TensorCondition
 from dsmcli.engine.scheduler import SlotScheduler, SlotStream
-from dsmcli.stt import SttModel, load_tokenizer
+from dsmcli.hub.loaders import load_tokenizer
+from dsmcli.stt import SttModel
 from dsmcli.stt.batch import SttBatch
 from dsmcli.stt.options import TranscribeOptions
 from dsmcli.stt.transcriber import AudioStream
@@ -43,7 +44,7 @@ from dsmcli.tts.script import Entry
 from dsmcli.tts.slot_voice import SlotVoice
 from dsmcli.tts.text_feed import EntryFeed
 from dsmcli.tts.tokens import TtsTokenIds
-from dsmcli.tts.voices import DEFAULT_MAX_SPEAKERS, VoiceSetup
+from dsmcli.tts.voices import VoiceSetup
 
 NOISE_LEVEL = 0.1  # amplitude of the noise fed to the encoder
 VOICE_SECONDS = 10  # length of one voice embedding (FORMAT.md §6.7): 125 frames at 12.5 Hz
@@ -168,7 +169,7 @@ def tts_condition(model: BenchModel, batch: int, seed: int) -> ConditionInputs |
         return None
     generator = torch.Generator().manual_seed(seed)
     frames = int(VOICE_SECONDS * model.frame_rate)
-    speakers = int(model.checkpoint.tts_config.get("max_speakers", DEFAULT_MAX_SPEAKERS))
+    speakers = model.checkpoint.tts.max_speakers
     values, tensors = {}, {}
     for conditioner in config.conditioners:
         if conditioner.kind is ConditionerKind.LUT:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsmcli.codec.checkpoint import released_names
 from dsmcli.codec.config import MimiConfig, PadMode
 from dsmcli.codec.conv import (
     CausalConv1d,
@@ -26,6 +27,7 @@ from dsmcli.codec.conv import (
 from dsmcli.codec.quantizer import SplitQuantizer
 from dsmcli.codec.seanet import LayerStates, SEANetDecoder, SEANetEncoder
 from dsmcli.codec.transformer import MimiTransformer, TransformerState
+from dsmcli.nn.state import assign_state, cast_floats
 
 
 @dataclass
@@ -88,13 +90,15 @@ class Mimi(nn.Module):
         self.num_codebooks = config.quantizer.n_q
 
     @classmethod
-    def load(cls, path_or_name, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-             num_codebooks: int | None = None) -> Mimi:
-        """Load a released Mimi: a ``.safetensors`` file (released sizes) or a model name / repo / directory
-        (its ``mimi_name`` file and ``mimi_config_name`` override). ``num_codebooks`` defaults to all."""
-        from dsmcli.codec.loading import load_mimi
-
-        return load_mimi(cls, path_or_name, device, dtype, num_codebooks)
+    def from_state(cls, state: dict[str, Tensor], config: MimiConfig | None = None,
+                   dtype: torch.dtype = torch.float32, source: str = "Mimi weights") -> Mimi:
+        """Build on the meta device and assign ``state`` strictly (released names or their aliases, see
+        :mod:`dsmcli.codec.checkpoint`), floating tensors cast to ``dtype``; eval mode, no gradients. Reading the
+        file is :func:`dsmcli.hub.loaders.load_mimi`'s job."""
+        with torch.device("meta"):
+            model = cls(config)
+        assign_state(model, cast_floats(released_names(state), lambda _key: dtype), source)
+        return model.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ properties
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from dsmcli.cli import INPUT, MODEL, OUTPUT, PERFORMANCE, app, examples
-from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
+from dsmcli.commands.common import INPUT, MODEL, OUTPUT, PERFORMANCE, dtype_option, examples
+from dsmcli.commands.common import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from dsmcli.bench.runner import BenchReport
@@ -19,11 +19,13 @@ MODEL_HELP = "Registry name, Hub repo id or local dir. Default: the registry's d
 PATHS_HELP = "Comma-separated: stt, tts, codec (= codec-encode,codec-decode). Default: the model's task + codec."
 
 
-@app.command("bench", epilog=examples(
+BENCH_EPILOG = examples(
     "dsm bench --random-weights --model stt-1b-en_fr --batch 1,8     # no download",
     "dsm bench --random-weights --quantize int8 --threads 2 --json",
     "dsm bench --model tts-1.6b-en_fr --paths tts,codec",
-))
+)
+
+
 def bench_cmd(
     paths: str | None = typer.Option(None, "--paths", metavar="PATHS", help=PATHS_HELP, rich_help_panel=INPUT),
     steps: int = typer.Option(20, "--steps", metavar="N", help="Timed steady-state steps per configuration.",
@@ -52,7 +54,7 @@ def bench_cmd(
     from dsmcli.bench.runner import BenchOptions, parse_batches, parse_paths, run_bench
     from dsmcli.engine.quantize import QuantMethod
     from dsmcli.errors import UsageError
-    from dsmcli.hub.files import default_model
+    from dsmcli.hub.registry import default_model
 
     try:
         method = QuantMethod(quantize)

@@ -1,15 +1,42 @@
-"""Flag parsing shared by the task commands (device, dtype)."""
+"""What every command module shares: the `--help` option panels and examples, device / dtype flags, and the
+spelling of flags in error messages (:func:`error_message`). No torch at import: `dsm --help` builds every command's help from here."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import typer
 
-from dsmcli.cli import PERFORMANCE
-from dsmcli.errors import UsageError
+from dsmcli.errors import DsmError, OptionError, OptionInputError, UsageError, option_message
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+# Option panels of `--help` (rich_help_panel=...): every option of every command sits in one of these.
+INPUT, OUTPUT, MODEL, DECODING, PERFORMANCE, DEVICES = "Input", "Output", "Model", "Decoding", "Performance", "Devices"
+
+DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+# Library option fields (OptionError.option) → the flag a user typed; other fields get --field-with-dashes.
+FLAGS: Mapping[str, str] = {"padding": "padding"}
+
+
+def examples(*lines: str) -> str:
+    """A command's help epilog: "Examples" then one command line each (Rich markup in them is escaped)."""
+    escaped = (line.replace("[", "\\[") for line in lines)
+    return "[bold]Examples[/bold]\n\n" + "\n".join(escaped)
+
+
+def flag_name(option: str) -> str:
+    """The CLI spelling of a library option field: ``padding_bonus`` → ``--padding-bonus``."""
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def error_message(error: DsmError) -> str:
+    """The one line a failure prints: an option named by the library (``n_q``) is spelled as its flag (``--n-q``)."""
+    if isinstance(error, (OptionError, OptionInputError)):
+        return option_message(flag_name(error.option), error.detail)
+    return str(error)
 
 
 def dtype_option():
@@ -18,6 +45,8 @@ def dtype_option():
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -34,9 +63,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device_name: str) -> torch.dtype:
+    import torch
+
     if name == "auto":
         # bf16 matmuls are slower than fp32 on most CPUs; GPUs want bf16.
         return torch.bfloat16 if resolve_device(device_name).type == "cuda" else torch.float32
-    if name.lower() not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
-    return DTYPES[name.lower()]
+    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+              "float16": torch.float16, "fp16": torch.float16}
+    if name.lower() not in dtypes:
+        raise UsageError(f"unknown dtype {name!r} (choose from {', '.join(DTYPE_NAMES)})")
+    return dtypes[name.lower()]

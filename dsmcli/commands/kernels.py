@@ -6,11 +6,9 @@ import sys
 
 import typer
 
-from dsmcli.cli import app
 from dsmcli.errors import EXIT_RUNTIME
 
 
-@app.command("kernels")
 def kernels_cmd(
     status: bool = typer.Option(False, "--status", help="Report what is built without building anything."),
 ) -> None:

@@ -1,12 +1,36 @@
-"""`dsm models` and `dsm download`."""
+"""`dsm models` and `dsm download`: the registry, the cache, and fetching a model's files ahead of time."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+import typer
+
+from dsmcli.commands.common import OUTPUT, examples
+from dsmcli.hub import checkpoint, registry
 from dsmcli.hub import files as hub
-def _cache_state(entry: hub.RegistryEntry) -> str:
+
+MODELS_EPILOG = examples("dsm models", "dsm models --json | jq '.[] | select(.cached)'")
+DOWNLOAD_EPILOG = examples("dsm download stt-1b-en_fr", "dsm download tts-1.6b-en_fr && dsm download tts-voices",
+                           "dsm download kyutai/stt-2.6b-en")
+
+
+def models_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print the registry as JSON.", rich_help_panel=OUTPUT),
+) -> None:
+    """List the model registry (weights.toml) and what is in the local cache."""
+    list_models(json_out=json_out)
+
+
+def download_cmd(
+    model: str = typer.Argument(..., metavar="MODEL", help="Registry name, Hub repo id, or local directory."),
+) -> None:
+    """Fetch a model's files into the Hugging Face cache ahead of time."""
+    download_model(model)
+
+
+def _cache_state(entry: registry.RegistryEntry) -> str:
     source = hub.ModelSource(name=entry.name, repo=entry.repo)
     if entry.role == "voices":
         return "yes" if hub.repo_in_cache(entry.repo) else "no"
@@ -14,7 +38,7 @@ def _cache_state(entry: hub.RegistryEntry) -> str:
 
 
 def list_models(json_out: bool = False) -> None:
-    rows = [(e, _cache_state(e)) for e in hub.load_registry().values()]
+    rows = [(e, _cache_state(e)) for e in registry.load_registry().values()]
     if json_out:
         data = [
             {"name": e.name, "repo": e.repo, "role": e.role, "default": e.default, "cached": c == "yes",
@@ -41,10 +65,10 @@ def download_model(name: str) -> None:
     from rich.console import Console
 
     console = Console(stderr=True)
-    registry = hub.load_registry()
-    if name in registry and registry[name].role == "voices":
-        path = hub.download_repo(registry[name].repo, name)
+    entries = registry.load_registry()
+    if name in entries and entries[name].role == registry.VOICES_ROLE:
+        path = hub.download_repo(entries[name].repo, name)
         console.print(f"voices of {name} in {path}")
         return
-    for path in hub.download(name):
+    for path in checkpoint.download(name):
         console.print(f"{path}")

@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 
-from dsmcli.cli import app
 from dsmcli.commands.common import resolve_device, resolve_dtype
 from dsmcli.errors import DsmError, UsageError
 
@@ -24,7 +23,6 @@ def _check_extra() -> None:
                            f"pip install 'dsmcli[serve]'") from None
 
 
-@app.command("serve")
 def serve_cmd(
     stt: Optional[str] = typer.Option(None, "--stt", help="STT model to serve (registry name, Hub repo id or dir).",
                                       rich_help_panel="Model"),

@@ -8,14 +8,13 @@ from typing import List, Optional
 
 import typer
 
-from dsmcli.cli import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, app, examples
-from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
+from dsmcli.commands.common import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, dtype_option, examples
+from dsmcli.commands.common import resolve_device, resolve_dtype
 from dsmcli.corpus import flags
 from dsmcli.corpus.inputs import TEXT_EXTENSIONS
 from dsmcli.corpus.plan import CorpusOptions, run_speak
 from dsmcli.errors import EXIT_INTERRUPTED, ModelLoadError, UsageError
-from dsmcli.tts.model import DEFAULT_TEMPERATURE, SpeakOptions
-from dsmcli.tts.state_machine import DEFAULT_MAX_PADDING
+from dsmcli.tts.options import DEFAULT_MAX_PADDING, DEFAULT_TEMPERATURE, SpeakOptions
 
 MODEL_HELP = "TTS model: registry name, Hub repo id or local dir. Default: the registry's default TTS model."
 VOICE_REPO_HELP = "Voices repository (registry name, Hub repo id or local dir) for --voice paths."
@@ -85,7 +84,7 @@ def _quantize(name: str) -> str:
 
 
 def _run(corpus: CorpusOptions | None = None, **fields) -> None:
-    from dsmcli.hub.files import default_model
+    from dsmcli.hub.registry import default_model
     from dsmcli.cpu_threads import set_threads
     from dsmcli.commands.speak_run import SpeakRequest, execute
 
@@ -105,13 +104,15 @@ def _run(corpus: CorpusOptions | None = None, **fields) -> None:
     sys.exit(result.exit_code)
 
 
-@app.command("speak", epilog=examples(
+SPEAK_EPILOG = examples(
     'dsm speak --text "Hello world." -o hello.wav --srt     # hello.wav and its word timings, hello.srt',
     'llm "tell a story" | dsm speak - --play               # speaks while the text still arrives',
     "dsm speak a.txt b.txt -o out/ --voice expresso/ex01-ex02_default_001_channel1_168s.wav",
     "dsm speak note.txt -o - --raw | aplay -r 24000 -f S16_LE -c 1 -t raw -",
     "dsm speak note.txt -m tts-0.75b-en-public --voice my_voice.mp3 -o clone.wav",
-))
+)
+
+
 def speak_cmd(
     inputs: List[str] = typer.Argument(None, metavar="FILE...",
                                        help="UTF-8 text files, or - to speak stdin as the text arrives."),
@@ -181,11 +182,13 @@ def speak_cmd(
          quantize=_quantize(quantize), corpus=corpus)
 
 
-@app.command("dialog", epilog=examples(
+DIALOG_EPILOG = examples(
     "dsm dialog talk.txt -v vctk/p225_023.wav -v vctk/p226_023.wav -o talk.wav   # [S1]/[S2] lines, a voice each",
     "dsm dialog talk.txt --voices Alice=vctk/p225_023.wav --voices Bob=vctk/p226_023.wav -o talk.wav",
     "cat talk.txt | dsm dialog - --play --srt -o talk.wav",
-))
+)
+
+
 def dialog_cmd(
     scripts: List[str] = typer.Argument(None, metavar="SCRIPT...",
                                         help="Dialog scripts ([S1] text / Name: text lines), or - for stdin."),
@@ -255,7 +258,9 @@ def _list_devices_and_exit(wanted: bool) -> None:
         sys.exit(0)
 
 
-@app.command("voices", epilog=examples("dsm voices", "dsm voices --json", "dsm voices --voice-repo ./my_voices"))
+VOICES_EPILOG = examples("dsm voices", "dsm voices --json", "dsm voices --voice-repo ./my_voices")
+
+
 def voices_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the voices as JSON.", rich_help_panel=OUTPUT),
     model: Optional[str] = _model_option(),

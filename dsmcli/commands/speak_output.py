@@ -25,7 +25,7 @@ from dsmcli.audio.sinks import (
     player_command,
 )
 from dsmcli.constants import SAMPLE_RATE
-from dsmcli.corpus import atomic
+from dsmcli.outputs import atomic
 from dsmcli.corpus.record import NULL_RECORDER
 from dsmcli.errors import DsmError, OutputError, UsageError
 from dsmcli.outputs import (

@@ -16,9 +16,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from dsmcli.engine import LMConfig
 from dsmcli.errors import EXIT_OK, EXIT_PARTIAL, DsmError, InputError, UsageError
-from dsmcli.hub.files import load_checkpoint
+from dsmcli.hub.checkpoint import load_checkpoint
 from dsmcli.outputs import WriterOptions
 from dsmcli.tts.synthesizer import SpeakJob, Synthesizer
 from dsmcli.tts.model import (
@@ -223,11 +222,10 @@ def execute(request: SpeakRequest) -> RunResult:
         from dsmcli.audio.live import check_device
 
         check_device(request.audio_device, "output")  # PortAudio and the device, before anything loads
-    checkpoint = load_checkpoint(request.model)
+    checkpoint = load_checkpoint(request.model)  # read and checked once: the model below loads from it
     setup = checked_voice_setup(checkpoint, request.voice_repo)
-    config = LMConfig.from_dict(checkpoint.lm_kwargs)
-    cfg_lut_value(config, request.options.cfg, checkpoint.name)  # fail before loading the weights
-    codebooks_to_generate(config, request.n_q, setup)
+    cfg_lut_value(checkpoint.lm_config, request.options.cfg, checkpoint.name)  # fail before loading the weights
+    codebooks_to_generate(checkpoint.lm_config, request.n_q, setup)
     if request.dialog and not setup.multi_speaker:
         raise UsageError(f"{checkpoint.name} takes a single voice prefix, not dialog voices: "
                          f"use a model with voice embeddings (tts-1.6b-en_fr)")
@@ -247,9 +245,8 @@ def execute(request: SpeakRequest) -> RunResult:
             sink.fail(error)
     if not prepared:
         return result
-    model = TtsModel.load(request.model, device=request.device, dtype=request.dtype, n_q=request.n_q,
-                          quantize=request.quantize,
-                          voice_repo=request.voice_repo)
+    model = TtsModel.from_checkpoint(checkpoint, setup, device=request.device, dtype=request.dtype, n_q=request.n_q,
+                                     quantize=request.quantize)
     jobs = _Jobs(request, model)
     work = [jobs.job(p, sink) for p, sink in prepared]
     Synthesizer(model, request.options, batch_size=min(request.batch_size, len(work))).run(work)
@@ -260,7 +257,8 @@ def available_voices(model: str | None, voice_repo: str | None) -> tuple[list[Vo
     """Voices usable offline with ``model`` (embeddings of its signature, or audio files for prefix models),
     and the name of the voices source they were looked up in. Reads the disk only, never the Hub: a model
     whose config is not cached gets every voice of its voices source, unfiltered (with a note on stderr)."""
-    from dsmcli.hub.files import NotCachedError, default_model, local_files_only
+    from dsmcli.hub.files import NotCachedError, local_files_only
+    from dsmcli.hub.registry import default_model
     from dsmcli.tts.voices import voices_source_for
 
     name = model or default_model("tts")

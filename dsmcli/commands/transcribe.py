@@ -7,21 +7,23 @@ from typing import List, Optional
 
 import typer
 
-from dsmcli.cli import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, app, examples
-from dsmcli.commands.common import dtype_option, resolve_device, resolve_dtype
+from dsmcli.commands.common import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, dtype_option, examples
+from dsmcli.commands.common import resolve_device, resolve_dtype
 from dsmcli.corpus import flags
 from dsmcli.corpus.inputs import AUDIO_EXTENSIONS
 from dsmcli.corpus.plan import run_transcribe as run_corpus
 from dsmcli.errors import EXIT_INTERRUPTED, EXIT_OK
 
 
-@app.command("transcribe", epilog=examples(
+TRANSCRIBE_EPILOG = examples(
     "dsm transcribe talk.mp3                      # text on stdout, each word as soon as it is final",
     "dsm transcribe talk.mp3 -o talk.srt          # subtitles (the extension picks the format)",
     "dsm transcribe *.mp3 -f all -o out/          # txt srt vtt tsv json per file, batched",
     "cat talk.mp3 | dsm transcribe - -f jsonl     # stdin (wav/flac/ogg/mp3...) as it arrives",
     "dsm transcribe --mic --srt -o live.srt       # the microphone, until Ctrl-C",
-))
+)
+
+
 def transcribe_cmd(
     inputs: List[str] = typer.Argument(
         None, metavar="FILE...", help="Audio files, or - for audio piped on stdin (wav, flac, ogg, mp3, ...)."),

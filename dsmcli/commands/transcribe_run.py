@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsmcli.corpus import atomic
+from dsmcli.outputs import atomic
 from dsmcli.corpus.record import NULL_RECORDER
 from dsmcli.engine.quantize import QuantMethod
 

@@ -1,7 +1,7 @@
 """The corpus run of ``dsm transcribe``: shard, ``--resume`` check, manifest, then one process or Ray.
 
 ``--resume`` skips an input when every file it writes exists under its final name: corpus runs write each
-output to a temporary and rename it only when complete (``dsmcli.corpus.atomic``), and drop the temporaries
+output to a temporary and rename it only when complete (``dsmcli.outputs.atomic``), and drop the temporaries
 of an input that fails or is interrupted, so a final name means a finished output. The other inputs run, and
 may overwrite what a killed run left of them.
 """
@@ -10,41 +10,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from dsmcli.corpus.inputs import STDIN, Shard
+from dsmcli.corpus.inputs import STDIN
 from dsmcli.corpus.manifest import Manifest
+from dsmcli.corpus.options import CorpusOptions, RayOptions  # noqa: F401 - imported from here too
 from dsmcli.corpus.record import Recorder
 from dsmcli.errors import DsmError, UsageError
 
 LIVE_SOURCES = (STDIN, "<mic>")
 RAY_ADDRESS = re.compile(r"^(auto|local|(ray|https?)://\S+|[\w.-]+:\d+)$")
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """``--ray`` (address None: ``RAY_ADDRESS``, else a local cluster), ``--ray-actors``, ``--ray-gpus-per-actor``;
-    ``device`` / ``dtype`` are the flags as written (an actor resolves ``auto`` on its own machine)."""
-
-    address: str | None = None
-    actors: int = 1
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
-    device: str = "auto"
-    dtype: str = "auto"
-
-
-@dataclass(frozen=True)
-class CorpusOptions:
-    manifest: str | None = None
-    resume: bool = False
-    shard: Shard | None = None
-    ray: RayOptions | None = None
-
-    @property
-    def active(self) -> bool:
-        return bool(self.manifest or self.resume or self.shard or self.ray)
 
 
 def split_ray_address(sources: Sequence[str], ray: bool) -> tuple[list[str], str | None]:

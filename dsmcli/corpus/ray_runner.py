@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from dsmcli.corpus.manifest import FAILED, ManifestRow
-from dsmcli.corpus.plan import RayOptions
+from dsmcli.corpus.options import RayOptions
 from dsmcli.corpus.ray_api import Transcribe, decode_audio
 from dsmcli.errors import DsmError, UsageError
 

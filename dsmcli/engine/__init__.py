@@ -2,8 +2,8 @@
 
 Stable surface::
 
-    lm = LM.load("stt-1b-en_fr", device="cpu", dtype=torch.bfloat16)   # or a Hub repo id / local dir
-    lm = LM.from_checkpoint(checkpoint)                                  # a dsmcli.hub.files.Checkpoint already read
+    lm = LM.from_state(config, state_dict, dtype=torch.bfloat16)       # the engine never reads files:
+    lm = dsmcli.hub.loaders.load_lm("stt-1b-en_fr")                     # the hub does (name, repo id, dir, Checkpoint)
     gen = LMStream(lm, SamplingOptions.greedy(), hooks=StepHooks(...))
     state = gen.init_state(batch_size, condition=None)                  # ConditionInputs for TTS models
     out = gen.step(audio_codes_or_None, state, active=None)             # one 80 ms step -> StepOutput

@@ -1,6 +1,7 @@
 """The DSM language model's architecture, parsed once from ``config.json`` (FORMAT.md §1.3–1.4, §3).
 
-``LMConfig.from_dict(checkpoint.lm_kwargs)`` reads the architecture keys the hub left after popping file
+``LMConfig.from_dict(lm_kwargs)`` (``Checkpoint.lm_config`` in :mod:`dsmcli.hub.checkpoint`) reads the
+architecture keys the hub left after popping file
 names and task configs. Policy for keys:
 
 * every key the reference ``LMModel`` understands is parsed into a typed field;
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from dsmcli.constants import UNGENERATED_TOKEN_ID, ZERO_TOKEN_ID
 from dsmcli.engine.condition_config import (
     ConditionerConfig,
     ConditionerKind,
@@ -36,8 +38,6 @@ from dsmcli.engine.condition_config import (
 from dsmcli.nn.gating import Activation
 from dsmcli.nn.norms import NormKind
 
-ZERO_TOKEN_ID = -1  # embeds to an exact zero vector; nothing is sampled for it
-UNGENERATED_TOKEN_ID = -2  # placeholder in the token ring for "not known yet"
 DISTILLED_CFG_CONDITION = "cfg"  # name of the LUT condition carrying a distilled CFG coefficient
 
 IGNORED_KEYS = frozenset({"betas", "gradient_checkpointing", "depformer_causal", "depformer_context",
@@ -220,11 +220,6 @@ class LMConfig:
     def max_delay(self) -> int:
         return max(self.delays)
 
-    @property
-    def num_input_audio(self) -> int:
-        """Audio streams supplied by the caller (not generated): ``n_q - dep_q``."""
-        return self.n_q - self.dep_q
-
     def conditioner(self, name: str) -> ConditionerConfig | None:
         return next((c for c in self.conditioners if c.name == name), None)
 
@@ -237,7 +232,7 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> LMConfig:
-        """Parse ``checkpoint.lm_kwargs`` (see the module docstring for the key policy)."""
+        """Parse the architecture keys of config.json (see the module docstring for the key policy)."""
         _check_keys(raw)
         for flag in ("quantize", "lora"):
             if raw.get(flag, False):

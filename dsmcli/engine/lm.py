@@ -9,7 +9,6 @@ float32, everything else in the model dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 import torch
@@ -24,10 +23,9 @@ from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.quantize import QuantizeReport, QuantMethod, WeightQuantizer, quantization_targets
 from dsmcli.errors import ModelLoadError
 from dsmcli.engine.transformer import Transformer, TransformerState
-from dsmcli.hub.files import Checkpoint, load_checkpoint
 from dsmcli.nn import make_norm
 from dsmcli.nn.linear import linear
-from dsmcli.hub.weights import assign_state, cast_floats, read_safetensors
+from dsmcli.nn.state import assign_state, cast_floats
 
 FLOAT32_PREFIXES = ("condition_provider.", "fuser.")  # file tensors kept in float32 whatever the model dtype
 FLOAT32_MODULES = ("conditioning.", "fuser.")  # the same tensors under their module names
@@ -68,22 +66,7 @@ class LM(nn.Module):
         self.native_attention = False
         self.quantization: QuantizeReport | None = None  # what quantization did (None: a float model)
 
-    # ----------------------------------------------------------------------------------------- loading
-    @classmethod
-    def load(cls, name_or_path: str | Path, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.bfloat16, quantize: QuantMethod | str = QuantMethod.NONE) -> LM:
-        """Load a released checkpoint (registry name, Hub repo id or local directory); ``quantize``: see
-        :meth:`from_state`."""
-        return cls.from_checkpoint(load_checkpoint(name_or_path), device, dtype, quantize)
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.bfloat16, quantize: QuantMethod | str = QuantMethod.NONE) -> LM:
-        config = LMConfig.from_dict(checkpoint.lm_kwargs)
-        state = read_safetensors(checkpoint.lm_path, device)
-        return cls.from_state(config, state, dtype, source=f"{checkpoint.name}/{checkpoint.lm_name}",
-                              quantize=quantize)
-
+    # ------------------------------------------------------------------------- building from a state dict
     @classmethod
     def from_state(cls, config: LMConfig, state: dict[str, Tensor], dtype: torch.dtype = torch.bfloat16,
                    source: str = "LM weights", quantize: QuantMethod | str = QuantMethod.NONE) -> LM:

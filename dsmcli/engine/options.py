@@ -1,5 +1,5 @@
 """How the step engine runs: :class:`EngineOptions` (what it samples is :class:`~dsmcli.engine.SamplingOptions`;
-the dtype is the model's, chosen at load: ``LM.load(..., dtype=torch.bfloat16)``).
+the dtype is the model's, chosen at load: ``load_lm(..., dtype=torch.bfloat16)``).
 
 * ``static_shapes``: every step attends over the whole KV ring, from a stream's first step on. By default a
   stream's first ``context`` steps attend only over the ring cells written so far (a prefix; the rest is empty),

@@ -1,4 +1,4 @@
-"""Int8 and int4 quantization of the LM's weights (``--quantize int8|int4``; ``LM.load(..., quantize=...)``).
+"""Int8 and int4 quantization of the LM's weights (``--quantize int8|int4``; ``load_lm(..., quantize=...)``).
 
 Every linear weight of the backbone, the depformer, the text/audio heads and the demuxed text embedding is
 stored as int8 with one float32 scale per output channel and per group of :data:`GROUP_SIZE` input channels
@@ -487,8 +487,3 @@ def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
         quantizer.replace(module, attribute, weight)
         del weight
     return quantizer.report()
-
-
-def is_quantized(lm: nn.Module) -> bool:
-    """True when some weight of ``lm`` is an :class:`Int8Weight`."""
-    return any(isinstance(value, Int8Weight) for module in lm.modules() for value in vars(module).values())

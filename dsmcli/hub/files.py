@@ -1,62 +1,26 @@
-"""Model registry (weights.toml) and checkpoint files on disk.
+"""Model sources and their files: a local directory or a Hub repo, fetched through the Hugging Face cache.
 
 A model argument is one of:
-  * a registry name from weights.toml (``stt-1b-en_fr``),
+  * a registry name from weights.toml (``stt-1b-en_fr``, :mod:`dsmcli.hub.registry`),
   * a Hugging Face Hub repo id (``kyutai/stt-1b-en_fr``),
   * a local directory laid out like a Hub repo (``config.json`` + the files it names).
 
 Files come from ``huggingface_hub`` (cache under ``HF_HOME`` / ``HF_HUB_CACHE``;
-``HF_HUB_OFFLINE=1`` is honoured). Nothing here builds a model.
+``HF_HUB_OFFLINE=1`` is honoured). Nothing here parses a config or builds a model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dsmcli.errors import ModelLoadError
+from dsmcli.hub import registry
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-REGISTRY_PATH = Path(__file__).with_name("weights.toml")
-
-# Defaults of the released config.json schema (FORMAT.md §1.2).
-DEFAULT_LM_NAME = "model.safetensors"
-DEFAULT_MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
-DEFAULT_TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
 CONFIG_NAME = "config.json"
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    name: str
-    repo: str
-    role: str
-    description: str = ""
-    default: bool = False
-    voices: str | None = None
-
-
-def load_registry(path: Path = REGISTRY_PATH) -> dict[str, RegistryEntry]:
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    return {name: RegistryEntry(name=name, **fields) for name, fields in data["models"].items()}
-
-
-def default_model(role: str) -> str:
-    for entry in load_registry().values():
-        if entry.role == role and entry.default:
-            return entry.name
-    raise KeyError(role)
 
 
 def _offline() -> bool:
@@ -189,109 +153,16 @@ def resolve_source(name_or_path: str | Path) -> ModelSource:
     path = Path(text).expanduser()
     if path.is_dir():
         return ModelSource(name=text, local_dir=path)
-    registry = load_registry()
-    if text in registry:
-        return ModelSource(name=text, repo=registry[text].repo)
+    entries = registry.load_registry()
+    if text in entries:
+        return ModelSource(name=text, repo=entries[text].repo)
     repo, _, revision = text.partition("@")
     if repo.count("/") == 1 and not path.exists() and not text.startswith((".", "/", "~")):
         return ModelSource(name=text, repo=repo, revision=revision or None)
     if path.exists():
         raise ModelLoadError(f"{text} is not a model directory (expected a folder with {CONFIG_NAME})")
-    known = ", ".join(sorted(registry))
+    known = ", ".join(sorted(entries))
     raise ModelLoadError(f"unknown model {text!r}: use one of {known}, a Hub repo id, or a local directory")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A released DSM checkpoint: its ``config.json`` split as the reference does (FORMAT.md §1.2).
-
-    ``lm_kwargs`` holds the architecture keys left after popping the file names and task configs.
-    Files are fetched lazily, so loading only Mimi downloads only Mimi.
-    """
-
-    source: ModelSource
-    raw_config: dict[str, Any]
-    lm_name: str = DEFAULT_LM_NAME
-    mimi_name: str = DEFAULT_MIMI_NAME
-    mimi_config_name: str | None = None
-    tokenizer_name: str = DEFAULT_TOKENIZER_NAME
-    model_type: str = "moshi"
-    lm_gen_config: dict[str, Any] = field(default_factory=dict)
-    tts_config: dict[str, Any] = field(default_factory=dict)
-    stt_config: dict[str, Any] = field(default_factory=dict)
-    model_id: dict[str, Any] = field(default_factory=dict)
-    lm_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, source: ModelSource, raw: dict[str, Any]) -> "Checkpoint":
-        rest = dict(raw)
-        if rest.pop("lora_name", None):
-            raise ModelLoadError(f"{source.name}: LoRA checkpoints are not supported")
-        return cls(
-            source=source,
-            raw_config=raw,
-            lm_name=rest.pop("moshi_name", DEFAULT_LM_NAME),
-            mimi_name=rest.pop("mimi_name", DEFAULT_MIMI_NAME),
-            mimi_config_name=rest.pop("mimi_config_name", None),
-            tokenizer_name=rest.pop("tokenizer_name", DEFAULT_TOKENIZER_NAME),
-            model_type=rest.pop("model_type", "moshi"),
-            lm_gen_config=rest.pop("lm_gen_config", {}),
-            tts_config=rest.pop("tts_config", {}),
-            stt_config=rest.pop("stt_config", {}),
-            model_id=rest.pop("model_id", {}),
-            lm_kwargs=rest,
-        )
-
-    @property
-    def name(self) -> str:
-        return self.source.name
-
-    @property
-    def lm_path(self) -> Path:
-        return self.source.fetch(self.lm_name)
-
-    @property
-    def mimi_path(self) -> Path:
-        return self.source.fetch(self.mimi_name)
-
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.source.fetch(self.tokenizer_name)
-
-    @cached_property
-    def mimi_config(self) -> dict[str, Any] | None:
-        """The optional Mimi hyper-parameter override (``mimi_config_name``), else None (released sizes)."""
-        if self.mimi_config_name is None:
-            return None
-        return _read_json(self.source.fetch(self.mimi_config_name), self.name)
-
-
-def _read_json(path: Path, name: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{name}: cannot read {path.name}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{name}: {path.name} is not a JSON object")
-    return data
-
-
-def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
-    """Resolve a model argument and read its config.json (the only file fetched here)."""
-    source = resolve_source(name_or_path)
-    config = _read_json(source.fetch(CONFIG_NAME), source.name)
-    return Checkpoint.from_config(source, config)
-
-
-def download(name_or_path: str) -> list[Path]:
-    """Fetch every file a checkpoint needs (config, LM, Mimi, tokenizer, Mimi override) ahead of time."""
-    ckpt = load_checkpoint(name_or_path)
-    if ckpt.raw_config.get("model_type") is None and "dim" not in ckpt.raw_config:
-        return [ckpt.source.fetch(CONFIG_NAME)]
-    paths = [ckpt.source.fetch(CONFIG_NAME), ckpt.lm_path, ckpt.mimi_path, ckpt.tokenizer_path]
-    if ckpt.mimi_config_name:
-        paths.append(ckpt.source.fetch(ckpt.mimi_config_name))
-    return paths
 
 
 def cache_dir() -> str:

@@ -116,7 +116,7 @@ def open_writers(
 
     Raises ``OutputError`` (an output exists without ``force``, a directory is unwritable)
     or ``UsageError`` (unknown format, several formats to one file or to stdout). ``opener(path)`` opens a
-    file (default ``open(path, "w", encoding="utf-8")``; corpus runs pass ``dsmcli.corpus.atomic.open_text``).
+    file (default ``open(path, "w", encoding="utf-8")``; corpus runs pass ``dsmcli.outputs.atomic.open_text``).
     """
     paths = output_paths(formats, output, stem)
     _check_writable([path for path in paths.values() if path is not None], force)

@@ -18,7 +18,7 @@ import torch
 
 from dsmcli.engine import LMStream, SamplingOptions
 from dsmcli.engine.scheduler import SlotStream, StepReport
-from dsmcli.errors import DsmError, UsageError
+from dsmcli.errors import DsmError, OptionError, UsageError
 from dsmcli.results import TranscriptEvent
 from dsmcli.stt.events import InputEvents, Marker, StepValues, VadStep
 from dsmcli.stt.feeds import AudioFeed
@@ -57,7 +57,7 @@ class SttBatch:
     def __init__(self, model: SttModel, options: TranscribeOptions = TranscribeOptions(), batch_size: int = 1,
                  prompt: SttPrompt | None = None) -> None:
         if options.vad and not model.has_end_of_turn:
-            raise UsageError(f"--vad: {model.name} has no end-of-turn (VAD) heads; use stt-1b-en_fr-candle")
+            raise OptionError("vad", f": {model.name} has no end-of-turn (VAD) heads; use stt-1b-en_fr-candle")
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.options, self.batch_size = model, options, batch_size

@@ -19,11 +19,11 @@ from dsmcli.codec import Mimi
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine import LM, LMConfig
 from dsmcli.errors import ModelLoadError
-from dsmcli.hub.files import Checkpoint, load_checkpoint
+from dsmcli.hub.checkpoint import Checkpoint, load_checkpoint
+from dsmcli.hub.loaders import load_lm, load_mimi, load_tokenizer
+from dsmcli.hub.task_config import SttConfig
 
-# Defaults the reference STT script uses when stt_config lacks a key (FORMAT.md §5.2).
-DEFAULT_AUDIO_DELAY_SECONDS = 5.0
-DEFAULT_SILENCE_PREFIX_SECONDS = 1.0
+STT_MODEL_TYPE = "stt"
 END_OF_TURN_HEAD = 2  # VAD head read by Kyutai's script and server (FORMAT.md §5.4)
 END_OF_TURN_CLASS = 0
 
@@ -37,11 +37,10 @@ class SttTiming:
     suffix_frames: int  # silent frames after the audio, so the delayed text can catch up
 
     @classmethod
-    def from_stt_config(cls, stt_config: dict[str, Any]) -> "SttTiming":
-        delay = Fraction(str(stt_config.get("audio_delay_seconds", DEFAULT_AUDIO_DELAY_SECONDS)))
-        prefix = Fraction(str(stt_config.get("audio_silence_prefix_seconds", DEFAULT_SILENCE_PREFIX_SECONDS)))
-        if delay < 0 or prefix < 0:
-            raise ModelLoadError(f"stt_config has a negative delay or prefix: {stt_config}")
+    def from_config(cls, config: SttConfig) -> "SttTiming":
+        """The grid of a checkpoint's ``stt_config`` (exact: the decimal values as written, not binary floats)."""
+        delay = Fraction(str(config.audio_delay_seconds))
+        prefix = Fraction(str(config.audio_silence_prefix_seconds))
         return cls(delay, math.ceil(prefix * FRAME_RATE), math.ceil(delay * FRAME_RATE))
 
     @property
@@ -79,22 +78,18 @@ class SttModel:
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, quantize: str = "none") -> "SttModel":
-        """Load an STT checkpoint; ``quantize`` (none, int8, int4) quantizes the LM while loading."""
-        checkpoint = load_checkpoint(name_or_path)
-        if checkpoint.model_type != "stt":
+        """Load an STT checkpoint (registry name, Hub repo id or local dir); ``quantize`` (none, int8, int4)
+        quantizes the LM while loading."""
+        return cls.from_checkpoint(load_checkpoint(name_or_path), device, dtype, quantize)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, quantize: str = "none") -> "SttModel":
+        """The bundle of a checkpoint already read: every file comes through :mod:`dsmcli.hub.loaders`."""
+        if checkpoint.model_type != STT_MODEL_TYPE:
             raise ModelLoadError(f"{checkpoint.name} is a {checkpoint.model_type!r} model, not speech-to-text")
-        lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype, quantize=quantize)
-        if lm.config.dep_q != 0:
+        if checkpoint.lm_config.dep_q != 0:
             raise ModelLoadError(f"{checkpoint.name}: a speech-to-text model generates no audio (dep_q must be 0)")
-        mimi = Mimi.load(name_or_path, device=device, num_codebooks=lm.config.n_q)
-        return cls(checkpoint, mimi, lm, load_tokenizer(checkpoint.tokenizer_path),
-                   SttTiming.from_stt_config(checkpoint.stt_config))
-
-
-def load_tokenizer(path: Path) -> Any:
-    import sentencepiece
-
-    try:
-        return sentencepiece.SentencePieceProcessor(model_file=str(path))
-    except (OSError, RuntimeError) as exc:
-        raise ModelLoadError(f"{path.name} is not a SentencePiece model: {exc}") from None
+        lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
+        mimi = load_mimi(checkpoint, device=device, num_codebooks=lm.config.n_q)
+        return cls(checkpoint, mimi, lm, load_tokenizer(checkpoint), SttTiming.from_config(checkpoint.stt))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsmcli.errors import UsageError
+from dsmcli.errors import OptionError
 
 DEFAULT_TEXT_TOP_K = 50  # lm_gen_config of the released STT models (used when temperature > 0)
 
@@ -19,6 +19,6 @@ class TranscribeOptions:
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
-            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
+            raise OptionError("temperature", f"must be >= 0, got {self.temperature}")
         if not 0 < self.vad_threshold < 1:
-            raise UsageError(f"--vad-threshold must be between 0 and 1, got {self.vad_threshold}")
+            raise OptionError("vad_threshold", f"must be between 0 and 1, got {self.vad_threshold}")

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dsmcli.constants import FRAME_RATE, FRAME_SIZE
 from dsmcli.engine import StepHooks, StepInfo
-from dsmcli.errors import InputError, UsageError
+from dsmcli.errors import InputError, OptionError, OptionInputError
 
 GAP_FRAMES = 10  # silent frames between the prompt audio and the input (the reference's 0.8 s)
 
@@ -41,9 +41,9 @@ class SttPrompt:
 
     def __post_init__(self) -> None:
         if self.text is not None and not self.text.strip():
-            raise UsageError("--prompt is empty")
+            raise OptionError("prompt", "is empty")
         if self.audio is not None and len(self.audio) == 0:
-            raise UsageError("--prompt-audio has no samples")
+            raise OptionError("prompt_audio", "has no samples")
 
     def lead_frames(self) -> np.ndarray:
         """``[n, FRAME_SIZE]``: the prompt audio, zero-padded to whole frames, then the gap (none without audio)."""
@@ -59,12 +59,12 @@ def load_prompt_audio(path: str) -> np.ndarray:
     from dsmcli.audio import STDIN, open_audio
 
     if path == STDIN:
-        raise UsageError("--prompt-audio needs a file (stdin is for the input)")
+        raise OptionError("prompt_audio", "needs a file (stdin is for the input)")
     try:
         with open_audio(Path(path)) as source:
             return np.concatenate(list(source))
     except InputError as error:
-        raise InputError(f"--prompt-audio {error}") from None
+        raise OptionInputError("prompt_audio", str(error)) from None
 
 
 def prompt_token_ids(tokenizer: Any, text: str, special_max: int) -> list[int]:
@@ -75,7 +75,7 @@ def prompt_token_ids(tokenizer: Any, text: str, special_max: int) -> list[int]:
         return ids
     unknown = sorted({c for c in text if not c.isspace() and any(i <= special_max for i in tokenizer.encode(c))})
     what = " ".join(unknown) if unknown else repr(text)
-    raise UsageError(f"--prompt: the model's vocabulary cannot spell {what}; leave those out")
+    raise OptionError("prompt", f": the model's vocabulary cannot spell {what}; leave those out")
 
 
 class PromptForcing:

@@ -29,18 +29,15 @@ after it) that has not arrived, so the generated tokens are identical to giving 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from dsmcli.tts.options import DEFAULT_INITIAL_PADDING, DEFAULT_MAX_PADDING
 from dsmcli.tts.script import Entry
 from dsmcli.tts.tokens import TtsTokenIds
 
-# TTSModel.from_checkpoint_info defaults (the dataclass default max_padding 6 is not what the scripts use).
-DEFAULT_INITIAL_PADDING = 2
-DEFAULT_MAX_PADDING = 8
 
 
 @dataclass(frozen=True)
@@ -55,13 +52,6 @@ class TextStreamConfig:
     def __post_init__(self) -> None:
         if min(self.second_stream_ahead, self.max_padding, self.initial_padding) < 0:
             raise ValueError(f"negative text-stream parameter in {self}")
-
-    @classmethod
-    def from_config(cls, token_ids: TtsTokenIds, tts_config: Mapping[str, Any], *,
-                    max_padding: int = DEFAULT_MAX_PADDING,
-                    initial_padding: int = DEFAULT_INITIAL_PADDING) -> TextStreamConfig:
-        """From ``Checkpoint.tts_config`` (reads ``second_stream_ahead``, default 0)."""
-        return cls(token_ids, int(tts_config.get("second_stream_ahead", 0)), max_padding, initial_padding)
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,16 @@ half of the embedding exactly zero.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-# Values shared by every DSM LM (LMModel.zero_token_id / ungenerated_token_id in the reference).
-ZERO_TOKEN = -1  # embedded as an exact zero vector
-UNGENERATED_TOKEN = -2  # placeholder: "not generated yet" in token caches and prefixes
+from dsmcli.constants import UNGENERATED_TOKEN_ID as UNGENERATED_TOKEN
+from dsmcli.constants import ZERO_TOKEN_ID as ZERO_TOKEN
 
-# LMModel constructor defaults, used when config.json does not name them.
+if TYPE_CHECKING:
+    from dsmcli.engine.config import LMConfig
+
+# The released models' ids (LMModel defaults): the ids of a loaded model come from its LMConfig (from_lm_config).
 DEFAULT_PAD_ID = 3  # existing_text_padding_id
 DEFAULT_NEW_WORD_ID = 0  # existing_text_end_padding_id (EPAD in the STT models)
 
@@ -55,15 +56,9 @@ class TtsTokenIds:
         return cls(card=text_card + 1, new_word=new_word, pad=pad)
 
     @classmethod
-    def from_lm_kwargs(cls, lm_kwargs: Mapping[str, Any]) -> TtsTokenIds:
-        """Ids from the architecture keys of config.json (``Checkpoint.lm_kwargs``)."""
-        if "text_card" not in lm_kwargs:
-            raise ValueError("config.json has no text_card")
-        return cls.for_text_card(
-            int(lm_kwargs["text_card"]),
-            pad=int(lm_kwargs.get("existing_text_padding_id", DEFAULT_PAD_ID)),
-            new_word=int(lm_kwargs.get("existing_text_end_padding_id", DEFAULT_NEW_WORD_ID)),
-        )
+    def from_lm_config(cls, config: LMConfig) -> TtsTokenIds:
+        """Ids of a parsed LM architecture (its ``text_card``, ``text_pad_id`` and ``end_of_padding_id``)."""
+        return cls.for_text_card(config.text_card, pad=config.text_pad_id, new_word=config.end_of_padding_id)
 
     def speaker(self, turn_index: int) -> int:
         """Speaker token of a turn: MAIN for even turns, OTHER for odd ones."""

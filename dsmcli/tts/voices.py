@@ -22,17 +22,18 @@ from typing import Any
 import torch
 
 from dsmcli.errors import InputError, ModelLoadError
-from dsmcli.hub.files import Checkpoint, ModelSource, NotCachedError, load_registry, resolve_source
+from dsmcli.hub.checkpoint import Checkpoint
+from dsmcli.hub.files import ModelSource, NotCachedError, resolve_source
+from dsmcli.hub.registry import VOICES_ROLE, load_registry
+from dsmcli.hub.task_config import DEFAULT_MAX_SPEAKERS
 from dsmcli.tts.tokens import TtsTokenIds
 
 VOICE_CONDITIONER = "speaker_wavs"  # conditioner name and tensor key in voice files
-DEFAULT_MAX_SPEAKERS = 5  # TTSModel.max_speakers when tts_config has none
 PREFIX_TRIM_FRAMES = 2  # get_prefix drops the last 2 Mimi frames of an audio-prefix voice
 EMBEDDING_EXT = ".safetensors"
 AUDIO_EXTS = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a")
 FILE_SCHEME = "file://"
 HF_SCHEME = "hf://"
-VOICES_ROLE = "voices"
 
 
 class VoiceKind(str, enum.Enum):
@@ -61,7 +62,7 @@ class VoiceSetup:
     def from_checkpoint(cls, checkpoint: Checkpoint, voices: str | Path | ModelSource | None = None) -> VoiceSetup:
         """The setup of a TTS checkpoint; ``voices`` overrides its voices repo (registry name, repo id or dir)."""
         source = voices if isinstance(voices, ModelSource) else default_voices_source(checkpoint, voices)
-        max_speakers = int(checkpoint.tts_config.get("max_speakers", DEFAULT_MAX_SPEAKERS))
+        max_speakers = checkpoint.tts.max_speakers
         conditioner = conditioner_config(checkpoint.lm_kwargs)
         if conditioner is None:
             return cls(VoiceKind.AUDIO_PREFIX, source, max_speakers=max_speakers, model_name=checkpoint.name)
@@ -125,7 +126,7 @@ def _bare_audio_error(voice: str, setup: VoiceSetup) -> InputError:
     return InputError(
         f"voice {voice}: {setup.model_name or 'this model'} needs a precomputed voice embedding "
         f"({Path(voice).name}{setup.suffix}) and none was found; pick a voice from `dsm voices`, pass a "
-        f"{EMBEDDING_EXT} embedding, or use `--model tts-0.75b-en-public`, which clones a voice from any audio")
+        f"{EMBEDDING_EXT} embedding, or use the model tts-0.75b-en-public, which clones a voice from any audio")
 
 
 def _from_local(voice: str, path: Path, setup: VoiceSetup) -> ResolvedVoice:
@@ -325,11 +326,6 @@ def list_voices(sources: Sequence[ModelSource], model_tag: str | None = None) ->
 def voice_model_tag(setup: VoiceSetup) -> str | None:
     """``sig@epoch`` of an embedding model (the filter for :func:`list_voices`), None for prefix models."""
     return None if setup.kind is VoiceKind.AUDIO_PREFIX else f"{setup.sig}@{setup.epoch}"
-
-
-def local_voice_sources(dirs: Sequence[str | Path]) -> list[ModelSource]:
-    """Local voice folders as sources for :func:`list_voices`."""
-    return [ModelSource(name=str(d), local_dir=Path(d)) for d in dirs]
 
 
 def conditioner_config(lm_kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
