@@ -1,4 +1,4 @@
-"""Flag parsing shared by the task commands (device, dtype)."""
+"""Flag parsing shared by the task commands (device, dtype, kernels)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,24 @@ def resolve_dtype(name: str, device_name: str) -> torch.dtype:
     if name.lower() not in DTYPES:
         raise UsageError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
     return DTYPES[name.lower()]
+
+
+KERNELS_HELP = ("Native CPU kernels: auto (when they build, else torch), native (a kernel that cannot be built is "
+                "an error), torch (none; also DSM_NO_NATIVE_KERNELS=1).")
+
+
+def apply_kernels(name: str) -> str:
+    """``--kernels``: select :class:`~dsmcli.kernels.KernelChoice` for this process (before any model loads)."""
+    from dsmcli import kernels
+
+    try:
+        choice = kernels.KernelChoice(name.lower())
+    except ValueError:
+        raise UsageError(f"--kernels: unknown choice {name!r} (auto, native, torch)") from None
+    kernels.use_kernels(choice)
+    return choice.value
+
+
+def kernels_option():
+    return typer.Option("auto", "--kernels", metavar="CHOICE", rich_help_panel=PERFORMANCE, help=KERNELS_HELP,
+                        callback=apply_kernels)
