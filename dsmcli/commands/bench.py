@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from dsmcli.commands.common import INPUT, MODEL, OUTPUT, PERFORMANCE, dtype_option, examples
-from dsmcli.commands.common import resolve_device, resolve_dtype
+from dsmcli.commands.common import kernels_option, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from dsmcli.bench.runner import BenchReport
@@ -45,6 +45,7 @@ def bench_cmd(
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
                                rich_help_panel=PERFORMANCE),
     dtype: str = dtype_option(),
+    kernels: str = kernels_option(),
     quantize: str = typer.Option("none", "--quantize", metavar="METHOD", rich_help_panel=PERFORMANCE,
                                  help="none, int8 or int4 (LM linear weights, group-wise)."),
     threads: int | None = typer.Option(None, "--threads", metavar="N", rich_help_panel=PERFORMANCE,

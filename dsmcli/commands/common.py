@@ -1,4 +1,4 @@
-"""What every command module shares: the `--help` option panels and examples, device / dtype flags, and the
+"""What every command module shares: the `--help` option panels and examples, device / dtype / kernels flags, and the
 spelling of flags in error messages (:func:`error_message`). No torch at import: `dsm --help` builds every command's help from here."""
 
 from __future__ import annotations
@@ -73,3 +73,24 @@ def resolve_dtype(name: str, device_name: str) -> torch.dtype:
     if name.lower() not in dtypes:
         raise UsageError(f"unknown dtype {name!r} (choose from {', '.join(DTYPE_NAMES)})")
     return dtypes[name.lower()]
+
+
+KERNELS_HELP = ("Native CPU kernels: auto (when they build, else torch), native (a kernel that cannot be built is "
+                "an error), torch (none; also DSM_NO_NATIVE_KERNELS=1).")
+
+
+def apply_kernels(name: str) -> str:
+    """``--kernels``: select :class:`~dsmcli.kernels.KernelChoice` for this process (before any model loads)."""
+    from dsmcli import kernels
+
+    try:
+        choice = kernels.KernelChoice(name.lower())
+    except ValueError:
+        raise UsageError(f"--kernels: unknown choice {name!r} (auto, native, torch)") from None
+    kernels.use_kernels(choice)
+    return choice.value
+
+
+def kernels_option():
+    return typer.Option("auto", "--kernels", metavar="CHOICE", rich_help_panel=PERFORMANCE, help=KERNELS_HELP,
+                        callback=apply_kernels)

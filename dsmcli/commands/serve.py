@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from dsmcli.commands.common import resolve_device, resolve_dtype
+from dsmcli.commands.common import kernels_option, resolve_device, resolve_dtype
 from dsmcli.errors import DsmError, UsageError
 
 SERVE_EXTRA = ("starlette", "uvicorn", "msgpack", "multipart")
@@ -63,6 +63,7 @@ def serve_cmd(
                                  rich_help_panel="Performance"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores).",
                                           rich_help_panel="Performance"),
+    kernels: str = kernels_option(),
     temperature: Optional[float] = typer.Option(None, "--temperature",
                                                 help="Sampling temperature (STT default 0 = greedy, TTS 0.6).",
                                                 rich_help_panel="Decoding"),

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from dsmcli.commands.common import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, dtype_option, examples
-from dsmcli.commands.common import resolve_device, resolve_dtype
+from dsmcli.commands.common import kernels_option, resolve_device, resolve_dtype
 from dsmcli.corpus import flags
 from dsmcli.corpus.inputs import TEXT_EXTENSIONS
 from dsmcli.corpus.plan import CorpusOptions, run_speak
@@ -151,6 +151,7 @@ def speak_cmd(
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
                                rich_help_panel=PERFORMANCE),
     dtype: str = dtype_option(),
+    kernels: str = kernels_option(),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Inputs generated in parallel.",
                                    rich_help_panel=PERFORMANCE),
     threads: Optional[int] = _threads_option(),
@@ -221,6 +222,7 @@ def dialog_cmd(
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
                                rich_help_panel=PERFORMANCE),
     dtype: str = dtype_option(),
+    kernels: str = kernels_option(),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Scripts generated in parallel.",
                                    rich_help_panel=PERFORMANCE),
     threads: Optional[int] = _threads_option(),

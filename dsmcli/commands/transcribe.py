@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from dsmcli.commands.common import DECODING, DEVICES, INPUT, MODEL, OUTPUT, PERFORMANCE, dtype_option, examples
-from dsmcli.commands.common import resolve_device, resolve_dtype
+from dsmcli.commands.common import kernels_option, resolve_device, resolve_dtype
 from dsmcli.corpus import flags
 from dsmcli.corpus.inputs import AUDIO_EXTENSIONS
 from dsmcli.corpus.plan import run_transcribe as run_corpus
@@ -78,6 +78,7 @@ def transcribe_cmd(
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
                                rich_help_panel=PERFORMANCE),
     dtype: str = dtype_option(),
+    kernels: str = kernels_option(),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Files transcribed in parallel.",
                                    rich_help_panel=PERFORMANCE),
     quantize: str = typer.Option("none", "--quantize", metavar="METHOD",

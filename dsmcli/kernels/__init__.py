@@ -23,7 +23,10 @@ path), the torch version and the CPU flags, so it happens once per machine and i
 (:func:`build_all`, run by ``tools/setup.sh``) builds them all ahead; a build at run time says so in one stderr
 line. A failed build is remembered beside the build (``<name>-<key>.failed``: the reason and the compiler's output)
 and not retried until ``dsm kernels``; it is reported in one stderr line per process, with the remedy.
-``DSM_NO_NATIVE_KERNELS=1`` disables them.
+Which kernels run is an explicit :class:`KernelChoice` (``dsm ... --kernels auto|native|torch``, set with
+:func:`use_kernels`): ``auto`` (the default) uses a kernel when it builds and falls back to torch otherwise;
+``native`` makes a kernel that cannot be built an error (:class:`KernelUnavailable`); ``torch`` uses none.
+``DSM_NO_NATIVE_KERNELS=1`` is a documented override meaning ``torch`` whatever the choice.
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import torch
+
+from dsmcli.errors import DsmError
 
 DISABLE_ENV = "DSM_NO_NATIVE_KERNELS"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]  # at::parallel_for is inlined: needs OpenMP here
@@ -50,6 +56,38 @@ LDFLAGS = ["-fopenmp"]
 REMEDY = ("install a C++ compiler and the Python headers (e.g. `apt install g++ python3-dev`) and run `dsm kernels`, "
           f"or set {DISABLE_ENV}=1")
 _warned_failure = False  # one failure line per process: the kernels share their toolchain, so their cause
+
+
+class KernelChoice(str, Enum):
+    """Which implementation the native-kernel call sites use (see the module docstring)."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    TORCH = "torch"
+
+
+class KernelUnavailable(DsmError):
+    """``--kernels native`` and a kernel that cannot be built (or ``DSM_NO_NATIVE_KERNELS`` is set): exit 1."""
+
+
+_choice = KernelChoice.AUTO
+
+
+def kernel_choice() -> KernelChoice:
+    """The choice in effect: :data:`KernelChoice.TORCH` while ``DSM_NO_NATIVE_KERNELS`` is set."""
+    return KernelChoice.TORCH if disabled() else _choice
+
+
+def use_kernels(choice: KernelChoice | str) -> KernelChoice:
+    """Select the kernels for this process (the ops are looked up again); returns the previous choice."""
+    global _choice
+    previous, _choice = _choice, KernelChoice(choice)
+    if _choice is KernelChoice.NATIVE and disabled():
+        _choice = previous
+        raise KernelUnavailable(f"--kernels native conflicts with {DISABLE_ENV}=1")
+    for op in _OPS:
+        op.cache_clear()
+    return previous
 
 
 @dataclass(frozen=True)
@@ -233,10 +271,14 @@ def build(kernel: Kernel, retry: bool = False, announce: bool = True) -> tuple[C
 
 def _load(name: str) -> Callable | None:
     """``KERNELS[name]``'s op for a caller, or None (disabled, or not buildable: one stderr line per process)."""
-    if disabled():
+    choice = kernel_choice()
+    if choice is KernelChoice.TORCH:
         return None
     kernel = KERNELS[name]
     op, reason = build(kernel)
+    if op is None and choice is KernelChoice.NATIVE:
+        raise KernelUnavailable(f"--kernels native: the {kernel.name} kernel cannot be built: "
+                                f"{reason or 'unknown reason'}")
     if op is None:
         _report_failure(kernel, reason or "unknown reason")
     return op
@@ -339,3 +381,7 @@ def ring_write_op() -> Callable | None:
     """The compiled ``write(keys [B, H, C, D], values, k [B, H, 1, D] f32, v, cells [B] i64)`` op (in place), or
     None."""
     return None if decode_attention_op() is None else torch.ops.dsmcli_attn.write
+
+
+_OPS = (int8_linear_op, int4_linear_op, fp32_linear_op, rvq_encode_op, mimi_transformer_op, seanet_step_op,
+        depformer_step_op, decode_attention_op, ring_write_op)
