@@ -35,7 +35,7 @@ def _no_model_load(*args, **kwargs):
 def no_model_load(monkeypatch):
     monkeypatch.setattr("dsmcli.stt.SttModel.load", _no_model_load)
     monkeypatch.setattr("dsmcli.commands.speak_run.load_checkpoint", _no_model_load)
-    monkeypatch.setattr("dsmcli.commands.speak_run.TtsModel.load", _no_model_load)
+    monkeypatch.setattr("dsmcli.commands.speak_run.TtsModel.from_checkpoint", _no_model_load)
 
 
 @pytest.fixture

@@ -62,17 +62,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def parse_dtype(name: str) -> torch.dtype:
+    """An explicit dtype name (``float32``, ``bf16``, ...; not ``auto``) → the torch dtype (UsageError if unknown)."""
+    import torch
+
+    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+              "float16": torch.float16, "fp16": torch.float16}
+    if name.lower() not in dtypes:
+        raise UsageError(f"unknown dtype {name!r} (choose from {', '.join(DTYPE_NAMES)})")
+    return dtypes[name.lower()]
+
+
 def resolve_dtype(name: str, device_name: str) -> torch.dtype:
     import torch
 
     if name == "auto":
         # bf16 matmuls are slower than fp32 on most CPUs; GPUs want bf16.
         return torch.bfloat16 if resolve_device(device_name).type == "cuda" else torch.float32
-    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-              "float16": torch.float16, "fp16": torch.float16}
-    if name.lower() not in dtypes:
-        raise UsageError(f"unknown dtype {name!r} (choose from {', '.join(DTYPE_NAMES)})")
-    return dtypes[name.lower()]
+    return parse_dtype(name)
 
 
 KERNELS_HELP = ("Native CPU kernels: auto (when they build, else torch), native (a kernel that cannot be built is "

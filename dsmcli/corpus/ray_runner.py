@@ -90,15 +90,13 @@ def actor_request(request: Any, options: RayOptions) -> Any:
     resolved for the actors' machines (``auto``: CUDA when ``--ray-gpus-per-actor`` gives them GPUs)."""
     import torch
 
-    from dsmcli.commands.common import DTYPES
+    from dsmcli.commands.common import parse_dtype
 
     device = options.device if options.device != "auto" else "cuda" if options.gpus_per_actor > 0 else "cpu"
     if options.dtype == "auto":
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    elif options.dtype.lower() in DTYPES:
-        dtype = DTYPES[options.dtype.lower()]
     else:
-        raise UsageError(f"unknown dtype {options.dtype!r} (choose from {', '.join(DTYPES)})")
+        dtype = parse_dtype(options.dtype)
     return replace(request, sources=[], recorder=None, progress=False, device=torch.device(device), dtype=dtype)
 
 
