@@ -113,6 +113,8 @@ class TtsModel:
         lm = LM.from_checkpoint(checkpoint, device=device, dtype=dtype, quantize=quantize)
         codebooks = codebooks_to_generate(lm.config, n_q, voices)
         mimi = Mimi.load(name_or_path, device=device, num_codebooks=codebooks)
+        if voices.kind is not VoiceKind.AUDIO_PREFIX:
+            mimi.drop_encoder()  # embedding voices never encode audio: free ~half of Mimi
         if "audio_delay" not in checkpoint.tts_config:
             raise ModelLoadError(f"{checkpoint.name}: config.json has no tts_config.audio_delay")
         delay_steps = int(float(checkpoint.tts_config["audio_delay"]) * float(mimi.frame_rate))
