@@ -119,3 +119,20 @@ def test_multi_frame_steps_match_frame_by_frame_within_context(tiny_mimi: Mimi, 
     many = tiny_mimi.init_state(2)
     chunked = torch.cat([tiny_mimi.encode_latent_step(f, many) for f in wav.split(3 * tiny_mimi.frame_size, -1)], -1)
     assert (single - chunked).abs().max() <= LATENT_TOL
+
+
+def test_drop_encoder_decodes_identically_and_refuses_to_encode(tiny_stt) -> None:
+    """Decode-only Mimi (embedding-voice TTS): same decode output, no encoder state, clear encode error."""
+    full, light = Mimi.load(tiny_stt), Mimi.load(tiny_stt)
+    light.drop_encoder()
+    assert not hasattr(light, "encoder") and not light.has_encoder
+    assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in full.parameters())
+    codes = torch.randint(0, full.cardinality, (1, full.total_codebooks, 3))
+    state_full, state_light = full.init_state(1), light.init_state(1)
+    assert state_light.encoder is None
+    state_light.reset(torch.ones(1, dtype=torch.bool))
+    assert torch.equal(full.decode_step(codes, state_full), light.decode_step(codes, state_light))
+    with pytest.raises(RuntimeError, match="decode-only"):
+        light.encode(torch.zeros(1, 1, light.frame_size))
+    with pytest.raises(RuntimeError, match="decode-only"):
+        light.encode_step(torch.zeros(1, 1, light.frame_size), state_light)

@@ -49,7 +49,7 @@ SCHEMA_NAME = "dsm-bench"
 SCHEMA_VERSION = 1
 STEP_SECONDS = float(1 / Fraction(FRAME_RATE))  # audio per step and stream: 0.08 s
 MS = 1e3
-MB = 2**20
+MB = 2**20  # peak_memory_mb is in MiB (2**20 bytes), not 1e6-byte MB: kept name for the JSON schema
 RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
 SPREAD = (0.1, 0.9)  # quantiles reported as the spread
 

@@ -61,12 +61,13 @@ class MimiState:
     """Streaming state of ``batch_size`` independent streams (encoder and decoder parts)."""
 
     batch_size: int
-    encoder: EncoderState
+    encoder: EncoderState | None  # None when the codec was built without its encoder (decode only)
     decoder: DecoderState
 
     def reset(self, mask: Tensor) -> None:
         """Restart the slots selected by ``mask`` ``[B]`` (bool) from a fresh state."""
-        self.encoder.reset(mask)
+        if self.encoder is not None:
+            self.encoder.reset(mask)
         self.decoder.reset(mask)
 
 
@@ -88,6 +89,23 @@ class Mimi(nn.Module):
             self.upsample = nested("convtr", CausalConvTranspose1d(dim, dim, 2 * stride, stride, groups=dim,
                                                                    bias=False))
         self.num_codebooks = config.quantizer.n_q
+        self.has_encoder = True
+
+    def drop_encoder(self) -> None:
+        """Free the encoder half (SEANet encoder, encoder transformer, downsampling conv; about half of
+        Mimi's weights) for decode-only uses such as embedding-voice TTS. Any later encode raises a
+        RuntimeError saying so; reload the codec to encode again."""
+        if not self.has_encoder:
+            return
+        del self.encoder, self.encoder_transformer
+        if self.config.resample_stride > 1:
+            del self.downsample
+        self.has_encoder = False
+
+    def _require_encoder(self) -> None:
+        if not self.has_encoder:
+            raise RuntimeError("this Mimi was loaded decode-only (drop_encoder): it cannot encode audio; "
+                               "reload it with Mimi.load to encode")
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], config: MimiConfig | None = None,
@@ -141,6 +159,7 @@ class Mimi(nn.Module):
         Unquantized (what voice embeddings are made of) unless ``quantize``. The input is right-padded
         with zeros to a whole number of frames.
         """
+        self._require_encoder()
         wav = F.pad(wav, (0, -wav.shape[-1] % self.frame_size))
         latent = self.encoder_transformer(self.encoder(wav))
         if self.config.resample_stride > 1:
@@ -176,7 +195,7 @@ class Mimi(nn.Module):
             self.encoder.init_state(batch_size),
             self.encoder_transformer.init_state(batch_size),
             self.downsample.conv.init_state(batch_size) if resampled else None,
-        )
+        ) if self.has_encoder else None
         decoder = DecoderState(
             self.upsample.convtr.init_state(batch_size) if resampled else None,
             self.decoder_transformer.init_state(batch_size),
@@ -200,8 +219,11 @@ class Mimi(nn.Module):
         if frames.shape[-1] == 0 or frames.shape[-1] % self.frame_size:
             raise ValueError(f"streaming encode needs a positive multiple of {self.frame_size} samples, "
                              f"got {frames.shape[-1]}: buffer partial frames")
+        self._require_encoder()
         self._check_batch(frames, state, active)
         enc = state.encoder
+        if enc is None:
+            raise ValueError("this streaming state was made without an encoder part: it cannot encode")
         latent = self.encoder.step(frames, enc.seanet, active)
         latent = self.encoder_transformer.step(latent, enc.transformer, active)
         if enc.downsample is not None:

@@ -95,7 +95,7 @@ def _print_table(report: BenchReport) -> None:
         warm = f"{r.warmup_ms:.0f} ms ({r.warmup_steps} st)" if r.warmup_steps else "-"
         table.add_row(r.path.value, str(r.batch), f"{s.median:.1f}", f"{s.p10:.1f}–{s.p90:.1f}",
                       f"{r.x_realtime:.2f}", f"{r.rtf:.3f}", f"{r.throughput_x_realtime:.2f}",
-                      f"{r.stream_steps_per_s:.1f}", first, warm, f"{r.peak_memory_mb:.0f} MB")
+                      f"{r.stream_steps_per_s:.1f}", first, warm, f"{r.peak_memory_mb:.0f} MiB")
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
     if report.load_average is not None and max(report.load_average) > (os.cpu_count() or 1):

@@ -77,6 +77,8 @@ class TtsModel:
         codebooks = codebooks_to_generate(checkpoint.lm_config, n_q, voices)
         lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
         mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks)
+        if voices.kind is not VoiceKind.AUDIO_PREFIX:
+            mimi.drop_encoder()  # embedding voices never encode audio: free ~half of Mimi
         delay_steps = checkpoint.tts.delay_steps(mimi.frame_rate, checkpoint.name)
         token_ids = TtsTokenIds.from_lm_config(lm.config)
         return cls(checkpoint, lm, mimi, load_tokenizer(checkpoint), token_ids, voices, delay_steps, codebooks)
