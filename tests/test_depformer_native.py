@@ -196,7 +196,7 @@ SAMPLED = SamplingOptions(temp=0.8, top_k=5, text_temp=0.7, text_top_k=3)
 def test_native_frame_samples_what_the_sub_steps_sample(tiny_tts, method, options):
     """One native call per frame (sampling included) gives the tokens of one call per sub-step plus torch
     sampling, bit for bit: same logits, same random draws in the same order."""
-    lm = _wide_depformer_lm(tiny_tts, method) if method != "none" else LM.load(tiny_tts, dtype=torch.float32)
+    lm = _wide_depformer_lm(tiny_tts, method) if method != "none" else load_lm(tiny_tts, dtype=torch.float32)
     assert lm.depformer is not None
     native = lm.depformer.native(torch.float32, "cpu")
     assert native is not None and native.frame_arguments() is not None

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from dsmcli.engine import LM, ConditionInputs, LMStream, SamplingOptions, StepHooks, StepInfo, TensorCondition
 from dsmcli.engine.quantize import quantize_lm
+from dsmcli.hub.loaders import load_lm
 from dsmcli.kernels import decode_attention_op
 
 BATCH = 3
@@ -64,7 +65,7 @@ def threads(request) -> Iterator[int]:
 
 
 def _model(path: str, checkpoint: str) -> LM:
-    lm = LM.load(checkpoint, dtype=torch.float32)
+    lm = load_lm(checkpoint, dtype=torch.float32)
     if path == "int8-native":
         if decode_attention_op() is None:
             pytest.skip("the native kernels cannot be built here")

@@ -185,7 +185,7 @@ def tts_condition(model: BenchModel, batch: int, seed: int) -> ConditionInputs |
 def tts_model(model: BenchModel) -> TtsModel:
     """The bench model as the TTS task takes it (no tokenizer: the bench text is token ids)."""
     config = model.lm.config
-    ids = TtsTokenIds.from_lm_kwargs(model.checkpoint.lm_kwargs)
+    ids = TtsTokenIds.from_lm_config(config)
     voices = VoiceSetup.from_checkpoint(model.checkpoint)
     return TtsModel(model.checkpoint, model.lm, model.mimi, None, ids, voices, model.tts_delay_steps, config.dep_q)
 
