@@ -1,4 +1,4 @@
-"""Mimi.load from every kind of source, the config override, and load failures that name the culprit."""
+"""load_mimi (hub) from every kind of source, the config override, and load failures that name the culprit."""
 
 from __future__ import annotations
 

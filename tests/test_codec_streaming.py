@@ -123,7 +123,7 @@ def test_multi_frame_steps_match_frame_by_frame_within_context(tiny_mimi: Mimi, 
 
 def test_drop_encoder_decodes_identically_and_refuses_to_encode(tiny_stt) -> None:
     """Decode-only Mimi (embedding-voice TTS): same decode output, no encoder state, clear encode error."""
-    full, light = Mimi.load(tiny_stt), Mimi.load(tiny_stt)
+    full, light = load_mimi(tiny_stt), load_mimi(tiny_stt)
     light.drop_encoder()
     assert not hasattr(light, "encoder") and not light.has_encoder
     assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in full.parameters())

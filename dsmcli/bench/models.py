@@ -142,10 +142,10 @@ def random_lm(config: LMConfig, device: torch.device, dtype: torch.dtype, seed: 
     return lm.eval().requires_grad_(False)
 
 
-def random_mimi(config: MimiConfig, device: torch.device, seed: int) -> Mimi:
+def random_mimi(config: MimiConfig, device: torch.device, seed: int, num_codebooks: int | None = None) -> Mimi:
     """A Mimi of ``config`` with random weights and random (non-degenerate) codebooks, float32."""
     with torch.device("meta"):
-        mimi = Mimi(config)
+        mimi = Mimi(config, num_codebooks)
     mimi = mimi.to_empty(device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     fill_random(mimi, generator, fan_in_dims=2)
@@ -169,18 +169,17 @@ def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, ra
     try:
         checkpoint = bench_checkpoint(model, random_weights)
         kind = _kind(checkpoint)
+        codebooks = checkpoint.lm_config.n_q if kind is ModelKind.STT else checkpoint.lm_config.dep_q
         if random_weights:
             lm = random_lm(checkpoint.lm_config, device, dtype, seed, quantize)
-            mimi = random_mimi(mimi_config(checkpoint), device, seed + 1)
+            mimi = random_mimi(mimi_config(checkpoint), device, seed + 1, codebooks)
         else:
             lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
-            mimi = load_mimi(checkpoint, device=device)
+            mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks)
     except NotCachedError as exc:
         if random_weights or model not in ARCHITECTURES:
             raise
         raise ModelLoadError(f"{exc.what}: time its architecture without a download with `dsm bench --random-weights "
                              f"--model {model}`, or run `dsm download {model}` where the Hub is reachable") from None
-    codebooks = lm.config.n_q if kind is ModelKind.STT else lm.config.dep_q
-    mimi.set_num_codebooks(codebooks)
     return BenchModel(checkpoint.name, kind, checkpoint, lm, mimi, random_weights, lm.quantization,
                       time.perf_counter() - started)

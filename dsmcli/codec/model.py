@@ -74,7 +74,8 @@ class MimiState:
 class Mimi(nn.Module):
     """Mimi codec. Audio is ``[B, channels, N]`` float at :attr:`sample_rate`; codes are ``[B, K, T]`` int64."""
 
-    def __init__(self, config: MimiConfig | None = None):
+    def __init__(self, config: MimiConfig | None = None, num_codebooks: int | None = None):
+        """``num_codebooks``: codes per frame that ``encode`` / ``encode_step`` produce (1..n_q; default all)."""
         super().__init__()
         self.config = config = config or MimiConfig()
         self.encoder = SEANetEncoder(config.seanet)
@@ -88,7 +89,9 @@ class Mimi(nn.Module):
                                                           pad_mode=PadMode.REPLICATE))
             self.upsample = nested("convtr", CausalConvTranspose1d(dim, dim, 2 * stride, stride, groups=dim,
                                                                    bias=False))
-        self.num_codebooks = config.quantizer.n_q
+        if num_codebooks is not None and not 1 <= num_codebooks <= config.quantizer.n_q:
+            raise ValueError(f"num_codebooks must be in 1..{config.quantizer.n_q}, got {num_codebooks}")
+        self.num_codebooks = config.quantizer.n_q if num_codebooks is None else num_codebooks
         self.has_encoder = True
 
     def drop_encoder(self) -> None:
@@ -105,16 +108,17 @@ class Mimi(nn.Module):
     def _require_encoder(self) -> None:
         if not self.has_encoder:
             raise RuntimeError("this Mimi was loaded decode-only (drop_encoder): it cannot encode audio; "
-                               "reload it with Mimi.load to encode")
+                               "reload it with dsmcli.hub.loaders.load_mimi to encode")
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], config: MimiConfig | None = None,
-                   dtype: torch.dtype = torch.float32, source: str = "Mimi weights") -> Mimi:
+                   dtype: torch.dtype = torch.float32, source: str = "Mimi weights",
+                   num_codebooks: int | None = None) -> Mimi:
         """Build on the meta device and assign ``state`` strictly (released names or their aliases, see
         :mod:`dsmcli.codec.checkpoint`), floating tensors cast to ``dtype``; eval mode, no gradients. Reading the
         file is :func:`dsmcli.hub.loaders.load_mimi`'s job."""
         with torch.device("meta"):
-            model = cls(config)
+            model = cls(config, num_codebooks)
         assign_state(model, cast_floats(released_names(state), lambda _key: dtype), source)
         return model.eval().requires_grad_(False)
 
@@ -143,12 +147,6 @@ class Mimi(nn.Module):
     @property
     def cardinality(self) -> int:
         return self.config.quantizer.bins
-
-    def set_num_codebooks(self, num_codebooks: int) -> None:
-        """Number of codes per frame that ``encode`` / ``encode_step`` produce (1..total_codebooks)."""
-        if not 1 <= num_codebooks <= self.total_codebooks:
-            raise ValueError(f"num_codebooks must be in 1..{self.total_codebooks}, got {num_codebooks}")
-        self.num_codebooks = num_codebooks
 
     # ------------------------------------------------------------------ one shot
 

@@ -85,6 +85,7 @@ class _LayerStack(nn.Module):
 
     model: nn.ModuleList
     config: SEANetConfig
+    _plan: NativePlan | None = None  # the native step's program, built on the first step (after the weights load)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.model:
@@ -109,7 +110,7 @@ class _LayerStack(nn.Module):
     def _native_plan(self) -> NativePlan | None:
         """The layers as the native step's program (built once), or None if a layer does not fit it (a residual
         shortcut conv, a grouped conv, another activation)."""
-        cached = getattr(self, "_plan", None)
+        cached = self._plan
         if cached is not None and cached.weights[0] is cached.convs[0].layer.weight:
             return cached
         program: list[int] = []

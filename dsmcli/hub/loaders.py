@@ -42,13 +42,11 @@ def load_mimi(model: ModelRef, device: torch.device | str = "cpu", dtype: torch.
     """A released Mimi: a bare ``.safetensors`` file (released sizes), or a checkpoint's ``mimi_name`` file with
     its optional ``mimi_config_name`` override. ``num_codebooks`` defaults to all."""
     path, config = _mimi_file(model)
-    mimi = Mimi.from_state(read_safetensors(path, device), config, dtype, source=path.name)
-    if num_codebooks is not None:
-        try:
-            mimi.set_num_codebooks(num_codebooks)
-        except ValueError as exc:
-            raise ModelLoadError(f"{path.name}: {exc}") from None
-    return mimi
+    try:
+        return Mimi.from_state(read_safetensors(path, device), config, dtype, source=path.name,
+                               num_codebooks=num_codebooks)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path.name}: {exc}") from None
 
 
 def _mimi_file(model: ModelRef) -> tuple[Path, MimiConfig]:
