@@ -18,7 +18,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "dsmcli"
 
 # Lowest first. A module belongs to the layer of the longest prefix that names it (docs/ARCHITECTURE.md).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("dsmcli", "dsmcli.errors", "dsmcli.constants", "dsmcli.results", "dsmcli.cpu_threads"),
+    ("dsmcli", "dsmcli.errors", "dsmcli.constants", "dsmcli.results", "dsmcli.cpu_threads", "dsmcli.logs"),
     ("dsmcli.kernels", "dsmcli.nn", "dsmcli.audio", "dsmcli.outputs"),
     ("dsmcli.codec", "dsmcli.engine"),
     ("dsmcli.hub",),

@@ -17,7 +17,6 @@ generator API, ``Transcriber.transcribe`` / ``Synthesizer.synthesize``).
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -25,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dsmcli.errors import DsmError
+from dsmcli.logs import get_logger
 
+log = get_logger(__name__)
 IDLE_WAIT_SECONDS = 0.05  # longest sleep of an idle loop between checks (it is woken on input)
 
 
@@ -277,7 +278,7 @@ class SlotScheduler:
             try:
                 stepped = self.run_once()
             except Exception as exc:  # a bug or a device failure: fail the streams, keep the loop alive
-                print(f"dsm: error: {self.name}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                log.error("%s: %s: %s", self.name, type(exc).__name__, exc)
                 self._fail_all("internal error")
                 stepped = False
             if not stepped:
