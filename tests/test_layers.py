@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 LAYER_NAMES = ("base", "building blocks", "models", "hub", "tasks", "applications", "commands", "command line")
 MAX_FUNCTION_LINES = 60
 # Typer command functions: one parameter per flag, so their signatures alone are long (the only exceptions).
-LONG_COMMAND_FUNCTIONS = {"transcribe_cmd", "speak_cmd", "serve_cmd"}
+LONG_COMMAND_FUNCTIONS = {"transcribe_cmd", "serve_cmd"}
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,71 @@ def _model_option():
     return typer.Option(None, "--model", "-m", metavar="NAME", help=MODEL_HELP, rich_help_panel=MODEL)
 
 
+def _output_option():
+    return typer.Option(None, "--output", "-o", metavar="PATH", help=OUTPUT_HELP, rich_help_panel=OUTPUT)
+
+
+def _raw_option():
+    return typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono).", rich_help_panel=OUTPUT)
+
+
+def _force_option():
+    return typer.Option(False, "--force", help="Overwrite existing outputs.", rich_help_panel=OUTPUT)
+
+
+def _srt_option():
+    return typer.Option(False, "--srt", help="Also write word timestamps as SRT subtitles.", rich_help_panel=OUTPUT)
+
+
+def _json_option():
+    return typer.Option(False, "--json", help="Also write word timestamps as JSON.", rich_help_panel=OUTPUT)
+
+
+def _voice_repo_option():
+    return typer.Option(None, "--voice-repo", metavar="REPO", help=VOICE_REPO_HELP, rich_help_panel=MODEL)
+
+
+def _temperature_option():
+    return typer.Option(DEFAULT_TEMPERATURE, "--temperature", metavar="T", help="Sampling temperature (0 = greedy).",
+                        rich_help_panel=DECODING)
+
+
+def _cfg_option():
+    return typer.Option(None, "--cfg", metavar="X", rich_help_panel=DECODING,
+                        help="Guidance: a LUT value 1.0..4.0 for distilled models, the real coefficient otherwise "
+                             "(1 = off). Default 2.0.")
+
+
+def _padding_bonus_option():
+    return typer.Option(0.0, "--padding-bonus", metavar="X", help="Added to the PAD logit: > 0 speaks slower.",
+                        rich_help_panel=DECODING)
+
+
+def _seed_option():
+    return typer.Option(None, "--seed", metavar="N", help="Random seed (same seed, same audio).",
+                        rich_help_panel=DECODING)
+
+
+def _n_q_option():
+    return typer.Option(None, "--n-q", metavar="N", help="Audio codebooks to generate (default: all).",
+                        rich_help_panel=DECODING)
+
+
+def _max_padding_option():
+    return typer.Option(DEFAULT_MAX_PADDING, "--max-padding", metavar="N", help="Steps before a word is forced.",
+                        rich_help_panel=DECODING)
+
+
+def _device_option():
+    return typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
+                        rich_help_panel=PERFORMANCE)
+
+
+def _batch_size_option(what: str):
+    return typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help=f"{what} generated in parallel.",
+                        rich_help_panel=PERFORMANCE)
+
+
 def _options(temperature: float, cfg: Optional[float], padding_bonus: float, seed: Optional[int],
              max_padding: int) -> SpeakOptions:
     return SpeakOptions(temperature=temperature, cfg=cfg, padding_bonus=padding_bonus, seed=seed,
@@ -118,13 +183,11 @@ def speak_cmd(
                                        help="UTF-8 text files, or - to speak stdin as the text arrives."),
     text: Optional[str] = typer.Option(None, "--text", "-t", metavar="TEXT", help="Speak this text (instead of files).",
                                        rich_help_panel=INPUT),
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help=OUTPUT_HELP,
-                                         rich_help_panel=OUTPUT),
-    raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono).", rich_help_panel=OUTPUT),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs.", rich_help_panel=OUTPUT),
-    srt: bool = typer.Option(False, "--srt", help="Also write word timestamps as SRT subtitles.",
-                             rich_help_panel=OUTPUT),
-    json_: bool = typer.Option(False, "--json", help="Also write word timestamps as JSON.", rich_help_panel=OUTPUT),
+    output: Optional[str] = _output_option(),
+    raw: bool = _raw_option(),
+    force: bool = _force_option(),
+    srt: bool = _srt_option(),
+    json_: bool = _json_option(),
     formats: Optional[List[str]] = typer.Option(None, "--format", "-f", metavar="FORMAT", rich_help_panel=OUTPUT,
                                                 help="Word-timestamp formats: srt, vtt, tsv, txt, json, jsonl "
                                                      "(repeatable)."),
@@ -133,27 +196,17 @@ def speak_cmd(
         None, "--voice", "-v", metavar="VOICE", rich_help_panel=MODEL,
         help="Voice: a path in the voices repo, a local .safetensors embedding or .wav with its embedding beside it "
              "(tts-1.6b); any audio file (tts-0.75b). Once for all inputs, or once per input."),
-    voice_repo: Optional[str] = typer.Option(None, "--voice-repo", metavar="REPO", help=VOICE_REPO_HELP,
-                                             rich_help_panel=MODEL),
-    temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", metavar="T",
-                                      help="Sampling temperature (0 = greedy).", rich_help_panel=DECODING),
-    cfg: Optional[float] = typer.Option(None, "--cfg", metavar="X", rich_help_panel=DECODING,
-                                        help="Guidance: a LUT value 1.0..4.0 for distilled models, the real "
-                                             "coefficient otherwise (1 = off). Default 2.0."),
-    padding_bonus: float = typer.Option(0.0, "--padding-bonus", metavar="X", rich_help_panel=DECODING,
-                                        help="Added to the PAD logit: > 0 speaks slower."),
-    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Random seed (same seed, same audio).",
-                                       rich_help_panel=DECODING),
-    n_q: Optional[int] = typer.Option(None, "--n-q", metavar="N", help="Audio codebooks to generate (default: all).",
-                                      rich_help_panel=DECODING),
-    max_padding: int = typer.Option(DEFAULT_MAX_PADDING, "--max-padding", metavar="N",
-                                    help="Steps before a word is forced.", rich_help_panel=DECODING),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
-                               rich_help_panel=PERFORMANCE),
+    voice_repo: Optional[str] = _voice_repo_option(),
+    temperature: float = _temperature_option(),
+    cfg: Optional[float] = _cfg_option(),
+    padding_bonus: float = _padding_bonus_option(),
+    seed: Optional[int] = _seed_option(),
+    n_q: Optional[int] = _n_q_option(),
+    max_padding: int = _max_padding_option(),
+    device: str = _device_option(),
     dtype: str = dtype_option(),
     kernels: str = kernels_option(),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Inputs generated in parallel.",
-                                   rich_help_panel=PERFORMANCE),
+    batch_size: int = _batch_size_option("Inputs"),
     threads: Optional[int] = _threads_option(),
     quantize: str = _quantize_option(),
     play: bool = _play_option(),
@@ -193,38 +246,27 @@ DIALOG_EPILOG = examples(
 def dialog_cmd(
     scripts: List[str] = typer.Argument(None, metavar="SCRIPT...",
                                         help="Dialog scripts ([S1] text / Name: text lines), or - for stdin."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help=OUTPUT_HELP,
-                                         rich_help_panel=OUTPUT),
-    raw: bool = typer.Option(False, "--raw", help="Write headerless s16le PCM (24 kHz mono).", rich_help_panel=OUTPUT),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs.", rich_help_panel=OUTPUT),
-    srt: bool = typer.Option(False, "--srt", help="Also write word timestamps as SRT subtitles.",
-                             rich_help_panel=OUTPUT),
-    json_: bool = typer.Option(False, "--json", help="Also write word timestamps as JSON.", rich_help_panel=OUTPUT),
+    output: Optional[str] = _output_option(),
+    raw: bool = _raw_option(),
+    force: bool = _force_option(),
+    srt: bool = _srt_option(),
+    json_: bool = _json_option(),
     model: Optional[str] = _model_option(),
     voice: List[str] = typer.Option(None, "--voice", "-v", metavar="VOICE", rich_help_panel=MODEL,
                                     help="One voice per speaker, in order of appearance."),
     voices: List[str] = typer.Option(None, "--voices", metavar="NAME=VOICE", rich_help_panel=MODEL,
                                      help="The voice of a speaker named in the script."),
-    voice_repo: Optional[str] = typer.Option(None, "--voice-repo", metavar="REPO", help=VOICE_REPO_HELP,
-                                             rich_help_panel=MODEL),
-    temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", metavar="T",
-                                      help="Sampling temperature (0 = greedy).", rich_help_panel=DECODING),
-    cfg: Optional[float] = typer.Option(None, "--cfg", metavar="X", help="Distilled-CFG value 1.0..4.0 (default 2.0).",
-                                        rich_help_panel=DECODING),
-    padding_bonus: float = typer.Option(0.0, "--padding-bonus", metavar="X", rich_help_panel=DECODING,
-                                        help="Added to the PAD logit: > 0 speaks slower."),
-    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Random seed (same seed, same audio).",
-                                       rich_help_panel=DECODING),
-    n_q: Optional[int] = typer.Option(None, "--n-q", metavar="N", help="Audio codebooks to generate (default: all).",
-                                      rich_help_panel=DECODING),
-    max_padding: int = typer.Option(DEFAULT_MAX_PADDING, "--max-padding", metavar="N",
-                                    help="Steps before a word is forced.", rich_help_panel=DECODING),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="Torch device: auto, cpu, cuda, cuda:1, mps.",
-                               rich_help_panel=PERFORMANCE),
+    voice_repo: Optional[str] = _voice_repo_option(),
+    temperature: float = _temperature_option(),
+    cfg: Optional[float] = _cfg_option(),
+    padding_bonus: float = _padding_bonus_option(),
+    seed: Optional[int] = _seed_option(),
+    n_q: Optional[int] = _n_q_option(),
+    max_padding: int = _max_padding_option(),
+    device: str = _device_option(),
     dtype: str = dtype_option(),
     kernels: str = kernels_option(),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, metavar="N", help="Scripts generated in parallel.",
-                                   rich_help_panel=PERFORMANCE),
+    batch_size: int = _batch_size_option("Scripts"),
     threads: Optional[int] = _threads_option(),
     quantize: str = _quantize_option(),
     play: bool = _play_option(),
@@ -266,8 +308,7 @@ VOICES_EPILOG = examples("dsm voices", "dsm voices --json", "dsm voices --voice-
 def voices_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the voices as JSON.", rich_help_panel=OUTPUT),
     model: Optional[str] = _model_option(),
-    voice_repo: Optional[str] = typer.Option(None, "--voice-repo", metavar="REPO", help=VOICE_REPO_HELP,
-                                             rich_help_panel=MODEL),
+    voice_repo: Optional[str] = _voice_repo_option(),
 ) -> None:
     """List the voices available offline for a TTS model (cached voices repo or a local folder)."""
     from dsmcli.commands.speak_run import available_voices
