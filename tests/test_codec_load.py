@@ -76,6 +76,14 @@ def test_corrupt_file_is_a_model_load_error(tmp_path):
         load_mimi(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.parametrize("wanted", [0, 33])
+def test_bad_codebook_count_is_refused_before_the_file_is_read(tmp_path, wanted):
+    bad = tmp_path / "mimi.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + bytes(64))  # reading it would fail
+    with pytest.raises(ModelLoadError, match=f"mimi.safetensors: num_codebooks must be in 1..32, got {wanted}"):
+        load_mimi(bad, num_codebooks=wanted)
+
+
 def _repo_with(tiny_repo, tmp_path, edit) -> object:
     state = load_file(str(tiny_repo / STT_MIMI_NAME))
     edit(state)

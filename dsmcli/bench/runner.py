@@ -44,7 +44,7 @@ from dsmcli.bench.paths import CODEC_PATHS, BenchPath, default_paths, make_runne
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.errors import UsageError
-from dsmcli.tts.voices import VoiceKind, VoiceSetup
+from dsmcli.tts.voices import VoiceSetup
 
 SCHEMA_NAME = "dsm-bench"
 SCHEMA_VERSION = 1
@@ -212,11 +212,11 @@ def _paths(options: BenchOptions, model: BenchModel) -> tuple[BenchPath, ...]:
 
 
 def _drop_unused_encoder(model: BenchModel, paths: tuple[BenchPath, ...]) -> None:
-    """As `dsm speak` loads it: a TTS model with embedding voices never encodes audio, so its Mimi keeps no
-    encoder (unless a codec-encode path is to be timed); the peak memory reported is then the command's."""
+    """As `dsm speak` loads it (``VoiceSetup.encodes_audio``), unless a codec-encode path is to be timed; the peak
+    memory reported is then the command's."""
     if model.kind is not ModelKind.TTS or BenchPath.CODEC_ENCODE in paths:
         return
-    if VoiceSetup.from_checkpoint(model.checkpoint).kind is not VoiceKind.AUDIO_PREFIX:
+    if not VoiceSetup.from_checkpoint(model.checkpoint).encodes_audio:
         model.mimi.drop_encoder()
 
 

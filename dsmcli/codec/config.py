@@ -98,6 +98,14 @@ class MimiConfig:
         """Audio samples per code frame (1920 = 80 ms for the released Mimi)."""
         return exact_div(self.sample_rate, self.frame_rate)
 
+    def codebooks(self, num_codebooks: int | None) -> int:
+        """Codes per frame for a request of ``num_codebooks`` (all by default); ValueError outside 1..n_q."""
+        if num_codebooks is None:
+            return self.quantizer.n_q
+        if not 1 <= num_codebooks <= self.quantizer.n_q:
+            raise ValueError(f"num_codebooks must be in 1..{self.quantizer.n_q}, got {num_codebooks}")
+        return num_codebooks
+
     @property
     def encoder_frame_rate(self) -> Fraction:
         return Fraction(self.sample_rate, self.seanet.hop_length)

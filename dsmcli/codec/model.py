@@ -89,9 +89,7 @@ class Mimi(nn.Module):
                                                           pad_mode=PadMode.REPLICATE))
             self.upsample = nested("convtr", CausalConvTranspose1d(dim, dim, 2 * stride, stride, groups=dim,
                                                                    bias=False))
-        if num_codebooks is not None and not 1 <= num_codebooks <= config.quantizer.n_q:
-            raise ValueError(f"num_codebooks must be in 1..{config.quantizer.n_q}, got {num_codebooks}")
-        self.num_codebooks = config.quantizer.n_q if num_codebooks is None else num_codebooks
+        self.num_codebooks = config.codebooks(num_codebooks)
         self.has_encoder = True
 
     def drop_encoder(self) -> None:

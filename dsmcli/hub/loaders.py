@@ -43,6 +43,7 @@ def load_mimi(model: ModelRef, device: torch.device | str = "cpu", dtype: torch.
     its optional ``mimi_config_name`` override. ``num_codebooks`` defaults to all."""
     path, config = _mimi_file(model)
     try:
+        config.codebooks(num_codebooks)  # checked before the file is read
         return Mimi.from_state(read_safetensors(path, device), config, dtype, source=path.name,
                                num_codebooks=num_codebooks)
     except ValueError as exc:

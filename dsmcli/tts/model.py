@@ -31,7 +31,7 @@ from dsmcli.tts.options import (  # noqa: F401 - re-exported: SpeakOptions and t
 from dsmcli.tts.script import Entry, EntryStream, script_to_entries
 from dsmcli.tts.state_machine import TextStreamConfig
 from dsmcli.tts.tokens import TtsTokenIds
-from dsmcli.tts.voices import VoiceKind, VoiceSetup
+from dsmcli.tts.voices import VoiceSetup
 
 TTS_MODEL_TYPE = "tts"
 # The reference scripts' default voice for tts-1.6b-en_fr (a path in kyutai/tts-voices).
@@ -77,8 +77,8 @@ class TtsModel:
         codebooks = codebooks_to_generate(checkpoint.lm_config, n_q, voices)
         lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
         mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks)
-        if voices.kind is not VoiceKind.AUDIO_PREFIX:
-            mimi.drop_encoder()  # embedding voices never encode audio: free ~half of Mimi
+        if not voices.encodes_audio:
+            mimi.drop_encoder()
         delay_steps = checkpoint.tts.delay_steps(mimi.frame_rate, checkpoint.name)
         token_ids = TtsTokenIds.from_lm_config(lm.config)
         return cls(checkpoint, lm, mimi, load_tokenizer(checkpoint), token_ids, voices, delay_steps, codebooks)
@@ -165,7 +165,7 @@ def codebooks_to_generate(config: LMConfig, n_q: int | None, voices: VoiceSetup)
         return config.dep_q
     if not 1 <= n_q <= config.dep_q:
         raise OptionError("n_q", f"must be within 1..{config.dep_q} for this model, got {n_q}")
-    if voices.kind is VoiceKind.AUDIO_PREFIX and n_q != config.dep_q:
+    if voices.encodes_audio and n_q != config.dep_q:
         raise OptionError("n_q", f"{n_q}: this model conditions on an audio prefix and needs all {config.dep_q} "
                           "codebooks")
     return n_q

@@ -75,6 +75,12 @@ class VoiceSetup:
                    model_name=checkpoint.name)
 
     @property
+    def encodes_audio(self) -> bool:
+        """Whether a voice is audio that Mimi encodes (a prefix). Embedding voices never encode anything, so such a
+        model's Mimi needs no encoder (``Mimi.drop_encoder``: ~half of Mimi's memory)."""
+        return self.kind is VoiceKind.AUDIO_PREFIX
+
+    @property
     def multi_speaker(self) -> bool:
         """Whether scripts get speaker tokens (the reference's ``TTSModel.multi_speaker``)."""
         return self.kind is VoiceKind.EMBEDDING
