@@ -232,6 +232,19 @@ def test_encoded_audio_on_a_pipe_streams_like_the_file(tmp_path, kind):
         np.testing.assert_array_equal(got, reference)
 
 
+@needs_ffmpeg
+def test_m4a_with_its_index_at_the_end_on_a_pipe_says_to_give_the_file(tmp_path):
+    """ffmpeg cannot seek back on a pipe to the index that an M4A written without faststart keeps at its end."""
+    wav, m4a = tmp_path / "talk.wav", tmp_path / "talk.m4a"
+    soundfile.write(wav, tone(24000, 30.0), 24000, subtype="PCM_16")  # longer than ffmpeg's probe of the pipe
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    with open_audio(m4a) as audio:  # the file itself decodes
+        assert sum(len(chunk) for chunk in audio) > 29 * 24000
+    with pytest.raises(InputError, match="ffmpeg cannot decode it .*give the file"):
+        with open(m4a, "rb") as stdin, open_audio("-", stdin=stdin) as audio:
+            list(audio)
+
+
 def test_flac_on_a_pipe_runs_in_constant_memory(tmp_path):
     """A 60 s stereo FLAC (~10 MB: noise does not compress) goes through with a bounded buffer."""
     import tracemalloc

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -103,27 +104,38 @@ def ffmpeg_path() -> str | None:
     return shutil.which("ffmpeg")
 
 
-class _FfmpegProcess:
-    """ffmpeg decoding one file to float WAV on its stdout; stderr kept for the error line."""
+class FfmpegDecoder:
+    """ffmpeg writing float WAV on its stdout (``command``), reading a file or its stdin (``feed``: a thread copying
+    a stream into it); its stderr is kept for the error line."""
 
-    def __init__(self, ffmpeg: str, path: Path, name: str) -> None:
-        self.name = name
+    def __init__(self, command: list[str], name: str, feed: Callable[[BinaryIO], None] | None = None,
+                 hint: Callable[[list[str]], str] = lambda lines: "") -> None:
+        self.name, self._hint = name, hint
         self._errors = tempfile.TemporaryFile()
-        command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path), *FFMPEG_WAV_ARGS]
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._errors)
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL if feed is None else subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._errors)
         self.reader = ByteReader(cast(BinaryIO, self._process.stdout), name)
+        if feed is not None:
+            threading.Thread(target=feed, args=(self._process.stdin,), daemon=True, name="dsm-ffmpeg-feed").start()
+
+    def _messages(self) -> list[str]:
+        self._errors.seek(0)
+        return self._errors.read().decode("utf-8", "replace").strip().splitlines()
 
     def failure(self) -> InputError:
         """The error to raise when ffmpeg failed, quoting its last message."""
         self._stop()
-        self._errors.seek(0)
-        lines = self._errors.read().decode("utf-8", "replace").strip().splitlines()
-        self._errors.close()
-        return InputError(f"{self.name}: ffmpeg cannot decode it ({lines[-1] if lines else 'no audio stream'})")
+        lines = self._messages()
+        return InputError(f"{self.name}: ffmpeg cannot decode it ({lines[-1] if lines else 'no audio stream'})"
+                          f"{self._hint(lines)}")
 
     def blocks(self, pcm: PcmFormat, block_bytes: int) -> Iterator[np.ndarray]:
-        yield from iter_pcm(self.reader, pcm, None, block_bytes)
-        if self._process.wait() != 0:
+        produced = False
+        for block in iter_pcm(self.reader, pcm, None, block_bytes):
+            produced = True
+            yield block
+        # ffmpeg exits 0 on some streams it could not read (an M4A with its index at the end): its message says why
+        if self._process.wait() != 0 or (not produced and self._messages()):
             raise self.failure()
 
     def _stop(self) -> None:
@@ -136,6 +148,17 @@ class _FfmpegProcess:
         self._stop()
         self._errors.close()
 
+    def stream(self, block_frames: Callable[[PcmFormat], int], duration: float | None = None) -> DecodedStream:
+        """Read ffmpeg's WAV header (its failure quoted if there is none) and stream its blocks of
+        ``block_frames(format)`` frames."""
+        try:
+            header = read_wav_header(self.reader)
+        except InputError:
+            raise self.failure() from None
+        pcm = header.format
+        return DecodedStream(self.blocks(pcm, block_frames(pcm) * pcm.block_align), pcm.rate, pcm.channels, duration,
+                             self.close)
+
 
 def open_ffmpeg(path: Path, name: str, block_seconds: float) -> DecodedStream:
     """Decode anything ffmpeg reads, streaming its float WAV output through a pipe."""
@@ -143,14 +166,9 @@ def open_ffmpeg(path: Path, name: str, block_seconds: float) -> DecodedStream:
     if ffmpeg is None:
         suffix = path.suffix or "this format"
         raise InputError(f"{name}: install ffmpeg to read {suffix} files")
-    process = _FfmpegProcess(ffmpeg, path, name)
-    try:
-        header = read_wav_header(process.reader)
-    except InputError:
-        raise process.failure() from None
-    pcm = header.format
-    block_bytes = max(1, round(block_seconds * pcm.rate)) * pcm.block_align
-    return DecodedStream(process.blocks(pcm, block_bytes), pcm.rate, pcm.channels, _probe_duration(path), process.close)
+    process = FfmpegDecoder([ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
+                             *FFMPEG_WAV_ARGS], name)
+    return process.stream(lambda pcm: max(1, round(block_seconds * pcm.rate)), _probe_duration(path))
 
 
 def _probe_duration(path: Path) -> float | None:

@@ -13,19 +13,16 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
-import tempfile
 import threading
-from collections.abc import Iterator
 from typing import BinaryIO, cast
 
-import numpy as np
 import soundfile
 
-from dsmcli.audio.decoders import DecodedStream, ffmpeg_path, libsndfile_reason, open_pcm_stream, soundfile_blocks
+from dsmcli.audio.decoders import (DecodedStream, FfmpegDecoder, ffmpeg_path, libsndfile_reason, open_pcm_stream,
+                                    soundfile_blocks)
 from dsmcli.audio.mp3check import frame_length, id3v2_size
 from dsmcli.audio.native_stderr import DecoderStderr
-from dsmcli.audio.pcm import STREAM_READ_BYTES, ByteReader, PcmFormat, iter_pcm, read_wav_header
+from dsmcli.audio.pcm import STREAM_READ_BYTES, ByteReader
 from dsmcli.errors import InputError
 
 MAGIC_BYTES = 12
@@ -198,48 +195,10 @@ def open_mp3_pipe(stream: Prefixed, head: bytes, name: str) -> DecodedStream:
                          file.format, quiet)
 
 
-class _FfmpegFilter:
-    """ffmpeg reading the pipe on its stdin (fed by a thread) and writing float WAV on its stdout."""
-
-    def __init__(self, ffmpeg: str, stream: Prefixed, name: str) -> None:
-        self.name = name
-        self._errors = tempfile.TemporaryFile()
-        self._process = subprocess.Popen([ffmpeg, *FFMPEG_PIPE_ARGS], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self._errors)
-        self.reader = ByteReader(cast(BinaryIO, self._process.stdout), name)
-        self._feeder = threading.Thread(target=_copy, args=(stream, self._process.stdin), daemon=True,
-                                        name="dsm-ffmpeg-feed")
-        self._feeder.start()
-
-    def _messages(self) -> list[str]:
-        self._errors.seek(0)
-        return self._errors.read().decode("utf-8", "replace").strip().splitlines()
-
-    def failure(self) -> InputError:
-        self._stop()
-        lines = self._messages()
-        hint = " (an MP4/M4A whose index is at its end cannot be read from a pipe: give the file)" if any(
-            "partial file" in line for line in lines) else ""
-        return InputError(f"{self.name}: ffmpeg cannot decode it ({lines[-1] if lines else 'no audio stream'}){hint}")
-
-    def blocks(self, pcm: PcmFormat, block_bytes: int) -> Iterator[np.ndarray]:
-        produced = False
-        for block in iter_pcm(self.reader, pcm, None, block_bytes):
-            produced = True
-            yield block
-        # ffmpeg exits 0 on some streams it could not read (an M4A with its index at the end): its message says why
-        if self._process.wait() != 0 or (not produced and self._messages()):
-            raise self.failure()
-
-    def _stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-        self.reader.stream.close()
-        self._process.wait()
-
-    def close(self) -> None:
-        self._stop()
-        self._errors.close()
+def _partial_file_hint(lines: list[str]) -> str:
+    if any("partial file" in line for line in lines):
+        return " (an MP4/M4A whose index is at its end cannot be read from a pipe: give the file)"
+    return ""
 
 
 def open_ffmpeg_pipe(stream: Prefixed, name: str) -> DecodedStream:
@@ -247,14 +206,9 @@ def open_ffmpeg_pipe(stream: Prefixed, name: str) -> DecodedStream:
     if ffmpeg is None:
         raise InputError(f"{name}: install ffmpeg to read this format from stdin (WAV, FLAC, Ogg and MP3 are read "
                          f"without it; raw s16le with --raw)")
-    process = _FfmpegFilter(ffmpeg, stream, name)
-    try:
-        header = read_wav_header(process.reader)
-    except InputError:
-        raise process.failure() from None
-    pcm = header.format
-    block_bytes = max(pcm.block_align, STREAM_READ_BYTES - STREAM_READ_BYTES % pcm.block_align)
-    return DecodedStream(process.blocks(pcm, block_bytes), pcm.rate, pcm.channels, None, process.close)
+    process = FfmpegDecoder([ffmpeg, *FFMPEG_PIPE_ARGS], name, feed=lambda stdin: _copy(stream, stdin),
+                            hint=_partial_file_hint)
+    return process.stream(lambda pcm: max(1, STREAM_READ_BYTES // pcm.block_align))
 
 
 def open_piped(stream: BinaryIO, name: str) -> DecodedStream:
