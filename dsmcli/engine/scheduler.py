@@ -131,6 +131,23 @@ class SlotStream:
         self.fail(DsmError("aborted"))
 
 
+class SinkEnding:
+    """Mixin of a command's stream (before :class:`SlotStream` in the bases) whose ``job.sink`` finalizes the
+    outputs: the stream's end is handed to that sink (which may raise on finishing: the stream then fails)."""
+
+    job: Any
+    ended: bool
+
+    def finish(self, result: Any = None) -> None:
+        self.job.sink.finish(result)
+        self.ended = True
+
+    def fail(self, error: DsmError) -> None:
+        if not self.ended:
+            self.ended = True
+            self.job.sink.fail(error)
+
+
 @dataclass(frozen=True)
 class StepReport:
     """What one :meth:`SlotBatch.step` did: ``stepped`` (some slot advanced), ``finished`` (slots whose stream

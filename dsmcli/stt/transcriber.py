@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from dsmcli.constants import SAMPLE_RATE
-from dsmcli.engine.scheduler import SlotScheduler
+from dsmcli.engine.scheduler import SinkEnding, SlotScheduler
 from dsmcli.errors import DsmError, InputError
 from dsmcli.results import TranscriptEvent
 from dsmcli.stt.batch import SttBatch, SttStream
@@ -84,7 +84,7 @@ class AudioStream(SttStream):
         return FrameFeed(self._open(), prefix, suffix, lead)
 
 
-class _JobStream(AudioStream):
+class _JobStream(SinkEnding, AudioStream):
     """A command's input: events go to its sink, each step to the progress and token observers."""
 
     def __init__(self, job: SttJob, progress: Callable[[str, int], None] | None,
@@ -97,15 +97,6 @@ class _JobStream(AudioStream):
             self._on_token(self.job, step, token)
         if self._progress is not None:
             self._progress(self.job.name, audio_samples)
-
-    def finish(self, result: object = None) -> None:
-        self.job.sink.finish(result)  # type: ignore[arg-type]  # may raise: then the stream fails
-        self.ended = True
-
-    def fail(self, error: DsmError) -> None:
-        if not self.ended:
-            self.ended = True
-            self.job.sink.fail(error)
 
     def abort(self) -> None:
         return None  # the command finalizes its outputs itself (Ctrl-C)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from dsmcli.engine.scheduler import SlotScheduler
+from dsmcli.engine.scheduler import SinkEnding, SlotScheduler
 from dsmcli.errors import DsmError, InputError
 from dsmcli.results import Word
 from dsmcli.tts.batch import CLIP, AudioChunk, SpeechResult, TokenFrame, TtsBatch, TtsStream
@@ -70,7 +70,7 @@ class SpeakJob:
     sink: SpeechSink
 
 
-class _JobStream(TtsStream):
+class _JobStream(SinkEnding, TtsStream):
     """A command's input: its outputs go to its sink."""
 
     def __init__(self, job: SpeakJob) -> None:
@@ -88,15 +88,6 @@ class _JobStream(TtsStream):
             sink.word(event)
         elif isinstance(event, TokenFrame):
             sink.frame(event.tokens)
-
-    def finish(self, result: object = None) -> None:
-        self.job.sink.finish(result)  # type: ignore[arg-type]  # may raise: then the stream fails
-        self.ended = True
-
-    def fail(self, error: DsmError) -> None:
-        if not self.ended:
-            self.ended = True
-            self.job.sink.fail(error)
 
     def abort(self) -> None:
         if not self.ended:
