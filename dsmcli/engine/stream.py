@@ -159,12 +159,13 @@ class LMStream:
         masked = [NOT_MASKED] * batch_size if cfg_masked_until is None else list(cfg_masked_until)
         if len(masked) != batch_size:
             raise ValueError(f"cfg_masked_until has {len(masked)} entries for {batch_size} slots")
-        depformer = None if lm.depformer is None else lm.depformer.init_state(rows, device, lm.dtype)
+        kernels = self.engine.kernels
+        depformer = None if lm.depformer is None else lm.depformer.init_state(rows, device, lm.dtype, kernels)
         return StreamState(
             tokens=torch.full((batch_size, lm.config.num_streams, self.ring_size), UNGENERATED_TOKEN_ID,
                               dtype=torch.long, device=device),
             offsets=torch.zeros(batch_size, dtype=torch.long, device=device),
-            backbone=lm.init_state(rows, fused.cross, static=self.engine.uses_static_shapes), depformer=depformer,
+            backbone=lm.init_state(rows, fused.cross, self.engine.uses_static_shapes, kernels), depformer=depformer,
             condition_sum=fused.sum,
             cfg_masked_until=torch.tensor(masked, dtype=torch.long, device=device),
             audio=torch.zeros(batch_size, self.num_generated, dtype=torch.long, device=device),
@@ -188,7 +189,7 @@ class LMStream:
         rows = state.model_rows(mask)
         if fused.sum is not None and state.condition_sum is not None:
             state.condition_sum = torch.where(rows[:, None, None], fused.sum, state.condition_sum)
-        new_cross = self.lm.transformer.cross_source(fused.cross)
+        new_cross = self.lm.transformer.cross_source(fused.cross, state.backbone.cross_native)
         if new_cross is not None and state.backbone.cross is not None:
             for i, ((k_new, v_new), (k_old, v_old)) in enumerate(zip(new_cross, state.backbone.cross)):
                 if k_new.shape != k_old.shape:
