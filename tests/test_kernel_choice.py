@@ -121,7 +121,8 @@ def test_the_choice_reaches_the_bundle_its_weights_and_its_streams(tiny_stt):
     torch_model = SttModel.load(tiny_stt, quantize="int8", kernels="torch")
     assert torch_model.kernels is kernels.KernelChoice.TORCH
     assert set(_kernel_users(torch_model)) == {kernels.KernelChoice.TORCH}
-    weights = [m for m in torch_model.lm.modules() if isinstance(m, Int8Weight) and m.kernel is not Int8Kernel.DEQUANTIZE]
+    weights = [m for m in torch_model.lm.modules()
+               if isinstance(m, Int8Weight) and m.kernel is not Int8Kernel.DEQUANTIZE]
     assert weights and all(w.resolved_kernel() is Int8Kernel.DEQUANTIZE for w in weights)
     batch = SttBatch(torch_model, TranscribeOptions(), 1)
     assert batch.stream.engine.kernels is kernels.KernelChoice.TORCH and batch.lm_state.backbone.rings.native is None

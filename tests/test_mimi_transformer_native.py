@@ -14,7 +14,8 @@ from dsmcli.kernels.codec import mimi_transformer_op
 
 REL_TOL = 2e-5  # float sums in other orders over 8 layers, relative to the largest output
 
-needs_native = pytest.mark.skipif(mimi_transformer_op("auto") is None, reason="the native Mimi kernel cannot be built here")
+needs_native = pytest.mark.skipif(mimi_transformer_op("auto") is None,
+                                  reason="the native Mimi kernel cannot be built here")
 
 SMALL = TransformerConfig(d_model=64, num_heads=4, num_layers=3, dim_feedforward=96, context=10,
                           input_dimension=48, output_dimension=40)  # with both projections

@@ -21,7 +21,8 @@ from dsmcli.hub.loaders import load_mimi
 REL_TOL = 1e-5  # float sums in other orders through 14 convs and 4 transposed convs, relative to the largest output
 REF_AUDIO_TOL = 1e-4  # the codec parity tests' audio tolerance (test_codec_parity.py)
 
-needs_native = pytest.mark.skipif(seanet_step_op("auto") is None, reason="the native SEANet kernel cannot be built here")
+needs_native = pytest.mark.skipif(seanet_step_op("auto") is None,
+                                  reason="the native SEANet kernel cannot be built here")
 
 
 def _must_not_run(choice, fits=True):
@@ -152,7 +153,10 @@ def test_native_streaming_decode_matches_the_reference(fixture_dir, tiny_stt, mo
     torch.manual_seed(3)
     codes = torch.randint(0, ours.cardinality, (1, ours.total_codebooks, 30))
     calls = []
-    counted = lambda choice, fits=True: (lambda *a: calls.append(1) or seanet_step_op(choice)(*a)) if fits else None  # noqa: E731
+
+    def counted(choice, fits=True):
+        return (lambda *a: calls.append(1) or seanet_step_op(choice)(*a)) if fits else None
+
     monkeypatch.setattr(seanet_module, "seanet_step_op", counted)
     state = ours.init_state(1)
     audio = torch.cat([ours.decode_step(codes[..., t : t + 1], state) for t in range(codes.shape[-1])], dim=-1)

@@ -18,7 +18,8 @@ from dsmcli.kernels.codec import seanet_step_op
 
 REL_TOL = 1e-5  # float sums in other orders through 14 convs, relative to the largest output
 
-needs_native = pytest.mark.skipif(seanet_step_op("auto") is None, reason="the native SEANet kernel cannot be built here")
+needs_native = pytest.mark.skipif(seanet_step_op("auto") is None,
+                                  reason="the native SEANet kernel cannot be built here")
 
 
 def _must_not_run(choice, fits=True):

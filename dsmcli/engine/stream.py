@@ -122,7 +122,7 @@ class LMStream:
     """Step engine over an :class:`LM`. ``num_generated`` (default ``dep_q``) codebooks come from the depformer;
     the remaining audio streams are inputs (the TTS with fewer codebooks feeds them -1). ``cfg_no_text``: under
     real CFG the unconditional rows see no text and text logits are not guided. ``engine``: how the model part
-    runs (:class:`EngineOptions`: static shapes, ``torch.compile``)."""
+    runs (:class:`EngineOptions`: static shapes, ``torch.compile``, the native kernels)."""
 
     def __init__(self, lm: LM, options: SamplingOptions | None = None, *, hooks: StepHooks | None = None,
                  cfg_no_text: bool = False, num_generated: int | None = None,
