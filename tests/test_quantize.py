@@ -28,6 +28,7 @@ from dsmcli.engine.quantize import (
     Int8Kernel,
     Int8Weight,
     QuantMethod,
+    WeightQuantizer,
     group_size_for,
     quantize_lm,
     quantize_rows,
@@ -136,6 +137,22 @@ def test_disabling_native_kernels(monkeypatch):
     assert Int8Weight.from_float(weight, kernels="torch").resolved_kernel() is Int8Kernel.DEQUANTIZE  # the choice
     monkeypatch.setenv(DISABLE_ENV, "1")  # the documented override: torch whatever the choice
     assert Int8Weight.from_float(weight).resolved_kernel() is Int8Kernel.DEQUANTIZE
+
+
+def test_a_quantized_weight_is_a_declared_holder():
+    """The quantized weight takes the parameter's place as a submodule with ``q`` / ``scale`` buffers: in
+    ``state_dict()``, loadable into another quantized module, moved by ``.to()``."""
+    module = torch.nn.Linear(128, 16, bias=False)
+    x = torch.randn(2, 128)
+    WeightQuantizer("int8").replace(module, "weight", module.weight.detach())
+    assert "weight" not in module._parameters and isinstance(module._modules["weight"], Int8Weight)
+    assert list(module.state_dict()) == ["weight.q", "weight.scale"]  # group_sums is derived, not saved
+    other = torch.nn.Linear(128, 16, bias=False)
+    WeightQuantizer("int8").replace(other, "weight", torch.zeros(16, 128))
+    other.load_state_dict(module.state_dict())
+    assert torch.equal(other(x), module(x)) and torch.equal(other.weight.group_sums, module.weight.group_sums)
+    moved = module.to("meta")
+    assert moved.weight.device.type == "meta" and moved.weight.q.device.type == "meta"
 
 
 def test_indexing_and_unsupported_ops():

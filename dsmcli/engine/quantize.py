@@ -137,11 +137,21 @@ class Int8Weight(nn.Module):
         self.register_buffer("scale", scale)
         self.dtype, self.kernel, self.kernels = dtype, kernel, KernelChoice(kernels)
         self.group_size = q.shape[-1] // scale.shape[-1]
-        grouped = q.unflatten(-1, (-1, self.group_size))
-        # [..., out, G]: the native kernel's
-        self.register_buffer("group_sums", grouped.sum(dim=-1, dtype=torch.int32).contiguous(), persistent=False)
+        self.register_buffer("group_sums", self._group_sums(), persistent=False)  # [..., out, G]: the native kernel's
+        self._summed = (q, q._version)  # the codes (and their version) group_sums was computed from
         self._views: dict[str, Int8Weight] = {}  # indexed views (``in_proj[k]`` runs every step)
         self._native: Any = None  # the native op once resolved, False when this weight cannot use it
+        self.register_load_state_dict_post_hook(lambda module, _incompatible: module._loaded())
+
+    def _group_sums(self) -> Tensor:
+        return self.q.unflatten(-1, (-1, self.group_size)).sum(dim=-1, dtype=torch.int32).contiguous()
+
+    def _loaded(self) -> None:
+        """After ``load_state_dict``: the derived sums follow new codes; views and kernel are resolved again."""
+        if self.q is not self._summed[0] or self.q._version != self._summed[1]:  # assigned, or copied into
+            self.group_sums, self._summed = self._group_sums(), (self.q, self.q._version)
+        self._views.clear()
+        self._native = None
 
     @classmethod
     def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO, group_size: int = GROUP_SIZE,
@@ -315,6 +325,11 @@ class Int4Weight(Int8Weight):
         self.group_size = 2 * q.shape[-1] // scale.shape[-1]
         self._views: dict[str, Int8Weight] = {}
         self._native: Any = None
+        self.register_load_state_dict_post_hook(lambda module, _incompatible: module._loaded())
+
+    def _loaded(self) -> None:
+        self._views.clear()
+        self._native = None
 
     @classmethod
     def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO, group_size: int = INT4_GROUP_SIZE,

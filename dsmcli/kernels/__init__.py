@@ -267,27 +267,32 @@ def build(kernel: Kernel, retry: bool = False, announce: bool = True) -> tuple[C
     return _op(kernel), None
 
 
-_loaded: dict[str, Callable] = {}  # op name -> op, once built or loaded in this process
+_loaded: dict[tuple[str, str | None], Callable] = {}  # (kernel, op) -> op, once built or loaded in this process
 _unavailable: dict[str, str] = {}  # kernel name -> why it cannot be built (asked once per process)
 
 
 def load_op(name: str, choice: KernelChoice | str, fits: bool = True, op: str | None = None) -> Callable | None:
     """The op ``op`` (default: the kernel's main op) of ``KERNELS[name]`` for a call site running under ``choice``
     whose tensors ``fits`` the kernel, or None (``torch``, not fitting, or not buildable under ``auto``: one stderr
-    line per process). ``native`` and a kernel that cannot be built: :class:`KernelUnavailable`."""
-    choice = effective_choice(choice)
-    if choice is KernelChoice.TORCH or not fits:
+    line per process). ``native`` and a kernel that cannot be built: :class:`KernelUnavailable`. Cheap once the op
+    is loaded: call sites look it up at every step."""
+    if not fits or choice == KernelChoice.TORCH:
         return None
+    if disabled():
+        check_choice(choice)  # native: an error
+        return None
+    found = _loaded.get((name, op))
+    return found if found is not None else _load_new(name, KernelChoice(choice), op)
+
+
+def _load_new(name: str, choice: KernelChoice, op: str | None) -> Callable | None:
     kernel = KERNELS[name]
-    key = f"{kernel.library}.{op or kernel.op}"
-    if key in _loaded:
-        return _loaded[key]
     reason = _unavailable.get(name)
     if reason is None:
         main, reason = build(kernel)
         if main is not None:
             found = main if op is None else getattr(getattr(torch.ops, kernel.library), op)
-            _loaded[key] = found
+            _loaded[name, op] = found
             return found
         reason = _unavailable[name] = reason or "unknown reason"
         if choice is not KernelChoice.NATIVE:
