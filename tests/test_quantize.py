@@ -206,7 +206,8 @@ def test_quantized_stt_follows_float(tiny_stt, bria_24k):
     linear_tensors = 4 * model.config.transformer.num_layers + 1 + model.config.extra_heads_num_heads
     model = quantize_lm(model, "int8")
     report = model.quantization
-    assert report is not None and (report.method, report.kernel, report.tensors) == (QuantMethod.INT8, Int8Kernel.AUTO, linear_tensors)
+    assert report is not None
+    assert (report.method, report.kernel, report.tensors) == (QuantMethod.INT8, Int8Kernel.AUTO, linear_tensors)
     assert report.bytes_after < report.bytes_before / 3
     assert report.kernel_used in ("native", "mixed", "dequantize")
     assert model.dtype == torch.float32 and model.device.type == "cpu"
