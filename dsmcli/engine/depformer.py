@@ -71,10 +71,6 @@ class Depformer(nn.Module):
         # the native runners by kernel choice, built at the first init_state that asks (they hold the weights)
         self._native: dict[KernelChoice, NativeDepformer | None] = {}
 
-    def forget_native(self) -> None:
-        """Drop the native runners (they hold the weights they were built with): call after replacing weights."""
-        self._native.clear()
-
     def native(self, dtype: torch.dtype, device: torch.device | str,
                kernels: KernelChoice | str = KernelChoice.AUTO) -> NativeDepformer | None:
         """The native sub-step runner under ``kernels``, or None (``torch``, ``native_step`` off, or not supported
