@@ -151,6 +151,9 @@ def test_a_quantized_weight_is_a_declared_holder():
     WeightQuantizer("int8").replace(other, "weight", torch.zeros(16, 128))
     other.load_state_dict(module.state_dict())
     assert torch.equal(other(x), module(x)) and torch.equal(other.weight.group_sums, module.weight.group_sums)
+    before = module(x)
+    module.to(torch.bfloat16)  # a model-wide cast: integer codes and float32 scales are left as they are
+    assert module.weight.scale.dtype == torch.float32 and torch.equal(module(x), before)
     moved = module.to("meta")
     assert moved.weight.device.type == "meta" and moved.weight.q.device.type == "meta"
 

@@ -38,7 +38,8 @@ Kernels (:class:`Int8Kernel`, within the load's :class:`~dsmcli.kernels.KernelCh
 
 Measurements behind these choices are in benchmarks/README.md. Quantized weights are not parameters (their
 buffers are in ``state_dict()`` as ``<weight>.q`` / ``<weight>.scale``): quantize *after* moving the model to its
-device (``.to(device)`` moves the buffers; a dtype cast would change the float32 scales: do not).
+device (``.to(device)`` moves the buffers; a dtype cast leaves them: the codes are integers, the scales stay
+float32).
 """
 
 from __future__ import annotations
@@ -162,7 +163,11 @@ class Int8Weight(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> Int8Weight:
         self._views.clear()  # moved buffers: the views and the resolved kernel are recomputed
         self._native = None
-        return super()._apply(fn, recurse)
+        scale = self.scale
+        super()._apply(fn, recurse)
+        if self.scale.dtype != scale.dtype:  # a model-wide dtype cast: the scales stay as they were (float32)
+            self.scale = scale.to(self.scale.device)
+        return self
 
     @property
     def shape(self) -> torch.Size:
