@@ -19,9 +19,9 @@ the dtype is the model's, chosen at load: ``load_lm(..., dtype=torch.bfloat16)``
   is made (:meth:`~dsmcli.engine.LMStream.init_state`): the depformer's sub-steps (``depformer_step.cpp``) and, for
   a quantized model on CPU, the attention over float16 KV rings (:meth:`~dsmcli.engine.LM.attention_kernels`).
   ``auto`` (default) uses them where they build, ``native`` makes one that cannot be built an error
-  (:class:`~dsmcli.kernels.KernelUnavailable`), ``torch`` uses none (a float model's default path uses none of
-  them but the depformer's, whose results match to float rounding). The quantized weights' own linears follow the
-  choice given when they were quantized (``load_lm(..., kernels=)``).
+  (:class:`~dsmcli.kernels.KernelUnavailable`), ``torch`` uses none. On a float model only the depformer's
+  kernel depends on it (its results match the torch path to float rounding; the backbone always attends with SDPA).
+  The quantized weights' own linears follow the choice given when they were quantized (``load_lm(..., kernels=)``).
 """
 
 from __future__ import annotations
