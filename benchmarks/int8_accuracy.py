@@ -54,7 +54,8 @@ def stt_checkpoint(args: argparse.Namespace) -> None:
     for method in args.methods:
         for group_size in args.group_sizes:
             lm = load_lm(args.checkpoint, dtype=torch.float32)
-            report = quantize_lm(lm, method, group_size=group_size)
+            lm = quantize_lm(lm, method, group_size=group_size)
+            report = lm.quantization
             _print(f"{method} group {group_size}", report, vr.agreement(fp32, vr.text_logits_run(lm, codes, fp32[1])))
             del lm
 

@@ -17,7 +17,7 @@ attend over the cells written so far, the reference always over its whole ring);
 ``context`` steps (every ring cell holds a key: the state is set up as if the stream had run that long).
 The reference's cost does not depend on how full its ring is, so it is timed once per batch size.
 
-``int8`` in ``--dtypes``: ours with ``quantize_lm(lm, "int8")`` (the default native kernel) against the float32
+``int8`` in ``--dtypes``: ours from ``quantize_lm(lm, "int8")`` (the default native kernel) against the float32
 reference, the comparison issue 6 asks for.
 """
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         ref_lm = ref_lm.to(dtype)  # in place: float32 tensors are replaced, not kept
         ours = LM.from_state(LMConfig.from_dict(lm_kwargs), dict(ref_lm.state_dict()), dtype=dtype)
         if dtype_name == "int8":
-            quantize_lm(ours, "int8")  # ours drops the shared float tensors; the reference keeps them
+            ours = quantize_lm(ours, "int8")  # consumes ours (drops the shared float tensors); the reference keeps them
         for batch in (int(b) for b in args.batches.split(",")):
             rows += compare(ref_lm, ours, dtype_name, batch, contexts, args)
         del ours

@@ -10,7 +10,7 @@
    bf16 file is lossless), saved in the released layout (``save_lm``) next to a ``config.json``, and ours is
    loaded from that directory through ``dsmcli.hub.loaders.load_lm``: bit-identical weights. Both step greedy on the Mimi codes of
    bria.mp3, interleaved round by round (the machine is shared: medians over rounds; see benchmarks/README.md).
-3. Ours is then quantized in place (``quantize_lm(lm, "int8")``) and timed again against fresh reference
+3. Ours is then quantized (``lm = quantize_lm(lm, "int8")``) and timed again against fresh reference
    rounds; int8 agreement (text-logit cosine similarity, greedy token agreement) is measured teacher-forced
    against our fp32 run on the same codes.
 
@@ -332,7 +332,8 @@ def tts_phases(ref_lm, checkpoint: Path, config: dict, args) -> dict[str, Timing
     for mode in ("fp32", *args.quantize):
         ours = load_lm(checkpoint, dtype=torch.float32)
         if mode != "fp32":
-            report = quantize_lm(ours, mode)
+            ours = quantize_lm(ours, mode)
+            report = ours.quantization
             print(f"quantized {report.tensors} weights: {report.bytes_before / 2**30:.2f} -> "
                   f"{report.bytes_after / 2**30:.2f} GiB (groups of {report.group_size}, {report.kernel_used} kernel)")
         print(f"TTS step, batch 1 (ours {mode})")
@@ -449,7 +450,8 @@ def stt_phases(ref_lm, ours: LM, codes: torch.Tensor, timings: dict[str, Timing]
     mode = args.quantize[0]
     timings.update(lm_phase("fp32", ref_lm, ours, codes, args))
     fp32_run = text_logits_run(ours, codes, None)
-    report = quantize_lm(ours, mode)
+    ours = quantize_lm(ours, mode)
+    report = ours.quantization
     print(f"quantized {report.tensors} weights: {report.bytes_before / 2**30:.2f} -> "
           f"{report.bytes_after / 2**30:.2f} GiB (groups of {report.group_size}, {report.kernel_used} kernel)")
     quantized = lm_phase(mode, ref_lm, ours, codes, args)

@@ -10,7 +10,10 @@ import torch.nn.functional as F
 from dsmcli.codec import kernels
 from dsmcli.codec.config import QuantizerConfig
 from dsmcli.codec.quantizer import ResidualVQ
-from dsmcli.kernels import fp32_linear_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.linear import fp32_linear_op
+
+AUTO, TORCH = KernelChoice.AUTO, KernelChoice.TORCH
 
 REL_TOL = 1e-5  # another float summation order: relative to the largest output
 
@@ -28,7 +31,7 @@ def test_conv1d_equals_native(batch, steps, kernel, stride, dilation, bias):
     weight = torch.randn(out_channels, channels, kernel)
     b = torch.randn(out_channels) if bias else None
     expected = F.conv1d(x, weight, b, stride, dilation=dilation)
-    out = kernels.conv1d(x, weight, b, stride, dilation)
+    out = kernels.conv1d(x, weight, b, AUTO, stride, dilation)
     assert out.shape == expected.shape == (batch, out_channels, steps)
     assert (out - expected).abs().max() <= REL_TOL * expected.abs().max()
 
@@ -37,9 +40,9 @@ def test_conv1d_keeps_native_for_grouped_and_thin_inputs():
     torch.manual_seed(0)
     x = torch.randn(2, 8, 20)
     grouped = torch.randn(8, 1, 4)
-    assert torch.equal(kernels.conv1d(x, grouped, None, 2, groups=8), F.conv1d(x, grouped, None, 2, groups=8))
+    assert torch.equal(kernels.conv1d(x, grouped, None, AUTO, 2, groups=8), F.conv1d(x, grouped, None, 2, groups=8))
     thin = torch.randn(4, 1, 7)  # one input channel: C * K < MIN_COLUMN_SIZE
-    assert torch.equal(kernels.conv1d(x[:, :1], thin, None), F.conv1d(x[:, :1], thin, None))
+    assert torch.equal(kernels.conv1d(x[:, :1], thin, None, AUTO), F.conv1d(x[:, :1], thin, None))
 
 
 def _random_rvq(dim: int, bins: int, tie: tuple[int, int]) -> ResidualVQ:
@@ -73,7 +76,7 @@ def test_quantizer_one_row_matches_cdist_including_exact_ties():
         assert rvq.encode(latents[0], 1).item() == 7  # the lower index of the tied pair
 
 
-needs_native = pytest.mark.skipif(fp32_linear_op() is None, reason="the native fp32 kernel cannot be built here")
+needs_native = pytest.mark.skipif(fp32_linear_op(AUTO) is None, reason="the native fp32 kernel cannot be built here")
 UNIT_ROUNDOFF = 2.0 ** -24
 
 
@@ -85,7 +88,7 @@ def test_native_linear_within_float_rounding_of_exact(rows, out_features, in_fea
     torch.manual_seed(rows * 1000 + out_features + in_features)
     x, weight = torch.randn(rows, in_features), torch.randn(out_features, in_features)
     b = torch.randn(out_features) if bias else None
-    out = fp32_linear_op()(x, weight, b)
+    out = fp32_linear_op(AUTO)(x, weight, b)
     exact = x.double() @ weight.double().T + (0 if b is None else b.double())
     bound = in_features * UNIT_ROUNDOFF * (x.double().abs() @ weight.double().abs().T + 1)  # |sum| rounding bound
     assert out.shape == (rows, out_features)
@@ -96,30 +99,29 @@ def test_native_linear_within_float_rounding_of_exact(rows, out_features, in_fea
 def test_native_linear_rows_do_not_depend_on_batch_mates():
     torch.manual_seed(1)
     weight, x = torch.randn(300, 520), torch.randn(1, 520)
-    alone = fp32_linear_op()(x, weight, None)
+    alone = fp32_linear_op(AUTO)(x, weight, None)
     for before, after in [(1, 0), (0, 3), (2, 5), (7, 8)]:
         batch = torch.cat([torch.randn(before, 520), x, torch.randn(after, 520)])
-        assert torch.equal(fp32_linear_op()(batch, weight, None)[before], alone[0])
+        assert torch.equal(fp32_linear_op(AUTO)(batch, weight, None)[before], alone[0])
 
 
 @needs_native
-def test_linear_uses_native_only_for_few_rows_and_large_weights(monkeypatch):
+def test_linear_uses_native_only_for_few_rows_and_large_weights():
     torch.manual_seed(2)
     large = torch.randn(1024, 512)  # 2 MB
     small = torch.randn(64, 512)  # 128 KB: stays on BLAS
     few, many = torch.randn(1, 2, 512), torch.randn(1, kernels.NATIVE_MAX_ROWS + 1, 512)
-    assert torch.equal(kernels.linear(few, large), fp32_linear_op()(few[0], large, None)[None])
-    assert torch.equal(kernels.linear(many, large), F.linear(many, large))
-    assert torch.equal(kernels.linear(few, small), F.linear(few, small))
-    assert torch.equal(kernels.linear(few.double(), large.double()), F.linear(few.double(), large.double()))
+    assert torch.equal(kernels.linear(few, large, None, AUTO), fp32_linear_op(AUTO)(few[0], large, None)[None])
+    assert torch.equal(kernels.linear(many, large, None, AUTO), F.linear(many, large))
+    assert torch.equal(kernels.linear(few, small, None, AUTO), F.linear(few, small))
+    assert torch.equal(kernels.linear(few.double(), large.double(), None, AUTO), F.linear(few.double(), large.double()))
     tables = torch.randn(2, 1024, 258)
-    assert kernels.rvq_encode(torch.randn(3, 256), tables) is not None
-    assert kernels.rvq_encode(torch.randn(kernels.NATIVE_MAX_ROWS + 1, 256), tables) is None
-    assert kernels.rvq_encode(torch.randn(3, 256), tables[:, :64]) is None  # 66 KB tables: the torch loop
-    monkeypatch.setattr(kernels, "fp32_linear_op", lambda: None)  # no compiler / DSM_NO_NATIVE_KERNELS
-    monkeypatch.setattr(kernels, "rvq_encode_op", lambda: None)
-    assert torch.equal(kernels.linear(few, large), F.linear(few, large))
-    assert kernels.rvq_encode(torch.randn(3, 256), tables) is None
+    assert kernels.rvq_encode(torch.randn(3, 256), tables, AUTO) is not None
+    assert kernels.rvq_encode(torch.randn(kernels.NATIVE_MAX_ROWS + 1, 256), tables, AUTO) is None
+    assert kernels.rvq_encode(torch.randn(3, 256), tables[:, :64], AUTO) is None  # 66 KB tables: the torch loop
+    # the torch choice (--kernels torch, DSM_NO_NATIVE_KERNELS=1, no compiler): F.linear and the torch loop
+    assert torch.equal(kernels.linear(few, large, None, TORCH), F.linear(few, large))
+    assert kernels.rvq_encode(torch.randn(3, 256), tables, TORCH) is None
 
 
 @needs_native

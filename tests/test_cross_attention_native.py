@@ -1,5 +1,5 @@
-"""Cross-attention on the native decode kernel over float16 source keys/values (quantized CPU models,
-:func:`dsmcli.engine.quantize.set_native_cross_attention`) against SDPA over the float32 ones."""
+"""Cross-attention on the native decode kernel over float16 source keys/values (quantized CPU models, decided by
+the stream's kernel choice: ``TransformerState.cross_native``) against SDPA over the float32 ones."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dsmcli.engine.transformer import CrossAttention
-from dsmcli.kernels import decode_attention_op
+from dsmcli.kernels.attention import decode_attention_op
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="no C++ compiler: the native kernels cannot be built")
@@ -25,7 +25,7 @@ def _attention(seed: int = 0) -> CrossAttention:
 
 
 def test_native_cross_attention_matches_sdpa_and_is_deterministic():
-    op = decode_attention_op()
+    op = decode_attention_op("auto")
     assert op is not None
     attention = _attention()
     generator = torch.Generator().manual_seed(1)
@@ -33,24 +33,26 @@ def test_native_cross_attention_matches_sdpa_and_is_deterministic():
     x = torch.randn(3, 1, 64, generator=generator)
     with torch.no_grad():
         expected = attention(x, *attention.project_source(source))
-        attention.native_decode = op
-        keys, values = attention.project_source(source)
+        keys, values = attention.project_source(source, op)
         assert keys.dtype == torch.float16 and keys.is_contiguous() and values.is_contiguous()
-        native = attention(x, keys, values)
-        again = attention(x, *attention.project_source(source))
+        native = attention(x, keys, values, op)
+        again = attention(x, *attention.project_source(source, op), op)
     assert native.dtype == expected.dtype and native.shape == expected.shape
     # float16 keys and values: ~1e-3 relative to the output's peak (the quantized path's KV rings are float16 too)
     assert float((native - expected).abs().max()) <= 2e-3 * float(expected.abs().max())
     assert torch.equal(native, again)
 
 
-def test_quantize_sets_and_clears_native_cross_attention():
-    from torch import nn
+def test_the_stream_choice_decides_native_cross_attention(tiny_tts):
+    from dsmcli.hub.loaders import load_lm
 
-    from dsmcli.engine.quantize import set_native_cross_attention
-
-    model = nn.Sequential(_attention(), _attention(1))
-    set_native_cross_attention(model, True)
-    assert all(m.native_decode is decode_attention_op() for m in model)
-    set_native_cross_attention(model, False)
-    assert all(m.native_decode is None for m in model)
+    quantized = load_lm(tiny_tts, dtype=torch.float32, quantize="int8")
+    assert quantized.config.transformer.cross_attention
+    source = torch.randn(1, 5, quantized.config.dim)
+    with torch.no_grad():
+        native = quantized.init_state(1, source, kernels="auto")
+        plain = quantized.init_state(1, source, kernels="torch")
+        float_model = load_lm(tiny_tts, dtype=torch.float32).init_state(1, source, kernels="native")
+    assert native.cross_native is decode_attention_op("auto") and native.cross[0][0].dtype == torch.float16
+    assert plain.cross_native is None and plain.cross[0][0].dtype == torch.float32
+    assert float_model.cross_native is None and float_model.cross[0][0].dtype == torch.float32

@@ -1,6 +1,7 @@
 """The native decode attention (``dsmcli/kernels/decode_attention.cpp``) against SDPA, its batch independence,
-and its use by the LM's KV rings: only where asked (``LM.native_attention``, set by ``quantize_lm``), over
-float16 rings, with text logits within cosine 0.99999 of the float32 SDPA path, the ring wrapping included."""
+and its use by the LM's KV rings: only where asked (a quantized model's stream under ``EngineOptions.kernels``
+auto or native, see ``LM.attention_kernels``; or rings made with an explicit attention choice), over float16
+rings, with text logits within cosine 0.99999 of the float32 SDPA path, the ring wrapping included."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsmcli.engine import LM, LMStream, SamplingOptions
+from dsmcli.engine import LM, EngineOptions, LMStream, SamplingOptions
 from dsmcli.engine.quantize import quantize_lm
-from dsmcli.kernels import decode_attention_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.attention import decode_attention_op
 from dsmcli.hub.loaders import load_lm, load_mimi
 
 REL_TOL = 1e-5  # another float summation order, relative to the largest output
 
-needs_native = pytest.mark.skipif(decode_attention_op() is None, reason="the native kernel cannot be built here")
+needs_native = pytest.mark.skipif(decode_attention_op("auto") is None, reason="the native kernel cannot be built here")
 
 
 def _mask(batch: int, span: int, generator: torch.Generator) -> torch.Tensor:
@@ -35,7 +37,7 @@ def test_native_attention_matches_sdpa(batch, heads, cells, head_dim, span, stor
     q = torch.randn(batch, heads, 1, head_dim, generator=generator)
     keys, values = (torch.randn(batch, heads, cells, head_dim, generator=generator).to(storage) for _ in range(2))
     mask = _mask(batch, span, generator)
-    out = decode_attention_op()(q, keys, values, mask)
+    out = decode_attention_op("auto")(q, keys, values, mask)
     keys, values = keys[:, :, :span].float(), values[:, :, :span].float()
     expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
     assert out.shape == expected.shape
@@ -47,16 +49,22 @@ def test_native_attention_slots_do_not_depend_on_batch_mates():
     generator = torch.Generator().manual_seed(0)
     q, keys, values = (torch.randn(4, 2, n, 32, generator=generator) for n in (1, 60, 60))
     mask = _mask(4, 50, generator)
-    together = decode_attention_op()(q, keys, values, mask)
+    together = decode_attention_op("auto")(q, keys, values, mask)
     for slot in range(4):
-        alone = decode_attention_op()(q[slot:slot + 1].contiguous(), keys[slot:slot + 1].contiguous(),
+        alone = decode_attention_op("auto")(q[slot:slot + 1].contiguous(), keys[slot:slot + 1].contiguous(),
                                       values[slot:slot + 1].contiguous(), mask[slot:slot + 1].contiguous())
         assert torch.equal(alone[0], together[slot])
 
 
-def _logits(lm: LM, codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    stream = LMStream(lm, SamplingOptions.greedy())
+def _logits(lm: LM, codes: torch.Tensor, kernels: str = "auto",
+            attention: KernelChoice | None = None) -> tuple[torch.Tensor, bool]:
+    """Greedy text logits of a stream under ``EngineOptions(kernels=kernels)``; ``attention``: the backbone's rings
+    made with that attention choice instead of the one the model and the options give."""
+    stream = LMStream(lm, SamplingOptions.greedy(), engine=EngineOptions(kernels=kernels))
     state = stream.init_state(1)
+    if attention is not None:
+        state.backbone = lm.transformer.init_state(1, lm.config.transformer.context, lm.device, lm.dtype,
+                                                   attention=attention)
     logits = [stream.step(codes[:, :, t:t + 1], state).text_logits[0].clone() for t in range(codes.shape[-1])]
     rings = state.backbone.rings
     assert rings.keys[0].dtype == (torch.float16 if rings.native is not None else torch.float32)
@@ -71,14 +79,15 @@ def test_lm_uses_native_attention_only_when_asked(tiny_stt, bria_24k):
     assert model.config.transformer.context < codes.shape[-1]
     sdpa, used = _logits(model, codes)
     assert not used
-    model.native_attention = True
-    native, used = _logits(model, codes)
+    assert not _logits(model, codes[..., :3], kernels="native")[1]  # a float model always attends with SDPA
+    native, used = _logits(model, codes, attention=KernelChoice.AUTO)
     assert used
     cosine = torch.cosine_similarity(native, sdpa, dim=-1)
     print(f"float16 rings + native attention vs float32 SDPA: max abs {float((native - sdpa).abs().max()):.2e} "
           f"(largest logit {float(sdpa.abs().max()):.2f}), cosine min {float(cosine.min()):.7f}")
     assert float(cosine.min()) >= 0.99999
     assert (native - sdpa).abs().max() <= 2e-3 * sdpa.abs().max()
-    model.native_attention = False
-    quantize_lm(model, "int8")
-    assert model.native_attention and _logits(model, codes[..., :3])[1]
+    quantized = quantize_lm(model, "int8")
+    assert quantized.attention_kernels("auto") is KernelChoice.AUTO
+    assert _logits(quantized, codes[..., :3])[1] and _logits(quantized, codes[..., :3], kernels="native")[1]
+    assert not _logits(quantized, codes[..., :3], kernels="torch")[1]  # the stream's choice decides

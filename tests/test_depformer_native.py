@@ -81,6 +81,10 @@ def _assert_close(native: tuple[torch.Tensor, torch.Tensor], torch_path: tuple[t
 def test_native_depformer_matches_torch_float32(tiny_tts):
     lm = load_lm(tiny_tts, dtype=torch.float32)
     assert lm.depformer is not None and lm.depformer.native(torch.float32, "cpu") is not None
+    # the stream's kernel choice decides: torch builds no runner (and no native cache) for the stream
+    plain = lm.depformer.init_state(1, "cpu", torch.float32, "torch")
+    assert plain.native is None and plain.native_keys is None
+    assert lm.depformer.init_state(1, "cpu", torch.float32, "auto").native is not None
     _assert_close(_run(lm, True), _run(lm, False))
 
 
@@ -145,12 +149,12 @@ def test_audio_needed_stops_the_depformer_with_the_same_draws(tiny_tts, needed):
     assert bool((runs[1][skip_steps:, :, 1:] >= 0).all())
 
 
-def test_quantizing_after_a_float_stream_rebuilds_the_native_runner(tiny_tts):
+def test_quantizing_after_a_float_stream_gives_a_native_runner_of_the_quantized_weights(tiny_tts):
     from dsmcli.engine.quantize import Int4Weight, quantize_lm
 
     lm = _wide_depformer_lm(tiny_tts, "none")
     _run(lm, True)  # the float runner is built and used
-    quantize_lm(lm, "int4")
+    lm = quantize_lm(lm, "int4")
     native = lm.depformer.native(torch.float32, "cpu") if lm.depformer is not None else None
     assert native is not None and native.arguments(0) is not None
     assert 2 in native.arguments(0)[1] and not any(isinstance(t, Int4Weight) for t in native.arguments(0)[0])

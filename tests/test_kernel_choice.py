@@ -1,4 +1,6 @@
-"""``--kernels auto|native|torch`` (:class:`dsmcli.kernels.KernelChoice`) on the task commands.
+"""``--kernels auto|native|torch`` (:class:`dsmcli.kernels.KernelChoice`) on the task commands, passed down
+explicitly: to the task bundle (its Mimi's ``CodecOptions``, the quantized weights), its streams'
+``EngineOptions`` and the Ray corpus actors.
 
 ``torch`` writes the same bytes as ``DSM_NO_NATIVE_KERNELS=1``; with ``torch`` no call site reaches a kernel build
 (``kernels.build`` raises here); ``native`` with a broken toolchain is one error line and exit 1; an unknown choice
@@ -92,11 +94,59 @@ def test_unknown_choice_is_a_usage_error(tmp_path, tiny_stt, clip):
         "dsm: error: --kernels: unknown choice 'fast' (auto, native, torch)")
 
 
-def test_use_kernels_switches_the_ops_and_restores():
-    previous = kernels.use_kernels("torch")
-    try:
-        assert kernels.kernel_choice() is kernels.KernelChoice.TORCH
-        assert all(op() is None for op in kernels._OPS)
-    finally:
-        kernels.use_kernels(previous)
-    assert kernels.kernel_choice() is (kernels.KernelChoice.TORCH if kernels.disabled() else previous)
+def test_torch_choice_looks_up_no_kernel_and_native_conflicts_with_the_override(monkeypatch):
+    from dsmcli.kernels.attention import decode_attention_op
+    from dsmcli.kernels.linear import int8_linear_op
+
+    monkeypatch.setattr(kernels, "build", lambda *a, **k: pytest.fail("a kernel was looked up under torch"))
+    assert decode_attention_op("torch") is None and int8_linear_op(kernels.KernelChoice.TORCH) is None
+    monkeypatch.setenv(kernels.DISABLE_ENV, "1")
+    assert int8_linear_op("auto") is None  # the override means torch
+    with pytest.raises(kernels.KernelUnavailable, match="conflicts with"):
+        int8_linear_op("native")
+
+
+def _kernel_users(model) -> list:
+    from dsmcli.codec.model import KERNEL_USERS
+
+    return [m.kernels for m in model.mimi.modules() if isinstance(m, KERNEL_USERS)]
+
+
+def test_the_choice_reaches_the_bundle_its_weights_and_its_streams(tiny_stt):
+    from dsmcli.engine.quantize import Int8Kernel, Int8Weight
+    from dsmcli.stt import SttModel
+    from dsmcli.stt.batch import SttBatch
+    from dsmcli.stt.options import TranscribeOptions
+
+    torch_model = SttModel.load(tiny_stt, quantize="int8", kernels="torch")
+    assert torch_model.kernels is kernels.KernelChoice.TORCH
+    assert set(_kernel_users(torch_model)) == {kernels.KernelChoice.TORCH}
+    weights = [m for m in torch_model.lm.modules()
+               if isinstance(m, Int8Weight) and m.kernel is not Int8Kernel.DEQUANTIZE]
+    assert weights and all(w.resolved_kernel() is Int8Kernel.DEQUANTIZE for w in weights)
+    batch = SttBatch(torch_model, TranscribeOptions(), 1)
+    assert batch.stream.engine.kernels is kernels.KernelChoice.TORCH and batch.lm_state.backbone.rings.native is None
+    auto_model = SttModel.load(tiny_stt, quantize="int8")
+    assert auto_model.kernels is kernels.KernelChoice.AUTO
+    assert set(_kernel_users(auto_model)) == {kernels.KernelChoice.AUTO}
+    if decode_attention_available():
+        assert SttBatch(auto_model, TranscribeOptions(), 1).lm_state.backbone.rings.native is not None
+
+
+def decode_attention_available() -> bool:
+    from dsmcli.kernels.attention import decode_attention_op
+
+    return decode_attention_op("auto") is not None
+
+
+def test_ray_actors_build_their_models_under_the_choice(tiny_stt, tmp_path):
+    from dsmcli.corpus.options import RayOptions
+    from dsmcli.corpus.ray_api import Transcribe, transcribe_request
+    from dsmcli.corpus.ray_runner import actor_request
+
+    request = transcribe_request(tiny_stt, str(tmp_path), ["txt"], device="cpu", dtype="float32", kernels="torch")
+    sent = actor_request(request, RayOptions(device="cpu", dtype="float32"))
+    assert sent.kernels == "torch"
+    actor = Transcribe(request=sent)  # what each Ray actor builds
+    assert actor.model.kernels is kernels.KernelChoice.TORCH
+    assert set(_kernel_users(actor.model)) == {kernels.KernelChoice.TORCH}

@@ -16,7 +16,8 @@ from conftest import subprocess_env
 from dsmcli import kernels
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOAD_TWO = "from dsmcli import kernels; print(kernels.fp32_linear_op() is None, kernels.seanet_step_op() is None)"
+LOAD_TWO = ("from dsmcli.kernels.codec import seanet_step_op; from dsmcli.kernels.linear import fp32_linear_op; "
+            "print(fp32_linear_op('auto') is None, seanet_step_op('auto') is None)")
 
 
 def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -75,7 +76,8 @@ def test_kernels_command_reports_failures_and_retries_them(run_dsm, tmp_path):
 
 
 def test_run_time_build_is_announced_once_when_piped(tmp_path):
-    code = "from dsmcli import kernels; assert kernels.decode_attention_op() is not None; kernels.ring_write_op()"
+    code = ("from dsmcli.kernels.attention import decode_attention_op, ring_write_op; "
+            "assert decode_attention_op('auto') is not None and ring_write_op('auto') is not None")
     first = _python(code, {"XDG_CACHE_HOME": str(tmp_path)})
     assert first.returncode == 0, first.stderr
     assert first.stderr == "dsm: building native kernel decode_attention (one time, ~15 s)...\n"

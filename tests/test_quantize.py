@@ -28,11 +28,13 @@ from dsmcli.engine.quantize import (
     Int8Kernel,
     Int8Weight,
     QuantMethod,
+    WeightQuantizer,
     group_size_for,
     quantize_lm,
     quantize_rows,
 )
-from dsmcli.kernels import DISABLE_ENV, int8_linear_op
+from dsmcli.kernels import DISABLE_ENV
+from dsmcli.kernels.linear import int8_linear_op
 from dsmcli.hub.loaders import load_lm, load_mimi
 
 LINEAR_RTOL = 0.02  # relative L2 error of one int8 linear against the float weight (~0.5-0.9 % measured)
@@ -73,7 +75,7 @@ def test_group_size_for_widths():
 
 @needs_native
 def test_native_kernel_builds_here():
-    assert int8_linear_op() is not None
+    assert int8_linear_op("auto") is not None
     assert Int8Weight.from_float(torch.randn(16, 128)).resolved_kernel() is Int8Kernel.NATIVE
 
 
@@ -131,14 +133,29 @@ def test_auto_kernel_falls_back_where_native_cannot_run():
 
 
 def test_disabling_native_kernels(monkeypatch):
-    monkeypatch.setenv(DISABLE_ENV, "1")
-    int8_linear_op.cache_clear()
-    try:
-        quantized = Int8Weight.from_float(torch.randn(16, 128))
-        assert quantized.resolved_kernel() is Int8Kernel.DEQUANTIZE
-    finally:
-        monkeypatch.delenv(DISABLE_ENV)
-        int8_linear_op.cache_clear()
+    weight = torch.randn(16, 128)
+    assert Int8Weight.from_float(weight, kernels="torch").resolved_kernel() is Int8Kernel.DEQUANTIZE  # the choice
+    monkeypatch.setenv(DISABLE_ENV, "1")  # the documented override: torch whatever the choice
+    assert Int8Weight.from_float(weight).resolved_kernel() is Int8Kernel.DEQUANTIZE
+
+
+def test_a_quantized_weight_is_a_declared_holder():
+    """The quantized weight takes the parameter's place as a submodule with ``q`` / ``scale`` buffers: in
+    ``state_dict()``, loadable into another quantized module, moved by ``.to()``."""
+    module = torch.nn.Linear(128, 16, bias=False)
+    x = torch.randn(2, 128)
+    WeightQuantizer("int8").replace(module, "weight", module.weight.detach())
+    assert "weight" not in module._parameters and isinstance(module._modules["weight"], Int8Weight)
+    assert list(module.state_dict()) == ["weight.q", "weight.scale"]  # group_sums is derived, not saved
+    other = torch.nn.Linear(128, 16, bias=False)
+    WeightQuantizer("int8").replace(other, "weight", torch.zeros(16, 128))
+    other.load_state_dict(module.state_dict())
+    assert torch.equal(other(x), module(x)) and torch.equal(other.weight.group_sums, module.weight.group_sums)
+    before = module(x)
+    module.to(torch.bfloat16)  # a model-wide cast: integer codes and float32 scales are left as they are
+    assert module.weight.scale.dtype == torch.float32 and torch.equal(module(x), before)
+    moved = module.to("meta")
+    assert moved.weight.device.type == "meta" and moved.weight.q.device.type == "meta"
 
 
 def test_indexing_and_unsupported_ops():
@@ -190,12 +207,16 @@ def test_quantized_stt_follows_float(tiny_stt, bria_24k):
     reference = load_lm(tiny_stt, dtype=torch.float32)
     model = load_lm(tiny_stt, dtype=torch.float32)
     linear_tensors = 4 * model.config.transformer.num_layers + 1 + model.config.extra_heads_num_heads
-    report = quantize_lm(model, "int8")
+    model = quantize_lm(model, "int8")
+    report = model.quantization
+    assert report is not None
     assert (report.method, report.kernel, report.tensors) == (QuantMethod.INT8, Int8Kernel.AUTO, linear_tensors)
     assert report.bytes_after < report.bytes_before / 3
     assert report.kernel_used in ("native", "mixed", "dequantize")
     assert model.dtype == torch.float32 and model.device.type == "cpu"
-    assert "text_linear.weight" not in model.state_dict()
+    state = model.state_dict()  # the quantized weights' buffers, declared where the float weights were
+    assert "text_linear.weight" not in state and state["text_linear.weight.q"].dtype == torch.int8
+    assert isinstance(model.text_linear.weight, Int8Weight) and "weight" in model.text_linear._modules
     fp32 = _stt_run(reference, codes, None)
     _assert_close_run(fp32, _stt_run(model, codes, fp32[1]))
 
@@ -203,8 +224,7 @@ def test_quantized_stt_follows_float(tiny_stt, bria_24k):
 def test_quantize_none_leaves_the_model_alone(tiny_stt):
     model = load_lm(tiny_stt, dtype=torch.float32)
     before = {k: v.data_ptr() for k, v in model.state_dict().items()}
-    report = quantize_lm(model, QuantMethod.NONE)
-    assert report.tensors == 0
+    assert quantize_lm(model, QuantMethod.NONE) is model and model.quantization is None
     assert {k: v.data_ptr() for k, v in model.state_dict().items()} == before
 
 
@@ -220,7 +240,7 @@ def test_quantized_tts_depformer_follows_float(tiny_tts):
     """Backbone, cross-attention, demuxed text embedding and the scheduled depformer all quantized; text and audio
     tokens teacher-forced from the float run so both see the same inputs."""
     reference, model = load_lm(tiny_tts, dtype=torch.float32), load_lm(tiny_tts, dtype=torch.float32)
-    quantize_lm(model, "int8")
+    model = quantize_lm(model, "int8")
     condition = _tts_condition(reference)
     forced: list[tuple[torch.Tensor, torch.Tensor]] = []
     hooks = StepHooks(text_token=lambda t, _i: forced[-1][0].clone(), audio_tokens=lambda a, _i: forced[-1][1].clone())
@@ -241,7 +261,8 @@ def test_quantized_tts_depformer_follows_float(tiny_tts):
 def test_quantized_bfloat16_model(tiny_stt, kernel):
     reference = load_lm(tiny_stt, dtype=torch.bfloat16)
     model = load_lm(tiny_stt, dtype=torch.bfloat16)
-    assert quantize_lm(model, "int8", kernel=kernel).kernel is Int8Kernel(kernel)
+    model = quantize_lm(model, "int8", kernel=kernel)
+    assert model.quantization is not None and model.quantization.kernel is Int8Kernel(kernel)
     codes = torch.randint(0, model.config.card, (1, model.config.n_q, 12), generator=torch.Generator().manual_seed(1))
     fp = _stt_run(reference, codes, None)
     quant = _stt_run(model, codes, fp[1])

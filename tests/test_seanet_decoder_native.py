@@ -15,13 +15,20 @@ import dsmcli.codec.seanet as seanet_module
 from dsmcli.codec.config import SEANetConfig
 from dsmcli.codec.conv import CONVTR, CONVTR_DEPTHWISE, CausalConvTranspose1d
 from dsmcli.codec.seanet import ELU, SEANetDecoder
-from dsmcli.kernels import seanet_step_op
+from dsmcli.kernels.codec import seanet_step_op
 from dsmcli.hub.loaders import load_mimi
 
 REL_TOL = 1e-5  # float sums in other orders through 14 convs and 4 transposed convs, relative to the largest output
 REF_AUDIO_TOL = 1e-4  # the codec parity tests' audio tolerance (test_codec_parity.py)
 
-needs_native = pytest.mark.skipif(seanet_step_op() is None, reason="the native SEANet kernel cannot be built here")
+needs_native = pytest.mark.skipif(seanet_step_op("auto") is None,
+                                  reason="the native SEANet kernel cannot be built here")
+
+
+def _must_not_run(choice, fits=True):
+    """A stand-in for the op lookup: fails when asked for an op that fits (the native op would run)."""
+    if fits:
+        pytest.fail("the native op was called")
 
 SMALL = SEANetConfig(dimension=24, n_filters=4, ratios=(4, 3, 2), n_residual_layers=2)  # hop 24, dilations 1, 2
 RELEASED = SEANetConfig()  # 512-d latent, ratios (8, 6, 5, 4): 1920 samples per 2 latent steps
@@ -36,8 +43,8 @@ def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _torch_path(monkeypatch) -> None:
-    monkeypatch.setattr(seanet_module, "seanet_step_op", lambda: None)
-    monkeypatch.setattr(conv_module, "seanet_step_op", lambda: None)
+    monkeypatch.setattr(seanet_module, "seanet_step_op", lambda *args: None)
+    monkeypatch.setattr(conv_module, "seanet_step_op", lambda *args: None)
 
 
 def _stream(module, chunks: list[torch.Tensor], native: bool, monkeypatch) -> torch.Tensor:
@@ -126,8 +133,8 @@ def test_program_covers_the_decoder_and_falls_back_outside_it(monkeypatch):
     plan = decoder._native_plan()
     assert plan is not None and plan.program[1] == ELU and plan.program[2] == CONVTR
     assert SEANetDecoder(SEANetConfig(**{**SMALL.__dict__, "true_skip": False}))._native_plan() is None
-    monkeypatch.setattr(seanet_module, "seanet_step_op", lambda: pytest.fail("the native op was called"))
-    monkeypatch.setattr(conv_module, "seanet_step_op", lambda: pytest.fail("the native op was called"))
+    monkeypatch.setattr(seanet_module, "seanet_step_op", _must_not_run)
+    monkeypatch.setattr(conv_module, "seanet_step_op", _must_not_run)
     with torch.no_grad():  # float64: not a native dtype
         decoder = decoder.double()
         assert decoder.step(torch.randn(1, SMALL.dimension, 2).double(), decoder.init_state(1)).shape == (1, 1, 48)
@@ -146,7 +153,11 @@ def test_native_streaming_decode_matches_the_reference(fixture_dir, tiny_stt, mo
     torch.manual_seed(3)
     codes = torch.randint(0, ours.cardinality, (1, ours.total_codebooks, 30))
     calls = []
-    monkeypatch.setattr(seanet_module, "seanet_step_op", lambda: lambda *a: calls.append(1) or seanet_step_op()(*a))
+
+    def counted(choice, fits=True):
+        return (lambda *a: calls.append(1) or seanet_step_op(choice)(*a)) if fits else None
+
+    monkeypatch.setattr(seanet_module, "seanet_step_op", counted)
     state = ours.init_state(1)
     audio = torch.cat([ours.decode_step(codes[..., t : t + 1], state) for t in range(codes.shape[-1])], dim=-1)
     assert len(calls) == codes.shape[-1]  # the SEANet decoder ran natively

@@ -14,11 +14,18 @@ import dsmcli.codec.conv as conv_module
 import dsmcli.codec.seanet as seanet_module
 from dsmcli.codec.config import PadMode, SEANetConfig
 from dsmcli.codec.seanet import SEANetEncoder
-from dsmcli.kernels import seanet_step_op
+from dsmcli.kernels.codec import seanet_step_op
 
 REL_TOL = 1e-5  # float sums in other orders through 14 convs, relative to the largest output
 
-needs_native = pytest.mark.skipif(seanet_step_op() is None, reason="the native SEANet kernel cannot be built here")
+needs_native = pytest.mark.skipif(seanet_step_op("auto") is None,
+                                  reason="the native SEANet kernel cannot be built here")
+
+
+def _must_not_run(choice, fits=True):
+    """A stand-in for the op lookup: fails when asked for an op that fits (the native op would run)."""
+    if fits:
+        pytest.fail("the native op was called")
 
 SMALL = SEANetConfig(dimension=24, n_filters=4, ratios=(4, 3, 2), n_residual_layers=2)  # hop 24, dilations 1, 2
 RELEASED = SEANetConfig()  # 64 filters, ratios (8, 6, 5, 4), 512-d: hop 960
@@ -35,8 +42,8 @@ def _encoder(config: SEANetConfig, seed: int) -> SEANetEncoder:
 
 def _stream(encoder: SEANetEncoder, chunks: list[torch.Tensor], native: bool, monkeypatch) -> torch.Tensor:
     if not native:
-        monkeypatch.setattr(seanet_module, "seanet_step_op", lambda: None)
-        monkeypatch.setattr(conv_module, "seanet_step_op", lambda: None)
+        monkeypatch.setattr(seanet_module, "seanet_step_op", lambda *args: None)
+        monkeypatch.setattr(conv_module, "seanet_step_op", lambda *args: None)
     state = encoder.init_state(chunks[0].shape[0])
     with torch.no_grad():
         out = torch.cat([encoder.step(chunk, state) for chunk in chunks], dim=-1)
@@ -87,7 +94,7 @@ def test_native_step_slots_do_not_depend_on_batch_mates():
 def test_layers_outside_the_native_program_take_the_torch_path(monkeypatch):
     encoder = _encoder(replace(SMALL, true_skip=False), 3)  # residual shortcut convs
     assert encoder._native_plan() is None
-    monkeypatch.setattr(seanet_module, "seanet_step_op", lambda: pytest.fail("the native op was called"))
+    monkeypatch.setattr(seanet_module, "seanet_step_op", _must_not_run)
     with torch.no_grad():
         x = torch.randn(1, 1, SMALL.hop_length * 4)
         assert encoder.step(x, encoder.init_state(1)).shape == (1, SMALL.dimension, 4)

@@ -18,10 +18,20 @@ import pytest
 import torch
 from torch import Tensor
 
-from dsmcli.engine import LM, ConditionInputs, LMStream, SamplingOptions, StepHooks, StepInfo, TensorCondition
+from dsmcli.engine import (
+    LM,
+    ConditionInputs,
+    EngineOptions,
+    LMStream,
+    SamplingOptions,
+    StepHooks,
+    StepInfo,
+    TensorCondition,
+)
 from dsmcli.engine.quantize import quantize_lm
 from dsmcli.hub.loaders import load_lm
-from dsmcli.kernels import decode_attention_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.attention import decode_attention_op
 
 BATCH = 3
 X, Y, P, Q, R = range(5)  # input ids
@@ -64,22 +74,22 @@ def threads(request) -> Iterator[int]:
     torch.set_num_threads(previous)
 
 
-def _model(path: str, checkpoint: str) -> LM:
+def _model(path: str, checkpoint: str) -> tuple[LM, KernelChoice]:
+    """The model of ``path`` and the kernel choice its streams run under."""
     lm = load_lm(checkpoint, dtype=torch.float32)
     if path == "int8-native":
-        if decode_attention_op() is None:
+        if decode_attention_op("auto") is None:
             pytest.skip("the native kernels cannot be built here")
-        quantize_lm(lm, "int8")
-        assert lm.native_attention
+        lm = quantize_lm(lm, "int8")
+        assert lm.attention_kernels("auto") is KernelChoice.AUTO
     elif path == "int8-torch":
-        quantize_lm(lm, "int8", kernel="dequantize")
-        lm.native_attention = False
-        if lm.depformer is not None:
-            lm.depformer.native_step = False
-    return lm
+        lm = quantize_lm(lm, "int8", kernels="torch")
+        return lm, KernelChoice.TORCH
+    return lm, KernelChoice.AUTO
 
 
-def _drive(lm: LM, run: Run, slot_of_x: int, condition: ConditionInputs | None) -> list[tuple[Tensor, ...]]:
+def _drive(lm: LM, run: Run, slot_of_x: int, condition: ConditionInputs | None,
+           kernels: KernelChoice) -> list[tuple[Tensor, ...]]:
     """Greedy batched run of ``run``; X's outputs per step: (text logits, text token, audio tokens or empty)."""
     config = lm.config
     generator = torch.Generator().manual_seed(7)
@@ -93,8 +103,11 @@ def _drive(lm: LM, run: Run, slot_of_x: int, condition: ConditionInputs | None) 
             return tokens
         return torch.stack([script[i or 0, int(info.offsets[b])] for b, i in enumerate(current)])
 
-    stream = LMStream(lm, SamplingOptions.greedy(), hooks=StepHooks(text_token=text_token))
+    stream = LMStream(lm, SamplingOptions.greedy(), hooks=StepHooks(text_token=text_token),
+                      engine=EngineOptions(kernels=kernels))
     state = stream.init_state(BATCH, condition)
+    native = kernels is not KernelChoice.TORCH and decode_attention_op("auto") is not None and lm.quantization
+    assert (state.backbone.rings.native is not None) == bool(native)
     outputs = []
     for t in range(steps):
         state.reset(torch.tensor(run.resets[t]))
@@ -117,31 +130,31 @@ def _assert_same(fresh: list[tuple[Tensor, ...]], reused: list[tuple[Tensor, ...
 
 @pytest.mark.parametrize("path", PATHS)
 def test_stt_slot_after_reset_equals_a_fresh_slot(path, threads, tiny_stt):
-    lm = _model(path, tiny_stt)
+    lm, kernels = _model(path, tiny_stt)
     context = lm.config.transformer.context
     steps = context + 10 if threads == 1 else 16  # X and Y wrap the ring (two threads: slow on a busy machine)
-    fresh = _drive(lm, *_fresh(steps), None)
-    reused = _drive(lm, *_reused(steps, before=context + 10), None)
+    fresh = _drive(lm, *_fresh(steps), None, kernels)
+    reused = _drive(lm, *_reused(steps, before=context + 10), None, kernels)
     _assert_same(fresh, reused)
 
 
 @pytest.mark.parametrize("depformer", ["native-step", "torch-step"])
 @pytest.mark.parametrize("path", PATHS)
 def test_tts_slot_after_reset_equals_a_fresh_slot(path, depformer, threads, tiny_tts):
-    lm = _model(path, tiny_tts)
+    lm, kernels = _model(path, tiny_tts)
     if depformer == "torch-step":
         lm.depformer.native_step = False
     voice = torch.randn(1, 20, lm.config.conditioner("speaker_wavs").dim, generator=torch.Generator().manual_seed(0))
     condition = ConditionInputs({"control": ["ok"] * BATCH, "cfg": ["2.0"] * BATCH},
                                 {"speaker_wavs": TensorCondition.full(voice.expand(BATCH, -1, -1))})
     steps = 24 if threads == 1 else 12
-    fresh = _drive(lm, *_fresh(steps), condition)
-    reused = _drive(lm, *_reused(steps, before=30), condition)
+    fresh = _drive(lm, *_fresh(steps), condition, kernels)
+    reused = _drive(lm, *_reused(steps, before=30), condition, kernels)
     assert any(frame[2].numel() for frame in fresh)  # the depformer ran
     _assert_same(fresh, reused)
 
 
-@pytest.mark.skipif(decode_attention_op() is None, reason="the native kernel cannot be built here")
+@pytest.mark.skipif(decode_attention_op("auto") is None, reason="the native kernel cannot be built here")
 @pytest.mark.parametrize("storage", [torch.float32, torch.float16])
 def test_native_attention_reads_each_slot_over_its_own_length(storage):
     """The kernel with per-slot lengths: each slot's result is, bit for bit, the kernel's over that slot's prefix
@@ -154,10 +167,10 @@ def test_native_attention_reads_each_slot_over_its_own_length(storage):
     mask = torch.rand(batch, 1, 1, span, generator=generator) > 0.3
     lengths = torch.tensor([80, 1, 37, 64])
     mask[torch.arange(batch), 0, 0, lengths - 1] = True
-    out = decode_attention_op()(q, keys, values, mask, lengths)
+    out = decode_attention_op("auto")(q, keys, values, mask, lengths)
     for b, n in enumerate(lengths.tolist()):
-        alone = decode_attention_op()(q[b : b + 1].contiguous(), keys[b : b + 1, :, :n].contiguous(),
+        alone = decode_attention_op("auto")(q[b : b + 1].contiguous(), keys[b : b + 1, :, :n].contiguous(),
                                       values[b : b + 1, :, :n].contiguous(), mask[b : b + 1, ..., :n].contiguous())
         assert torch.equal(out[b], alone[0])
     with pytest.raises(RuntimeError, match="lengths"):
-        decode_attention_op()(q, keys, values, mask, torch.tensor([81, 1, 1, 1]))
+        decode_attention_op("auto")(q, keys, values, mask, torch.tensor([81, 1, 1, 1]))

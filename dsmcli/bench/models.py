@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dsmcli.bench.architectures import ARCHITECTURES, released_config
-from dsmcli.codec import Mimi
+from dsmcli.codec import CodecOptions, Mimi
 from dsmcli.codec.config import MimiConfig
 from dsmcli.codec.quantizer import ResidualVQ
 from dsmcli.engine import LM, LMConfig
@@ -28,6 +28,7 @@ from dsmcli.errors import ModelLoadError
 from dsmcli.hub.checkpoint import Checkpoint, load_checkpoint
 from dsmcli.hub.files import ModelSource, NotCachedError
 from dsmcli.hub.loaders import load_lm, load_mimi, mimi_config
+from dsmcli.kernels import KernelChoice
 from dsmcli.stt import SttTiming
 
 NORM_GAIN_NAMES = ("alpha",)  # RMSNorm gains ([1, 1, D]); other 1-D weights (LayerNorm, layer scale) too
@@ -53,6 +54,7 @@ class BenchModel:
     random_weights: bool
     quantization: QuantizeReport | None
     load_seconds: float = 0.0
+    kernels: KernelChoice = KernelChoice.AUTO  # the native CPU kernels it was built with and runs under
 
     @property
     def frame_rate(self) -> Fraction:
@@ -111,7 +113,7 @@ def fill_random(module: nn.Module, generator: torch.Generator, fan_in_dims: int)
 
 
 def random_lm(config: LMConfig, device: torch.device, dtype: torch.dtype, seed: int,
-              quantize: QuantMethod = QuantMethod.NONE) -> LM:
+              quantize: QuantMethod = QuantMethod.NONE, kernels: KernelChoice = KernelChoice.AUTO) -> LM:
     """An LM of ``config`` with random weights, in eval mode without gradients (conditioners stay float32).
 
     With ``quantize`` the parameters are drawn one by one (the same values, in the same order) and each linear
@@ -124,8 +126,7 @@ def random_lm(config: LMConfig, device: torch.device, dtype: torch.dtype, seed: 
     lm = LM(config, device="meta", dtype=dtype)
     if any(True for _ in lm.buffers()):
         raise ValueError("random_lm cannot quantize while building a model with buffers")
-    quantizer = WeightQuantizer(quantize)
-    quantizer.prepare(lm, device)
+    quantizer = WeightQuantizer(quantize, kernels=kernels)
     targets = quantization_targets(lm)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -142,10 +143,11 @@ def random_lm(config: LMConfig, device: torch.device, dtype: torch.dtype, seed: 
     return lm.eval().requires_grad_(False)
 
 
-def random_mimi(config: MimiConfig, device: torch.device, seed: int, num_codebooks: int | None = None) -> Mimi:
+def random_mimi(config: MimiConfig, device: torch.device, seed: int, num_codebooks: int | None = None,
+                options: CodecOptions | None = None) -> Mimi:
     """A Mimi of ``config`` with random weights and random (non-degenerate) codebooks, float32."""
     with torch.device("meta"):
-        mimi = Mimi(config, num_codebooks)
+        mimi = Mimi(config, num_codebooks, options)
     mimi = mimi.to_empty(device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     fill_random(mimi, generator, fan_in_dims=2)
@@ -163,7 +165,8 @@ def random_mimi(config: MimiConfig, device: torch.device, seed: int, num_codeboo
 
 
 def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, random_weights: bool = False,
-                     quantize: QuantMethod = QuantMethod.NONE, seed: int = 0) -> BenchModel:
+                     quantize: QuantMethod = QuantMethod.NONE, seed: int = 0,
+                     kernels: KernelChoice = KernelChoice.AUTO) -> BenchModel:
     """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize."""
     started = time.perf_counter()
     try:
@@ -171,15 +174,15 @@ def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, ra
         kind = _kind(checkpoint)
         codebooks = checkpoint.lm_config.n_q if kind is ModelKind.STT else checkpoint.lm_config.dep_q
         if random_weights:
-            lm = random_lm(checkpoint.lm_config, device, dtype, seed, quantize)
-            mimi = random_mimi(mimi_config(checkpoint), device, seed + 1, codebooks)
+            lm = random_lm(checkpoint.lm_config, device, dtype, seed, quantize, kernels)
+            mimi = random_mimi(mimi_config(checkpoint), device, seed + 1, codebooks, CodecOptions(kernels))
         else:
-            lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
-            mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks)
+            lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize, kernels=kernels)
+            mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks, options=CodecOptions(kernels))
     except NotCachedError as exc:
         if random_weights or model not in ARCHITECTURES:
             raise
         raise ModelLoadError(f"{exc.what}: time its architecture without a download with `dsm bench --random-weights "
                              f"--model {model}`, or run `dsm download {model}` where the Hub is reachable") from None
     return BenchModel(checkpoint.name, kind, checkpoint, lm, mimi, random_weights, lm.quantization,
-                      time.perf_counter() - started)
+                      time.perf_counter() - started, kernels)

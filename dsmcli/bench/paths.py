@@ -150,7 +150,7 @@ class _Runner:
 
 class SttRunner(_Runner):
     def __init__(self, model: BenchModel, batch: int, seed: int):
-        stt = SttModel(model.checkpoint, model.mimi, model.lm, _tokenizer(model), model.stt_timing)
+        stt = SttModel(model.checkpoint, model.mimi, model.lm, _tokenizer(model), model.stt_timing, model.kernels)
         super().__init__(SttBatch(stt, TranscribeOptions(), batch), batch)
         self.model = model
         self.frames = _noise_frames(model, batch, seed)[:, 0].cpu().numpy()  # [B, FRAME_SIZE]
@@ -187,7 +187,8 @@ def tts_model(model: BenchModel) -> TtsModel:
     config = model.lm.config
     ids = TtsTokenIds.from_lm_config(config)
     voices = VoiceSetup.from_checkpoint(model.checkpoint)
-    return TtsModel(model.checkpoint, model.lm, model.mimi, None, ids, voices, model.tts_delay_steps, config.dep_q)
+    return TtsModel(model.checkpoint, model.lm, model.mimi, None, ids, voices, model.tts_delay_steps, config.dep_q,
+                    model.kernels)
 
 
 class _EndlessText:

@@ -44,6 +44,7 @@ from dsmcli.bench.paths import CODEC_PATHS, BenchPath, default_paths, make_runne
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.errors import UsageError
+from dsmcli.kernels import KernelChoice
 from dsmcli.tts.voices import VoiceSetup
 
 SCHEMA_NAME = "dsm-bench"
@@ -70,6 +71,7 @@ class BenchOptions:
     quantize: QuantMethod = QuantMethod.NONE
     threads: int | None = None
     seed: int = 0
+    kernels: KernelChoice = KernelChoice.AUTO  # --kernels: every path runs under it
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -233,7 +235,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     model = load_bench_model(options.model, options.device, options.dtype, random_weights=options.random_weights,
-                             quantize=options.quantize, seed=options.seed)
+                             quantize=options.quantize, seed=options.seed, kernels=options.kernels)
     paths = _paths(options, model)
     _drop_unused_encoder(model, paths)
     results = []

@@ -8,8 +8,10 @@ from dsmcli.codec.config import (
     TransformerConfig,
 )
 from dsmcli.codec.model import DecoderState, EncoderState, Mimi, MimiState
+from dsmcli.codec.options import CodecOptions
 
 __all__ = [
+    "CodecOptions",
     "DecoderState",
     "EncoderState",
     "Mimi",

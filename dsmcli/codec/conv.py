@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from dsmcli.codec import kernels
 from dsmcli.codec.config import PadMode
-from dsmcli.kernels import seanet_step_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.codec import seanet_step_op
 
 CONV, CONVTR, CONVTR_DEPTHWISE = 1, 4, 5  # op codes of the native SEANet step (dsmcli/kernels/seanet_step.cpp)
 
@@ -84,6 +85,7 @@ class CausalConv1d(nn.Module):
         self.stride = stride
         self.dilation = dilation
         self.pad_mode = PadMode(pad_mode)
+        self.kernels = KernelChoice.AUTO  # Mimi's CodecOptions.kernels (set when Mimi is built)
         self.context = (kernel_size - 1) * dilation + 1 - stride
         if self.context < 0:
             raise ValueError(f"kernel {kernel_size} (dilation {dilation}) shorter than stride {stride}")
@@ -100,7 +102,7 @@ class CausalConv1d(nn.Module):
         """Streaming: valid conv of ``x`` ``[B, C_in, P + T]`` → ``[B, C_out, T / stride]`` by the fastest
         formulation for short inputs (:mod:`.kernels`; float sums in another order than ``forward``)."""
         layer = self.layer
-        return kernels.conv1d(x, layer.weight, layer.bias, self.stride, self.dilation, layer.groups)
+        return kernels.conv1d(x, layer.weight, layer.bias, self.kernels, self.stride, self.dilation, layer.groups)
 
     def forward(self, x: Tensor) -> Tensor:
         """One shot from a fresh state (the native conv: bit-identical to the reference's offline path)."""
@@ -135,7 +137,7 @@ class CausalConv1d(nn.Module):
         """One streaming step; slots with ``active`` False keep their state (their output is garbage). On CPU in
         float32 one native call (the formulations of :mod:`.kernels` without the Python round trips)."""
         self._check(x)
-        if self.native_fits(x) and (op := seanet_step_op()) is not None:
+        if (op := seanet_step_op(self.kernels, self.native_fits(x))) is not None:
             layer = self.layer
             return op(x, [CONV], [layer.weight], [layer.bias], [state.previous], [self.stride], [self.dilation],
                       [self.native_fresh(state)], active, 1.0)
@@ -164,6 +166,7 @@ class CausalConvTranspose1d(nn.Module):
         self.stride = stride
         self.dilation = 1
         self.overlap = kernel_size - stride
+        self.kernels = KernelChoice.AUTO  # Mimi's CodecOptions.kernels (set when Mimi is built)
         if self.overlap < 0:
             raise ValueError(f"transposed conv kernel {kernel_size} shorter than stride {stride}")
 
@@ -203,7 +206,7 @@ class CausalConvTranspose1d(nn.Module):
     def step(self, x: Tensor, state: ConvTrState, active: Tensor | None = None) -> Tensor:
         """One streaming step; slots with ``active`` False keep their state (their output is garbage). On CPU in
         float32 one native call (one product and the overlap-add, without the Python round trips)."""
-        if self.native_fits(x) and (op := seanet_step_op()) is not None:
+        if (op := seanet_step_op(self.kernels, self.native_fits(x))) is not None:
             layer = self.layer
             return op(x, [self.native_code()], [layer.weight], [layer.bias], [state.partial], [self.stride], [1],
                       [None], active, 1.0)

@@ -30,12 +30,15 @@ from the reference's by ~3e-7 (codes identical on the real-size test fixture, se
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsmcli.kernels import fp32_linear_op, rvq_encode_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.codec import rvq_encode_op, rvq_encode_screened_op
+from dsmcli.kernels.linear import fp32_linear_op
 
 NATIVE_MAX_ROWS = 16  # rows of x up to which the native kernel is used (streaming steps; one-shot calls use BLAS)
 NATIVE_MIN_WEIGHT_BYTES = 256 * 1024  # smaller weights stay in cache, where BLAS is as fast
@@ -44,17 +47,17 @@ COLUMNS_MAX_STEPS = 2048  # longer outputs (one-shot calls): the native kernel, 
 MIN_COLUMN_SIZE = 16  # C_in * kernel below this: the native kernel is as fast
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None, kernels: KernelChoice) -> Tensor:
     """``F.linear(x, weight, bias)``: ``x`` ``[..., K]``, ``weight`` ``[N, K]`` -> ``[..., N]`` (see the module
-    docstring for when the native kernel runs)."""
-    out = native_linear(x, weight, bias)
+    docstring for when the native kernel runs; ``kernels``: the codec's :class:`~dsmcli.kernels.KernelChoice`)."""
+    out = native_linear(x, weight, bias, kernels)
     return F.linear(x, weight, bias) if out is None else out
 
 
-def native_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | None:
+def native_linear(x: Tensor, weight: Tensor, bias: Tensor | None, kernels: KernelChoice) -> Tensor | None:
     """:func:`linear` by the native kernel, or None where :func:`linear` would use ``F.linear``."""
     rows = x.numel() // max(1, x.shape[-1])
-    if not _native_fits(x, weight, rows) or (op := fp32_linear_op()) is None:
+    if (op := fp32_linear_op(kernels, _native_fits(x, weight, rows))) is None:
         return None
     out = op(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)
     return out.view(*x.shape[:-1], weight.shape[0])
@@ -65,7 +68,8 @@ def _native_fits(x: Tensor, weight: Tensor, rows: int) -> bool:
             and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES)
 
 
-def rvq_encode(residual: Tensor, tables: Tensor, screen: Callable[[], tuple[Tensor, ...]] | None = None) -> Tensor | None:
+def rvq_encode(residual: Tensor, tables: Tensor, kernels: KernelChoice,
+               screen: Callable[[], tuple[Tensor, ...]] | None = None) -> Tensor | None:
     """Codes ``[L, N]`` of the residual quantizer over ``tables`` ``[L, bins, dim + 2]`` (augmented centroid rows)
     for ``residual`` ``[N, dim]``, by the native kernel (the arithmetic of :meth:`ResidualVQ.encode` with the
     product of :func:`linear`, no Python round trip per level); None where :func:`linear` would not go native.
@@ -73,12 +77,12 @@ def rvq_encode(residual: Tensor, tables: Tensor, screen: Callable[[], tuple[Tens
     With ``screen`` (returning :func:`screen_tables` of the tables, or of more levels) the kernel reads the
     centroids as int8 first and computes exact distances only for the centroids that rounding leaves in the
     running: the same codes, bit for bit, from about a quarter of the memory traffic."""
-    if not _native_fits(residual, tables[0], residual.shape[0]) or (op := rvq_encode_op()) is None:
+    if (op := rvq_encode_op(kernels, _native_fits(residual, tables[0], residual.shape[0]))) is None:
         return None
     if screen is not None and residual.shape[-1] % 16 == 0:
         levels = tables.shape[0]
-        return torch.ops.dsmcli_fp32.rvq_encode_screened(residual.contiguous(), tables.contiguous(),
-                                                         *(t[:levels] for t in screen()))
+        return cast(Callable, rvq_encode_screened_op(kernels))(residual.contiguous(), tables.contiguous(),
+                                                               *(t[:levels] for t in screen()))
     return op(residual.contiguous(), tables.contiguous())
 
 
@@ -97,8 +101,8 @@ def screen_tables(tables: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tenso
             tables[..., -1].contiguous())
 
 
-def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, dilation: int = 1,
-           groups: int = 1) -> Tensor:
+def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, kernels: KernelChoice, stride: int = 1,
+           dilation: int = 1, groups: int = 1) -> Tensor:
     """Valid (unpadded) ``F.conv1d``: ``x`` ``[B, C, L]``, ``weight`` ``[O, C / groups, K]`` → ``[B, O, T]``
     with ``T = (L - (K - 1) * dilation - 1) // stride + 1``."""
     out_channels, channels, kernel = weight.shape
@@ -112,7 +116,7 @@ def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, dila
     matrix = weight.reshape(out_channels, channels * kernel)
     if steps <= ROWS_MAX_STEPS:
         rows = windows.permute(0, 2, 1, 3).reshape(x.shape[0], steps, channels * kernel)
-        return linear(rows, matrix, bias).transpose(1, 2)
+        return linear(rows, matrix, bias, kernels).transpose(1, 2)
     columns = windows.permute(0, 1, 3, 2).reshape(x.shape[0], channels * kernel, steps)
     out = torch.matmul(matrix, columns)  # [B, O, T]
     return out if bias is None else out.add_(bias[:, None])

@@ -24,10 +24,16 @@ from dsmcli.codec.conv import (
     ConvTrState,
     nested,
 )
-from dsmcli.codec.quantizer import SplitQuantizer
+from dsmcli.codec.options import CodecOptions
+from dsmcli.codec.quantizer import ResidualVQ, SplitQuantizer
 from dsmcli.codec.seanet import LayerStates, SEANetDecoder, SEANetEncoder
-from dsmcli.codec.transformer import MimiTransformer, TransformerState
+from dsmcli.codec.transformer import MimiTransformer, SelfAttention, TransformerLayer, TransformerState
 from dsmcli.nn.state import assign_state, cast_floats
+
+
+# the modules whose steps look up native kernels: each holds the choice as its ``kernels`` attribute
+KERNEL_USERS = (CausalConv1d, CausalConvTranspose1d, SEANetEncoder, SEANetDecoder, MimiTransformer, SelfAttention,
+                TransformerLayer, ResidualVQ)
 
 
 @dataclass
@@ -74,10 +80,13 @@ class MimiState:
 class Mimi(nn.Module):
     """Mimi codec. Audio is ``[B, channels, N]`` float at :attr:`sample_rate`; codes are ``[B, K, T]`` int64."""
 
-    def __init__(self, config: MimiConfig | None = None, num_codebooks: int | None = None):
-        """``num_codebooks``: codes per frame that ``encode`` / ``encode_step`` produce (1..n_q; default all)."""
+    def __init__(self, config: MimiConfig | None = None, num_codebooks: int | None = None,
+                 options: CodecOptions | None = None):
+        """``num_codebooks``: codes per frame that ``encode`` / ``encode_step`` produce (1..n_q; default all);
+        ``options``: how it runs (:class:`~dsmcli.codec.options.CodecOptions`: the native kernels)."""
         super().__init__()
         self.config = config = config or MimiConfig()
+        self.options = CodecOptions() if options is None else options
         self.encoder = SEANetEncoder(config.seanet)
         self.decoder = SEANetDecoder(config.seanet)
         self.encoder_transformer = MimiTransformer(config.transformer)
@@ -91,6 +100,9 @@ class Mimi(nn.Module):
                                                                    bias=False))
         self.num_codebooks = config.codebooks(num_codebooks)
         self.has_encoder = True
+        for module in self.modules():  # every part with a native path runs under the options' choice
+            if isinstance(module, KERNEL_USERS):
+                module.kernels = self.options.kernels
 
     def drop_encoder(self) -> None:
         """Free the encoder half (SEANet encoder, encoder transformer, downsampling conv; about half of
@@ -111,12 +123,12 @@ class Mimi(nn.Module):
     @classmethod
     def from_state(cls, state: dict[str, Tensor], config: MimiConfig | None = None,
                    dtype: torch.dtype = torch.float32, source: str = "Mimi weights",
-                   num_codebooks: int | None = None) -> Mimi:
+                   num_codebooks: int | None = None, options: CodecOptions | None = None) -> Mimi:
         """Build on the meta device and assign ``state`` strictly (released names or their aliases, see
         :mod:`dsmcli.codec.checkpoint`), floating tensors cast to ``dtype``; eval mode, no gradients. Reading the
         file is :func:`dsmcli.hub.loaders.load_mimi`'s job."""
         with torch.device("meta"):
-            model = cls(config, num_codebooks)
+            model = cls(config, num_codebooks, options)
         assign_state(model, cast_floats(released_names(state), lambda _key: dtype), source)
         return model.eval().requires_grad_(False)
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from dsmcli.codec.config import QuantizerConfig
 from dsmcli.codec.kernels import native_linear, rvq_encode, screen_tables
+from dsmcli.kernels import KernelChoice
 
 
 class Codebook(nn.Module):
@@ -68,6 +69,7 @@ class ResidualVQ(nn.Module):
         self.output_proj = nn.Conv1d(config.dimension, config.output_dimension, 1, bias=False)
         self.vq = _Levels(num_levels, config.bins, config.dimension)
         self.dimension = config.dimension
+        self.kernels = KernelChoice.AUTO  # Mimi's CodecOptions.kernels (set when Mimi is built)
         self.register_buffer("augmented_table", torch.zeros(num_levels, config.bins, config.dimension + 2),
                              persistent=False)
         self.register_load_state_dict_post_hook(lambda module, _incompatible: module.refresh())
@@ -105,11 +107,11 @@ class ResidualVQ(nn.Module):
         :func:`~dsmcli.codec.kernels.rvq_encode` takes the step (see the module docstring).
         """
         batch, _, steps = latent.shape
-        projected = native_linear(latent.transpose(1, 2), self.input_proj.weight[:, :, 0])  # a streaming step
+        projected = native_linear(latent.transpose(1, 2), self.input_proj.weight[:, :, 0], None, self.kernels)
         if projected is None:  # the reference's 1x1 conv, bit for bit
             projected = self.input_proj(latent).transpose(1, 2)
         residual = projected.reshape(batch * steps, -1)  # [N, dim]
-        fused = rvq_encode(residual, self.augmented_table[:num_levels], self._screen_tables)
+        fused = rvq_encode(residual, self.augmented_table[:num_levels], self.kernels, self._screen_tables)
         if fused is not None:
             return fused.view(num_levels, batch, steps).transpose(0, 1)
         dim = self.dimension

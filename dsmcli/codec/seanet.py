@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from dsmcli.codec.config import SEANetConfig
 from dsmcli.codec.conv import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTrState, SlotState
-from dsmcli.kernels import seanet_step_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.codec import seanet_step_op
 
 ELU, PUSH, ADD = 0, 2, 3  # the native step's program (dsmcli/kernels/seanet_step.cpp; conv codes: conv.py)
 
@@ -86,6 +87,7 @@ class _LayerStack(nn.Module):
     model: nn.ModuleList
     config: SEANetConfig
     _plan: NativePlan | None = None  # the native step's program, built on the first step (after the weights load)
+    kernels: KernelChoice = KernelChoice.AUTO  # Mimi's CodecOptions.kernels (set when Mimi is built)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.model:
@@ -99,7 +101,7 @@ class _LayerStack(nn.Module):
         """Streaming step; on CPU in float32 one native call (``dsmcli/kernels/seanet_step.cpp``: the same
         arithmetic up to float rounding), else layer by layer."""
         plan = self._native_plan()
-        if plan is not None and plan.convs[0].native_fits(x) and (op := seanet_step_op()) is not None:
+        if plan is not None and (op := seanet_step_op(self.kernels, plan.convs[0].native_fits(x))) is not None:
             pairs = list(zip(plan.convs, _conv_states(self.model, state)))
             tails = [conv.native_tail(s) for conv, s in pairs]
             fresh = [conv.native_fresh(s) for conv, s in pairs]

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from dsmcli.codec.config import TransformerConfig
 from dsmcli.codec.kernels import linear
-from dsmcli.kernels import mimi_transformer_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.codec import mimi_transformer_op
 from dsmcli.nn import (
     NormKind,
     RingKVCache,
@@ -58,15 +59,16 @@ class SelfAttention(nn.Module):
         self.context = config.context
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d, d))
         self.out_proj = nn.Linear(d, d, bias=False)
+        self.kernels = KernelChoice.AUTO  # Mimi's CodecOptions.kernels (set when Mimi is built)
 
     def _qkv(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
         """``[B, T, d]`` → q, k, v ``[B, H, T, head_dim]`` (q and k rotated, in one op each)."""
-        qkv = linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, D]
+        qkv = linear(x, self.in_proj_weight, None, self.kernels).unflatten(-1, (3, self.num_heads, -1))  # [B,T,3,H,D]
         qk = qkv[:, :, :2] if rope is None else rotate(qkv[:, :, :2], *rope)
         return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def _merge(self, out: Tensor) -> Tensor:
-        return linear(out.transpose(1, 2).flatten(2), self.out_proj.weight)
+        return linear(out.transpose(1, 2).flatten(2), self.out_proj.weight, None, self.kernels)
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         """One shot over ``x`` ``[B, T, d]`` at positions ``0..T-1``."""
@@ -115,9 +117,11 @@ class TransformerLayer(nn.Module):
         scale = config.layer_scale
         self.layer_scale_1 = nn.Identity() if scale is None else LayerScale(d, scale)
         self.layer_scale_2 = nn.Identity() if scale is None else LayerScale(d, scale)
+        self.kernels = KernelChoice.AUTO  # Mimi's CodecOptions.kernels (set when Mimi is built)
 
     def _feed_forward(self, x: Tensor) -> Tensor:
-        return x + self.layer_scale_2(linear(F.gelu(linear(self.norm2(x), self.linear1.weight)), self.linear2.weight))
+        hidden = F.gelu(linear(self.norm2(x), self.linear1.weight, None, self.kernels))
+        return x + self.layer_scale_2(linear(hidden, self.linear2.weight, None, self.kernels))
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), rope))
@@ -148,6 +152,7 @@ class MimiTransformer(nn.Module):
         self.input_proj = None if config.input_dimension == d else nn.Linear(config.input_dimension, d, bias=False)
         output = nn.Identity() if config.output_dimension == d else nn.Linear(d, config.output_dimension, bias=False)
         self.output_projs = nn.ModuleList([output])
+        self.kernels = KernelChoice.AUTO  # Mimi's CodecOptions.kernels (set when Mimi is built)
 
     def _rope(self, positions: Tensor) -> Rope:
         if not self.config.rope:
@@ -207,7 +212,7 @@ class MimiTransformer(nn.Module):
         rounding), else it runs layer by layer."""
         x = self._project_in(x)
         steps = x.shape[1]
-        if self._native_fits(x, state) and (op := mimi_transformer_op()) is not None:
+        if (op := mimi_transformer_op(self.kernels, self._native_fits(x, state))) is not None:
             c, caches = self.config, state.caches
             x = op(x, active, self._native_weights(), [r.keys for r in caches], [r.values for r in caches],
                    [r.positions for r in caches], [r.end for r in caches], state.offset, c.num_heads, c.context,

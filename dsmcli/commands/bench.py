@@ -56,6 +56,7 @@ def bench_cmd(
     from dsmcli.engine.quantize import QuantMethod
     from dsmcli.errors import UsageError
     from dsmcli.hub.registry import default_model
+    from dsmcli.kernels import KernelChoice
 
     try:
         method = QuantMethod(quantize)
@@ -64,7 +65,7 @@ def bench_cmd(
     options = BenchOptions(
         model=model or default_model("stt"), batch_sizes=parse_batches(batch), paths=parse_paths(paths),
         steps=steps, warmup=warmup, device=resolve_device(device), dtype=resolve_dtype(dtype, device),
-        random_weights=random_weights, quantize=method, threads=threads, seed=seed)
+        random_weights=random_weights, quantize=method, threads=threads, seed=seed, kernels=KernelChoice(kernels))
     report = run_bench(options, progress=lambda what: print(f"dsm bench: {what}", file=sys.stderr, flush=True))
     if json_out:
         print(json.dumps(report.to_json(), indent=2))

@@ -86,18 +86,19 @@ KERNELS_HELP = ("Native CPU kernels: auto (when they build, else torch), native 
                 "an error), torch (none; also DSM_NO_NATIVE_KERNELS=1).")
 
 
-def apply_kernels(name: str) -> str:
-    """``--kernels``: select :class:`~dsmcli.kernels.KernelChoice` for this process (before any model loads)."""
+def check_kernels(name: str) -> str:
+    """``--kernels``: the :class:`~dsmcli.kernels.KernelChoice` value, checked before any model loads (an unknown
+    choice is a usage error; ``native`` under ``DSM_NO_NATIVE_KERNELS=1`` an error). The command passes it down
+    to what it loads and runs (its request, the task bundle, the streams): nothing process-wide is set."""
     from dsmcli import kernels
 
     try:
         choice = kernels.KernelChoice(name.lower())
     except ValueError:
         raise UsageError(f"--kernels: unknown choice {name!r} (auto, native, torch)") from None
-    kernels.use_kernels(choice)
-    return choice.value
+    return kernels.check_choice(choice).value
 
 
 def kernels_option():
     return typer.Option("auto", "--kernels", metavar="CHOICE", rich_help_panel=PERFORMANCE, help=KERNELS_HELP,
-                        callback=apply_kernels)
+                        callback=check_kernels)

@@ -85,5 +85,5 @@ def serve_cmd(
                            max_text_chars=max_text_chars, max_message_bytes=int(max_message_mb * MIB),
                            idle_seconds=idle_timeout, shutdown_seconds=shutdown_timeout)
     execute(ServeRequest(stt=stt, tts=tts, voice_repo=voice_repo, voice=voice, options=options, device=resolve_device(device),
-                         dtype=resolve_dtype(dtype, device), quantize=quantize, threads=threads,
+                         dtype=resolve_dtype(dtype, device), quantize=quantize, kernels=kernels, threads=threads,
                          temperature=temperature, cfg=cfg, seed=seed))

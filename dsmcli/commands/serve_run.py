@@ -21,6 +21,7 @@ class ServeRequest:
     device: torch.device
     dtype: torch.dtype
     quantize: str = "none"
+    kernels: str = "auto"  # --kernels: auto, native, torch (dsmcli.kernels.KernelChoice)
     threads: int | None = None
     temperature: float | None = None
     cfg: float | None = None
@@ -35,7 +36,7 @@ def _stt_engine(request: ServeRequest):
 
     options = TranscribeOptions(temperature=request.temperature or 0.0)
     model = SttModel.load(request.stt, device=request.device, dtype=request.dtype,  # type: ignore[arg-type]
-                          quantize=quantize_method(request.quantize))
+                          quantize=quantize_method(request.quantize), kernels=request.kernels)
     return SttEngine(model, options, batch_size=request.options.max_streams, max_waiting=request.options.max_waiting)
 
 
@@ -47,7 +48,8 @@ def _tts_engine(request: ServeRequest):
     options = SpeakOptions(cfg=request.cfg, seed=request.seed,
                            **({} if request.temperature is None else {"temperature": request.temperature}))
     model = TtsModel.load(request.tts, device=request.device, dtype=request.dtype,  # type: ignore[arg-type]
-                          voice_repo=request.voice_repo, quantize=quantize_method(request.quantize))
+                          voice_repo=request.voice_repo, quantize=quantize_method(request.quantize),
+                          kernels=request.kernels)
     model.cfg_value(options)  # UsageError for a --cfg the model was not distilled with
     engine = TtsEngine(model, options, batch_size=request.options.max_streams, max_waiting=request.options.max_waiting,
                        default_voice=request.voice)

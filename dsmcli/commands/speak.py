@@ -233,7 +233,7 @@ def speak_cmd(
          play=play, audio_device=_device(audio_device), force=force, formats=_formats(formats, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
          dtype_name=dtype, batch_size=batch_size, threads=threads,
-         quantize=_quantize(quantize), corpus=corpus)
+         quantize=_quantize(quantize), kernels=kernels, corpus=corpus)
 
 
 DIALOG_EPILOG = examples(
@@ -284,7 +284,7 @@ def dialog_cmd(
          raw=raw, play=play, audio_device=_device(audio_device), force=force, formats=_formats(None, srt, json_),
          options=_options(temperature, cfg, padding_bonus, seed, max_padding), n_q=n_q, device_name=device,
          dtype_name=dtype, batch_size=batch_size, threads=threads,
-         quantize=_quantize(quantize))
+         quantize=_quantize(quantize), kernels=kernels)
 
 
 def _device(name: Optional[str]) -> int | str | None:

@@ -91,6 +91,7 @@ class SpeakRequest:
     n_q: int | None = None
     batch_size: int = 8
     quantize: str = "none"  # none, int8, int4: the LM's linear weights (dsmcli.engine.quantize)
+    kernels: str = "auto"  # --kernels: auto, native, torch (dsmcli.kernels.KernelChoice)
     audio_device: Any = None
     speaker_factory: Any = None
     stdin: BinaryIO | None = None
@@ -246,7 +247,7 @@ def execute(request: SpeakRequest) -> RunResult:
     if not prepared:
         return result
     model = TtsModel.from_checkpoint(checkpoint, setup, device=request.device, dtype=request.dtype, n_q=request.n_q,
-                                     quantize=request.quantize)
+                                     quantize=request.quantize, kernels=request.kernels)
     jobs = _Jobs(request, model)
     work = [jobs.job(p, sink) for p, sink in prepared]
     Synthesizer(model, request.options, batch_size=min(request.batch_size, len(work))).run(work)

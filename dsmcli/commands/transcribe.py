@@ -131,7 +131,8 @@ def transcribe_cmd(
         options=run.transcribe_options(temperature, seed, vad, vad_threshold),
         writer_options=run.writer_options(max_line_width, max_line_count, max_words_per_line, highlight_words),
         segment_options=run.segment_options(gap, vad),
-        progress=progress, quantize=run.quantize_method(quantize), threads=threads, save_audio=save_audio,
+        progress=progress, quantize=run.quantize_method(quantize), kernels=kernels, threads=threads,
+        save_audio=save_audio,
         prompt_text=prompt, prompt_audio=prompt_audio,
     )
     try:

@@ -76,6 +76,7 @@ class Request:
     progress: bool | None  # None: on when stderr is a terminal (and the transcript is not printed there)
     mic_factory: Any = None  # sounddevice.InputStream stand-in (tests inject a fake)
     quantize: QuantMethod = QuantMethod.NONE  # int8 / int4 LM linears (dsmcli.engine.quantize)
+    kernels: str = "auto"  # --kernels: auto, native, torch (dsmcli.kernels.KernelChoice)
     threads: int | None = None  # torch CPU threads
     prompt_text: str | None = None  # --prompt (experimental, dsmcli.stt.prompt)
     prompt_audio: str | None = None  # --prompt-audio: a file, read whole before the model loads
@@ -379,7 +380,8 @@ def execute(request: Request, observer: Callable[[str, int], None] | None = None
         return result
     if request.threads:
         torch.set_num_threads(request.threads)
-    model = SttModel.load(request.model, device=request.device, dtype=request.dtype, quantize=request.quantize)
+    model = SttModel.load(request.model, device=request.device, dtype=request.dtype, quantize=request.quantize,
+                          kernels=request.kernels)
     transcriber = Transcriber(model, request.options, batch_size=min(request.batch_size, len(sources)), prompt=prompt)
     sinks = [OutputSink(request, source, model.name, result) for source in sources]
     jobs = [SttJob(source, _opener(request, source, sink, result), sink) for source, sink in zip(sources, sinks)]

@@ -55,9 +55,11 @@ def decode_audio(row: dict[str, Any], raw: bool = False, rate: int | None = None
 
 def transcribe_request(model: str, output: str | None, formats: Sequence[str], *, batch_size: int = 8,
                        device: str = "auto", dtype: str = "auto", quantize: str = "none", force: bool = False,
-                       threads: int | None = None):
+                       threads: int | None = None, kernels: str = "auto"):
     """The ``transcribe_run.Request`` of a corpus job with default decoding and layout options; ``output`` is a
-    directory (default: the current one), where each input's ``<stem>.<ext>`` files go."""
+    directory (default: the current one), where each input's ``<stem>.<ext>`` files go; ``kernels``: the actors'
+    native CPU kernels (auto, native, torch)."""
+    from dsmcli.commands.common import check_kernels
     from dsmcli.commands import transcribe_run as run
     from dsmcli.commands.common import resolve_device, resolve_dtype
 
@@ -67,7 +69,8 @@ def transcribe_request(model: str, output: str | None, formats: Sequence[str], *
         device=resolve_device(device), dtype=resolve_dtype(dtype, device), batch_size=batch_size, raw=False,
         rate=None, channels=None, audio_device=None, options=run.transcribe_options(0.0, None, False, 0.5),
         writer_options=run.writer_options(None, None, None, False), segment_options=run.segment_options(None, False),
-        progress=False, quantize=run.quantize_method(quantize), threads=threads, atomic=True)
+        progress=False, quantize=run.quantize_method(quantize), kernels=check_kernels(kernels), threads=threads,
+        atomic=True)
 
 
 class Transcribe:
@@ -86,7 +89,7 @@ class Transcribe:
         if self.request.threads:
             torch.set_num_threads(self.request.threads)
         self.model = SttModel.load(self.request.model, device=self.request.device, dtype=self.request.dtype,
-                                   quantize=self.request.quantize)
+                                   quantize=self.request.quantize, kernels=self.request.kernels)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from dsmcli.commands import transcribe_run as run

@@ -25,6 +25,9 @@ Stable surface::
 * ``LMStream(engine=EngineOptions(compile=True))`` compiles the model part of the step; ``static_shapes=True``
   attends over the whole KV ring from the first step (the reference's exact attention; see
   :mod:`dsmcli.engine.options`). The dtype is the model's: bfloat16 runs on AMX on recent Xeons.
+* ``EngineOptions(kernels="auto"|"native"|"torch")``: the stream's native CPU kernels (the depformer's sub-steps; a
+  quantized model's attention over float16 rings), decided when the stream is made. ``LM.from_state(...,
+  quantize="int8", kernels=...)`` builds a quantized model; ``quantize_lm(lm, ...)`` returns one (consuming ``lm``).
 * ``lm.config`` (:class:`LMConfig`) names the token ids (``text_pad_id``, ``end_of_padding_id``,
   ``text_initial_id``, ``audio_initial_id``, ``zero_id``, ``ungenerated_id``), ``delays``/``max_delay``,
   ``distilled_cfg_values`` and the extra heads' sizes.

@@ -24,6 +24,7 @@ from dsmcli.engine.config import DepformerConfig, LMConfig
 from dsmcli.engine.depformer_native import NativeDepformer, native_depformer
 from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.transformer import Transformer, TransformerState
+from dsmcli.kernels import KernelChoice
 from dsmcli.nn import make_norm
 from dsmcli.nn.linear import linear
 
@@ -36,6 +37,7 @@ class DepformerState:
     positions: Tensor  # [num_codebooks, B, 1]: codebook k sits at position k
     native_keys: Tensor | None = None  # [L, B, H, num_codebooks, head_dim]: the native sub-steps' cache
     native_values: Tensor | None = None
+    native: NativeDepformer | None = None  # the native sub-step runner of this stream (its kernel choice), or None
 
     def restart(self) -> None:
         """Empty the rings (every main step starts the depformer afresh)."""
@@ -66,25 +68,27 @@ class Depformer(nn.Module):
                                     for _ in range(cfg.num_codebooks)])
         self.native_step = True  # sub-steps in one native call where supported (False: always the torch path)
         self.native_frame = True  # all sub-steps of a main step in one native call (needs native_step)
-        self._native: tuple[NativeDepformer | None] | None = None  # resolved at the first init_state
+        # the native runners by kernel choice, built at the first init_state that asks (they hold the weights)
+        self._native: dict[KernelChoice, NativeDepformer | None] = {}
 
-    def forget_native(self) -> None:
-        """Drop the native runner (it holds the weights it was built with): call after replacing weights."""
-        self._native = None
-
-    def native(self, dtype: torch.dtype, device: torch.device | str) -> NativeDepformer | None:
-        """The native sub-step runner, or None (disabled, or not supported here)."""
+    def native(self, dtype: torch.dtype, device: torch.device | str,
+               kernels: KernelChoice | str = KernelChoice.AUTO) -> NativeDepformer | None:
+        """The native sub-step runner under ``kernels``, or None (``torch``, ``native_step`` off, or not supported
+        here; ``native`` and a kernel that cannot be built: :class:`~dsmcli.kernels.KernelUnavailable`)."""
         if not self.native_step:
             return None
-        if self._native is None:
-            self._native = (native_depformer(self, dtype, torch.device(device)),)
-        return self._native[0]
+        choice = KernelChoice(kernels)
+        if choice not in self._native:
+            self._native[choice] = native_depformer(self, dtype, torch.device(device), choice)
+        return self._native[choice]
 
-    def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype) -> DepformerState:
+    def init_state(self, batch_size: int, device: torch.device | str, dtype: torch.dtype,
+                   kernels: KernelChoice | str = KernelChoice.AUTO) -> DepformerState:
+        """Empty rings for ``batch_size`` slots; ``kernels``: the stream's choice for the native sub-steps."""
         transformer = self.transformer.init_state(batch_size, self.config.num_codebooks, device, dtype)
         positions = torch.arange(self.config.num_codebooks, device=device).view(-1, 1, 1).expand(-1, batch_size, 1)
-        state = DepformerState(transformer, positions.contiguous())
-        if self.native(dtype, device) is not None:
+        state = DepformerState(transformer, positions.contiguous(), native=self.native(dtype, device, kernels))
+        if state.native is not None:
             t = self.config.transformer
             shape = (t.num_layers, batch_size, t.num_heads, self.config.num_codebooks, t.head_dim)
             state.native_keys = torch.zeros(shape, device=device, dtype=torch.float32)
@@ -99,7 +103,7 @@ class Depformer(nn.Module):
         embedding = self.text_emb if k == 0 else self.audio_emb[k - 1]
         x = x + embedding(previous[:, None])
         if state.native_keys is not None and state.native_values is not None:
-            native = self.native(x.dtype, x.device)
+            native = state.native if self.native_step else None
             logits = None if native is None else native.logits(k, x, state.native_keys, state.native_values)
             if logits is not None:
                 return logits
@@ -116,7 +120,7 @@ class Depformer(nn.Module):
         native path does not apply (then loop over :meth:`logits`)."""
         if not self.native_frame or state.native_keys is None or state.native_values is None or count <= 0:
             return None
-        native = self.native(hidden.dtype, hidden.device)
+        native = state.native if self.native_step else None
         if native is None or native.frame_op is None or native.frame_arguments() is None:
             return None
         first = self.text_emb(previous[:, None])

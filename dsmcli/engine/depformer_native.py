@@ -27,7 +27,9 @@ from torch import Tensor, nn
 
 from dsmcli.engine.quantize import Int4Weight, Int8Kernel, Int8Weight
 from dsmcli.engine.transformer import TransformerLayer
-from dsmcli.kernels import depformer_step_op, fp32_linear_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.depformer import depformer_frame_op, depformer_step_op
+from dsmcli.kernels.linear import fp32_linear_op
 from dsmcli.nn.gating import Activation, GatedFFN
 from dsmcli.nn.norms import RMSNorm
 
@@ -275,16 +277,16 @@ def args_eps(args: tuple[list[Tensor], list[int], list[int], float, float] | Non
     return 0.0 if args is None else args[3]
 
 
-def native_depformer(depformer: nn.Module, dtype: torch.dtype, device: torch.device) -> NativeDepformer | None:
-    """A :class:`NativeDepformer` for ``depformer`` when its layout, dtype and device allow it and the kernels
-    build here; None otherwise."""
+def native_depformer(depformer: nn.Module, dtype: torch.dtype, device: torch.device,
+                     kernels: KernelChoice = KernelChoice.AUTO) -> NativeDepformer | None:
+    """A :class:`NativeDepformer` for ``depformer`` when its layout, dtype and device allow it and ``kernels``
+    lets the kernels run (and they build here); None otherwise."""
     cfg = depformer.config.transformer
     layout_ok = (not cfg.positional_embedding.uses_sin and not cfg.positional_embedding.uses_rope
                  and cfg.gating is Activation.SILU and cfg.layer_scale is None and not cfg.cross_attention
                  and (cfg.context is None or cfg.context >= depformer.config.num_codebooks))
-    if not layout_ok or dtype != torch.float32 or device.type != "cpu":
+    fits = layout_ok and dtype == torch.float32 and device.type == "cpu"
+    op = depformer_step_op(kernels, fits)
+    if op is None or fp32_linear_op(kernels) is None:
         return None
-    op = depformer_step_op()
-    if op is None or fp32_linear_op() is None:
-        return None
-    return NativeDepformer(depformer, op, torch.ops.dsmcli_depformer.frame)
+    return NativeDepformer(depformer, op, depformer_frame_op(kernels))

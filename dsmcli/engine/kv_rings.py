@@ -15,7 +15,7 @@ holds, the cells each slot attends over and the attention mask. A layer then onl
   fresh stream's first ``C`` steps therefore attend over the cells written so far, not over the whole (mostly
   empty) ring. ``static`` attends over the whole ring from the first step instead (fixed shapes for
   ``torch.compile`` / CUDA graphs; cells not yet written are masked).
-* :meth:`KVRings.attend`: SDPA, or with ``native_attention`` (float32 models on CPU, head dims a multiple of 16)
+* :meth:`KVRings.attend`: SDPA, or with ``attention`` not ``torch`` (float32 models on CPU, head dims a multiple of 16)
   the kernel ``dsmcli/kernels/decode_attention.cpp`` over rings stored in float16: half the bytes of the KV reads
   that dominate a step once the window is full (~200 MB per stt-1b step at batch 1, 3.2 GB at batch 16), read as
   several concurrent streams (~2x SDPA's 1-row GEMMs on float32 rings, 2.5-3x with float16). Attention outputs
@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsmcli.kernels import decode_attention_op, ring_write_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.attention import decode_attention_op, ring_write_op
 
 EMPTY_POSITION = -1
 SCRATCH_CELLS = 1
@@ -95,12 +96,12 @@ class KVRings:
     @classmethod
     def create(cls, num_layers: int, batch_size: int, num_heads: int, capacity: int, head_dim: int,
                context: int | None, device: torch.device | str, dtype: torch.dtype, static: bool = False,
-               native_attention: bool = False) -> KVRings:
+               attention: KernelChoice = KernelChoice.TORCH) -> KVRings:
         if capacity <= 0:
             raise ValueError(f"KV ring capacity must be positive, got {capacity}")
         fits = (torch.device(device).type == "cpu" and dtype == torch.float32 and head_dim % 16 == 0
                 and head_dim <= 256)
-        native = decode_attention_op() if native_attention and fits else None
+        native = decode_attention_op(attention, fits)
         storage = torch.float16 if native is not None else dtype  # the native kernel reads float16 rings
         shape = (batch_size, num_heads, capacity + SCRATCH_CELLS, head_dim)
         positions = torch.full((batch_size, capacity + SCRATCH_CELLS), EMPTY_POSITION, dtype=torch.long, device=device)
@@ -172,9 +173,9 @@ class KVRings:
         """Store ``k``, ``v`` ``[B, H, 1, D]`` of ``layer`` at the step's cells; returns its keys and values
         ``[B, H, span, D]`` to attend over (views of the ring: read them before the next write)."""
         keys, values = self.keys[layer], self.values[layer]
-        if self.native is not None:  # float16 rings: torch's scatter_ is slow there
-            cast(Callable[..., Any], ring_write_op())(keys, values, k.float().contiguous(), v.float().contiguous(),
-                                                      step.index[:, 0, 0, 0].contiguous())
+        if self.native is not None:  # float16 rings: torch's scatter_ is slow there (its library is loaded)
+            write = cast(Callable[..., Any], ring_write_op(KernelChoice.NATIVE))
+            write(keys, values, k.float().contiguous(), v.float().contiguous(), step.index[:, 0, 0, 0].contiguous())
         else:
             keys.scatter_(2, step.index, k.to(keys.dtype))
             values.scatter_(2, step.index, v.to(values.dtype))

@@ -20,8 +20,15 @@ from dsmcli.engine.conditioning import ConditionInputs, ConditionProvider, Condi
 from dsmcli.engine.config import ZERO_TOKEN_ID, LMConfig
 from dsmcli.engine.depformer import Depformer
 from dsmcli.engine.embeddings import TokenEmbedding
-from dsmcli.engine.quantize import QuantizeReport, QuantMethod, WeightQuantizer, quantization_targets
+from dsmcli.engine.quantize import (
+    QuantizeReport,
+    QuantMethod,
+    WeightQuantizer,
+    quantization_targets,
+    quantized_state,
+)
 from dsmcli.errors import ModelLoadError
+from dsmcli.kernels import KernelChoice
 from dsmcli.engine.transformer import Transformer, TransformerState
 from dsmcli.nn import make_norm
 from dsmcli.nn.linear import linear
@@ -61,35 +68,36 @@ class LM(nn.Module):
         self.depformer = Depformer(config, device, dtype) if config.depformer is not None else None
         self.conditioning = (ConditionProvider(config.conditioners, config.fuser, dim, device)
                              if config.conditioners else None)
-        # the backbone's self-attention on the native CPU kernel over float16 KV rings instead of SDPA (~3e-4
-        # relative; set by quantize_lm, whose path is not bit-exact anyway, see dsmcli.engine.kv_rings)
-        self.native_attention = False
         self.quantization: QuantizeReport | None = None  # what quantization did (None: a float model)
 
     # ------------------------------------------------------------------------- building from a state dict
     @classmethod
     def from_state(cls, config: LMConfig, state: dict[str, Tensor], dtype: torch.dtype = torch.bfloat16,
-                   source: str = "LM weights", quantize: QuantMethod | str = QuantMethod.NONE) -> LM:
+                   source: str = "LM weights", quantize: QuantMethod | str = QuantMethod.NONE,
+                   kernels: KernelChoice | str = KernelChoice.AUTO) -> LM:
         """Build on the meta device and assign ``state`` (released names, either attention layout); floating
         tensors are cast to ``dtype`` (conditioners to float32). Tensors already of the right dtype are shared.
         ``quantize`` (int8, int4): the linear weights are quantized one by one as they are cast, so no float copy
-        of them is ever made (:mod:`dsmcli.engine.quantize`; what was done is in :attr:`quantization`).
-        The model is returned in eval mode without gradients (inference only)."""
+        of them is ever made (:mod:`dsmcli.engine.quantize`; what was done is in :attr:`quantization`), and
+        ``kernels`` is the :class:`~dsmcli.kernels.KernelChoice` of their native linears. The model is returned
+        in eval mode without gradients (inference only)."""
         if QuantMethod(quantize) is not QuantMethod.NONE:
-            return cls._from_state_quantized(config, state, dtype, source, WeightQuantizer(quantize))
+            module_state = file_to_module_state(state, drop_depformer=config.depformer is None)
+            state.clear()  # the caller's dict no longer holds the tensors: each is freed once quantized
+            quantizer = WeightQuantizer(quantize, kernels=kernels)
+            return cls.from_module_state(config, module_state, dtype, source, quantizer)
         state = cast_floats(state, lambda key: torch.float32 if key.startswith(FLOAT32_PREFIXES) else dtype)
         model = cls(config, device="meta", dtype=dtype)
         assign_state(model, file_to_module_state(state, drop_depformer=config.depformer is None), source)
         return model.eval().requires_grad_(False)
 
     @classmethod
-    def _from_state_quantized(cls, config: LMConfig, state: dict[str, Tensor], dtype: torch.dtype, source: str,
-                              quantizer: WeightQuantizer) -> LM:
-        module_state = file_to_module_state(state, drop_depformer=config.depformer is None)
-        state.clear()  # the caller's dict no longer holds the tensors: each is freed once quantized
+    def from_module_state(cls, config: LMConfig, module_state: dict[str, Tensor], dtype: torch.dtype, source: str,
+                          quantizer: WeightQuantizer) -> LM:
+        """A quantized model from ``module_state`` (:class:`LM` names; emptied as it goes: each float weight is
+        freed once quantized): every weight :func:`~dsmcli.engine.quantize.quantization_targets` names is declared
+        as its quantized holder, the rest assigned as loaded."""
         model = cls(config, device="meta", dtype=dtype)
-        device = next(iter(module_state.values())).device if module_state else torch.device("cpu")
-        quantizer.prepare(model, device)
         for name, (module, attribute) in quantization_targets(model).items():
             expected = module._parameters[attribute]
             weight = module_state.pop(name, None)
@@ -102,7 +110,7 @@ class LM(nn.Module):
             del weight
         module_state = cast_floats(module_state, lambda key: torch.float32 if key.startswith(FLOAT32_MODULES)
                                    else dtype)
-        assign_state(model, module_state, source)
+        assign_state(model, {**module_state, **quantized_state(model)}, source)
         model.quantization = quantizer.report()
         return model.eval().requires_grad_(False)
 
@@ -126,14 +134,26 @@ class LM(nn.Module):
         fused = self.conditioning.encode(inputs)
         return ConditionTensors(*(None if t is None else t.to(self.dtype) for t in (fused.sum, fused.cross)))
 
-    def init_state(self, batch_size: int, cross_source: Tensor | None = None, static: bool = False) -> TransformerState:
+    def attention_kernels(self, kernels: KernelChoice | str) -> KernelChoice:
+        """The kernel choice of a stream's attention under the stream's ``kernels``: a quantized model on CPU
+        attends with the native decode kernel over float16 KV rings and cross sources (``kernels`` decides;
+        ~3e-4 relative, its path is not bit-exact anyway; see :mod:`dsmcli.engine.kv_rings`): with the 750-step
+        window full, the KV reads cost more than the int8 weights at batch 16. A float model (or one off CPU)
+        always attends with SDPA over rings of its dtype (``torch``)."""
+        if self.quantization is None or self.device.type != "cpu":
+            return KernelChoice.TORCH
+        return KernelChoice(kernels)
+
+    def init_state(self, batch_size: int, cross_source: Tensor | None = None, static: bool = False,
+                   kernels: KernelChoice | str = KernelChoice.AUTO) -> TransformerState:
         """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``);
-        ``static``: attend over the whole ring from the first step (fixed shapes, for ``torch.compile``)."""
+        ``static``: attend over the whole ring from the first step (fixed shapes, for ``torch.compile``);
+        ``kernels``: the stream's choice (:meth:`attention_kernels`)."""
         context = self.config.transformer.context
         if context is None:  # LMConfig.from_dict refuses this; a hand-built config might not
             raise ValueError("the backbone needs an attention context to size its KV rings")
         return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source, static,
-                                           self.native_attention)
+                                           self.attention_kernels(kernels))
 
     def embed(self, tokens: Tensor, condition_sum: Tensor | None = None) -> Tensor:
         """``tokens`` ``[B, n_q + 1, T]`` (stream 0 text) -> summed input ``[B, T, D]``.

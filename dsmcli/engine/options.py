@@ -15,6 +15,13 @@ the dtype is the model's, chosen at load: ``load_lm(..., dtype=torch.bfloat16)``
   untested here, no GPU). On CPU it is correct (tests/test_engine_fast_paths.py) but not faster at real size:
   stt-1b layout, float32, batch 1, one thread: 473 ms/step compiled vs 348 ms eager, after 83 s of compiling;
   at width 128 with the same depth, where the many small ops dominate, it halves the step (5.5 vs 11.5 ms).
+* ``kernels``: the :class:`~dsmcli.kernels.KernelChoice` of the stream's native CPU kernels, decided when a stream
+  is made (:meth:`~dsmcli.engine.LMStream.init_state`): the depformer's sub-steps (``depformer_step.cpp``) and, for
+  a quantized model on CPU, the attention over float16 KV rings (:meth:`~dsmcli.engine.LM.attention_kernels`).
+  ``auto`` (default) uses them where they build, ``native`` makes one that cannot be built an error
+  (:class:`~dsmcli.kernels.KernelUnavailable`), ``torch`` uses none. On a float model only the depformer's
+  kernel depends on it (its results match the torch path to float rounding; the backbone always attends with SDPA).
+  The quantized weights' own linears follow the choice given when they were quantized (``load_lm(..., kernels=)``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+
+from dsmcli.kernels import KernelChoice
 
 F = TypeVar("F", bound=Callable)
 
@@ -35,8 +44,10 @@ class EngineOptions:
     static_shapes: bool = False
     compile: bool = False
     compile_mode: str | None = None
+    kernels: KernelChoice = KernelChoice.AUTO
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kernels", KernelChoice(self.kernels))
         if self.compile_mode is not None and not self.compile:
             raise ValueError("compile_mode is only used with compile=True")
 

@@ -8,19 +8,24 @@ squared error); the float conditioners are left alone (they run once per stream)
 are stored as int8 in both modes (a few rows are read per step; they were a third of the float leftovers).
 Group-wise scales follow the weights' local range: on the stt-1b architecture the int8 text logits stay within
 cosine 0.999 of the float path, where one scale per output channel does not (see benchmarks/README.md); int4 is
-much further off on random weights (a harsh case for 4 bits: int8 stays the recommended CPU mode). The weights
-are swapped for :class:`Int8Weight` / :class:`Int4Weight`, tensor-like objects that the model's own
-``F.linear`` / ``F.embedding`` calls dispatch to (``__torch_function__``), so the network code is unchanged and
-the default (unquantized) path is untouched.
+much further off on random weights (a harsh case for 4 bits: int8 stays the recommended CPU mode). A quantized
+weight is declared in its module under the float parameter's name as an :class:`Int8Weight` / :class:`Int4Weight`
+submodule holding ``q`` and ``scale`` buffers (so ``state_dict()`` lists them and ``.to(device)`` moves them);
+the model's own ``F.linear`` / ``F.embedding`` calls dispatch to it (``__torch_function__``), so the network code
+is unchanged and the default (unquantized) path is untouched.
 
-A model loaded with ``quantize=`` (or drawn with random weights by ``dsm bench``) is quantized weight by weight
-as it is read (:class:`WeightQuantizer`): no float copy of the quantized weights ever exists, so the peak memory
-is the quantized model plus one float weight. :func:`quantize_lm` does the same to a model already loaded.
-A quantized LM also attends with the native CPU attention kernel over float16 KV rings (``LM.native_attention``,
-see :mod:`dsmcli.engine.kv_rings`): with the 750-step window full, the KV reads cost more than the int8 weights
-at batch 16, and SDPA read them at half the machine's bandwidth.
+A model loaded with ``quantize=`` (or drawn with random weights by ``dsm bench``) is built quantized, weight by
+weight as it is read (:class:`WeightQuantizer`, ``LM.from_module_state``): no float copy of the quantized weights
+ever exists, so the peak memory is the quantized model plus one float weight. :func:`quantize_lm` returns such a
+model built from one already loaded (which it consumes). Either way ``LM.quantization`` records what was done
+(:class:`QuantizeReport`), and that record, the device and the stream's ``EngineOptions.kernels`` decide, when a
+stream is made, whether it attends with the native CPU attention kernel over float16 KV rings
+(``LM.attention_kernels``, see :mod:`dsmcli.engine.kv_rings`): with the 750-step window full, the KV reads cost
+more than the int8 weights at batch 16, and SDPA read them at half the machine's bandwidth. Nothing is patched
+onto the model's modules.
 
-Kernels (:class:`Int8Kernel`), both reading the same int8 weights:
+Kernels (:class:`Int8Kernel`, within the load's :class:`~dsmcli.kernels.KernelChoice`: ``torch`` means
+``dequantize``), both reading the same int8 weights:
 
 * ``native``: ``dsmcli/kernels/int8_linear.cpp`` / ``int4_linear.cpp``, compiled on first use (AVX-512 VNNI where
   the CPU has it). Each activation row is carried as int16 with its own scale (error ~2^-16 of the row's peak)
@@ -31,8 +36,10 @@ Kernels (:class:`Int8Kernel`), both reading the same int8 weights:
   :data:`NATIVE_GROUP_MULTIPLE` (tiny test models). Correct everywhere, not fast on CPU.
 * ``auto`` (default): ``native`` where it applies, else ``dequantize``.
 
-Measurements behind these choices are in benchmarks/README.md. Quantized weights are not parameters: quantize
-*after* moving the model to its device; ``state_dict()`` no longer lists them.
+Measurements behind these choices are in benchmarks/README.md. Quantized weights are not parameters (their
+buffers are in ``state_dict()`` as ``<weight>.q`` / ``<weight>.scale``): quantize *after* moving the model to its
+device (``.to(device)`` moves the buffers; a dtype cast leaves them: the codes are integers, the scales stay
+float32).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +58,10 @@ from torch import Tensor, nn
 
 from dsmcli.engine.embeddings import TokenEmbedding
 from dsmcli.engine.transformer import CrossAttention, SelfAttention
-from dsmcli.kernels import decode_attention_op, int4_linear_op, int8_linear_op
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.linear import int4_linear_op, int8_linear_op
 
+M = TypeVar("M", bound=nn.Module)
 INT8_MAX = 127  # symmetric range [-127, 127]: -128 is never produced
 GROUP_SIZE = 128  # input channels sharing one scale (per output channel)
 INT4_MIN, INT4_MAX = -8, 7  # 4-bit range (stored as nibbles q + 8)
@@ -103,31 +112,62 @@ def quantize_rows(weight: Tensor, group_size: int = GROUP_SIZE) -> tuple[Tensor,
     return q.flatten(-2).contiguous(), scale.contiguous()
 
 
-class Int8Weight:
-    """A linear weight ``[..., out, in]`` held as int8 ``q`` plus float32 ``scale`` ``[..., out, in / group]``.
+class Int8Weight(nn.Module):
+    """A linear weight ``[..., out, in]`` held as int8 ``q`` plus float32 ``scale`` ``[..., out, in / group]``
+    (registered buffers: they are in ``state_dict()`` and follow ``.to(device)``; ``group_sums``, derived, is not
+    saved).
 
-    Stands in for the float parameter it replaces: ``F.linear(x, w, b)`` dispatches here, integer/slice
-    indexing of the leading dims and of the output dim works (``in_proj[k]``, ``in_proj[0, :dim]``), and
-    ``dtype``/``device`` report the compute dtype (the replaced weight's) and device. Other operations raise.
+    Sits in its module under the float parameter's name (``linear.weight``, ``self_attn.in_proj``), a submodule
+    instead of a parameter: ``F.linear(x, w, b)`` dispatches here, integer/slice indexing of the leading dims and of
+    the output dim works (``in_proj[k]``, ``in_proj[0, :dim]``), and ``dtype``/``device`` report the compute dtype
+    (the replaced weight's) and device. Other operations raise. ``kernel`` and ``kernels`` (the load's
+    :class:`~dsmcli.kernels.KernelChoice`) decide whether the native kernel multiplies.
     """
 
     bits = "int8"
+    q: Tensor
+    scale: Tensor
+    group_sums: Tensor
 
-    def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel):
+    def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel,
+                 kernels: KernelChoice = KernelChoice.AUTO):
+        super().__init__()
         if q.dtype != torch.int8 or q.shape[:-1] != scale.shape[:-1] or q.shape[-1] % scale.shape[-1]:
             raise ValueError(f"int8 data {tuple(q.shape)} {q.dtype} does not match scales {tuple(scale.shape)}")
-        self.q, self.scale, self.dtype, self.kernel = q, scale, dtype, kernel
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.dtype, self.kernel, self.kernels = dtype, kernel, KernelChoice(kernels)
         self.group_size = q.shape[-1] // scale.shape[-1]
-        grouped = q.unflatten(-1, (-1, self.group_size))
-        self.group_sums = grouped.sum(dim=-1, dtype=torch.int32).contiguous()  # [..., out, G]: the native kernel's
+        self.register_buffer("group_sums", self._group_sums(), persistent=False)  # [..., out, G]: the native kernel's
+        self._summed = (q, q._version)  # the codes (and their version) group_sums was computed from
         self._views: dict[str, Int8Weight] = {}  # indexed views (``in_proj[k]`` runs every step)
         self._native: Any = None  # the native op once resolved, False when this weight cannot use it
+        self.register_load_state_dict_post_hook(lambda module, _incompatible: module._loaded())
+
+    def _group_sums(self) -> Tensor:
+        return self.q.unflatten(-1, (-1, self.group_size)).sum(dim=-1, dtype=torch.int32).contiguous()
+
+    def _loaded(self) -> None:
+        """After ``load_state_dict``: the derived sums follow new codes; views and kernel are resolved again."""
+        if self.q is not self._summed[0] or self.q._version != self._summed[1]:  # assigned, or copied into
+            self.group_sums, self._summed = self._group_sums(), (self.q, self.q._version)
+        self._views.clear()
+        self._native = None
 
     @classmethod
-    def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO,
-                   group_size: int = GROUP_SIZE) -> Int8Weight:
+    def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO, group_size: int = GROUP_SIZE,
+                   kernels: KernelChoice = KernelChoice.AUTO) -> Int8Weight:
         q, scale = quantize_rows(weight, group_size_for(weight.shape[-1], group_size))
-        return cls(q, scale, weight.dtype, kernel)
+        return cls(q, scale, weight.dtype, kernel, kernels)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Int8Weight:
+        self._views.clear()  # moved buffers: the views and the resolved kernel are recomputed
+        self._native = None
+        scale = self.scale
+        super()._apply(fn, recurse)
+        if self.scale.dtype != scale.dtype:  # a model-wide dtype cast: the scales stay as they were (float32)
+            self.scale = scale.to(self.scale.device)
+        return self
 
     @property
     def shape(self) -> torch.Size:
@@ -170,7 +210,7 @@ class Int8Weight:
         key = repr(index)
         if key not in self._views:
             self._views[key] = Int8Weight(self.q[index].contiguous(), self.scale[index].contiguous(), self.dtype,
-                                          self.kernel)
+                                          self.kernel, self.kernels)
         return self._views[key]
 
     def __repr__(self) -> str:
@@ -183,8 +223,8 @@ class Int8Weight:
         if self._native is None:
             fits = (self.device.type == "cpu" and self.group_size % NATIVE_GROUP_MULTIPLE == 0
                     and self.group_size <= NATIVE_MAX_GROUP)
-            op = int8_linear_op() if self.kernel is not Int8Kernel.DEQUANTIZE and fits else None
-            self._native = op or False
+            choice = KernelChoice.TORCH if self.kernel is Int8Kernel.DEQUANTIZE else self.kernels
+            self._native = int8_linear_op(choice, fits) or False
         return Int8Kernel.NATIVE if self._native else Int8Kernel.DEQUANTIZE
 
     def linear(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -279,19 +319,28 @@ class Int4Weight(Int8Weight):
 
     bits = "int4"
 
-    def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel):
+    def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel,
+                 kernels: KernelChoice = KernelChoice.AUTO):
+        nn.Module.__init__(self)
         if q.dtype != torch.uint8 or q.shape[:-1] != scale.shape[:-1] or (2 * q.shape[-1]) % scale.shape[-1]:
             raise ValueError(f"int4 data {tuple(q.shape)} {q.dtype} does not match scales {tuple(scale.shape)}")
-        self.q, self.scale, self.dtype, self.kernel = q, scale, dtype, kernel
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.dtype, self.kernel, self.kernels = dtype, kernel, KernelChoice(kernels)
         self.group_size = 2 * q.shape[-1] // scale.shape[-1]
         self._views: dict[str, Int8Weight] = {}
         self._native: Any = None
+        self.register_load_state_dict_post_hook(lambda module, _incompatible: module._loaded())
+
+    def _loaded(self) -> None:
+        self._views.clear()
+        self._native = None
 
     @classmethod
-    def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO,
-                   group_size: int = INT4_GROUP_SIZE) -> Int4Weight:
+    def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO, group_size: int = INT4_GROUP_SIZE,
+                   kernels: KernelChoice = KernelChoice.AUTO) -> Int4Weight:
         q, scale = quantize_rows_int4(weight, group_size_for(weight.shape[-1], group_size))
-        return cls(pack_int4(q), scale, weight.dtype, kernel)
+        return cls(pack_int4(q), scale, weight.dtype, kernel, kernels)
 
     @property
     def shape(self) -> torch.Size:
@@ -316,7 +365,7 @@ class Int4Weight(Int8Weight):
         key = repr(index)
         if key not in self._views:
             self._views[key] = Int4Weight(self.q[index].contiguous(), self.scale[index].contiguous(), self.dtype,
-                                          self.kernel)
+                                          self.kernel, self.kernels)
         return self._views[key]
 
     def __repr__(self) -> str:
@@ -327,8 +376,8 @@ class Int4Weight(Int8Weight):
         if self._native is None:
             fits = (self.device.type == "cpu" and self.group_size % NATIVE_GROUP_MULTIPLE == 0
                     and self.group_size <= NATIVE_MAX_GROUP and self.shape[-1] % INT4_BLOCK == 0)
-            op = int4_linear_op() if self.kernel is not Int8Kernel.DEQUANTIZE and fits else None
-            self._native = op or False
+            choice = KernelChoice.TORCH if self.kernel is Int8Kernel.DEQUANTIZE else self.kernels
+            self._native = int4_linear_op(choice, fits) or False
         return Int8Kernel.NATIVE if self._native else Int8Kernel.DEQUANTIZE
 
     def _native_linear(self, flat: Tensor) -> Tensor:
@@ -407,25 +456,15 @@ def _unmap_large_blocks() -> None:
         pass
 
 
-def set_native_cross_attention(lm: nn.Module, native: bool) -> None:
-    """Cross-attention over float16 source keys/values on the native decode kernel (``native``), or SDPA: with a
-    625-frame voice source SDPA took ~1 ms per layer and step at batch 1 (16 ms of a TTS step), reading 10 MB of
-    float32 keys and values per layer. Streams made after the change project their source accordingly."""
-    op = decode_attention_op() if native else None
-    for module in lm.modules():
-        if isinstance(module, CrossAttention):
-            module.native_decode = op
-            module._masks.clear()
-
-
 class WeightQuantizer:
     """Replaces float weights by quantized ones one at a time and tallies the :class:`QuantizeReport`: what
     :func:`quantize_lm` does to a whole model, and what loading does weight by weight (so that a quantized model
-    never holds a float copy of the weights it quantizes: ``LM.from_state(..., quantize=...)``)."""
+    never holds a float copy of the weights it quantizes: ``LM.from_state(..., quantize=...)``). ``kernels``: the
+    :class:`~dsmcli.kernels.KernelChoice` of the quantized weights' native linears."""
 
     def __init__(self, method: QuantMethod | str, kernel: Int8Kernel | str = Int8Kernel.AUTO,
-                 group_size: int | None = None):
-        self.method, self.kernel = QuantMethod(method), Int8Kernel(kernel)
+                 group_size: int | None = None, kernels: KernelChoice | str = KernelChoice.AUTO):
+        self.method, self.kernel, self.kernels = QuantMethod(method), Int8Kernel(kernel), KernelChoice(kernels)
         if self.method is QuantMethod.NONE:
             raise ValueError("WeightQuantizer needs a quantization method (int8, int4)")
         self.group_size = DEFAULT_GROUP_SIZES[self.method] if group_size is None else group_size
@@ -433,29 +472,20 @@ class WeightQuantizer:
         _unmap_large_blocks()
         self.tensors = self.params = self.before = self.after = self.native = self.embeddings = 0
 
-    def prepare(self, lm: nn.Module, device: torch.device | str) -> None:
-        """The LM-wide settings of a quantized model: attention on the native kernel over float16 rings (the
-        quantized path is not bit-exact anyway); the kernel is built now, not at the first step. The depformer's
-        native sub-steps forget the weights they were given (they are about to be replaced)."""
-        if hasattr(lm, "native_attention"):
-            lm.native_attention = torch.device(device).type == "cpu" and decode_attention_op() is not None
-            set_native_cross_attention(lm, lm.native_attention)
-        depformer = getattr(lm, "depformer", None)
-        if depformer is not None and hasattr(depformer, "forget_native"):
-            depformer.forget_native()
-
     def replace(self, module: nn.Module, attribute: str, weight: Tensor) -> None:
-        """Set ``module.attribute`` to the quantized ``weight`` (the float one is not kept). Token embedding tables
-        are stored as int8 whatever the method (a few rows are read per step: precision is cheap there)."""
-        module._parameters.pop(attribute, None)
+        """Declare the quantized ``weight`` as ``module``'s submodule ``attribute`` (an :class:`Int8Weight` /
+        :class:`Int4Weight` holding buffers) in place of the float parameter of that name, which is dropped (the
+        float tensor is not kept). Token embedding tables are stored as int8 whatever the method (a few rows are
+        read per step: precision is cheap there)."""
         if isinstance(module, TokenEmbedding):
             quantized: Int8Weight = Int8Weight.from_float(weight, Int8Kernel.DEQUANTIZE)
             self.embeddings += 1
         else:
-            quantized = self.weight_class.from_float(weight, self.kernel, self.group_size)
+            quantized = self.weight_class.from_float(weight, self.kernel, self.group_size, self.kernels)
             self.native += quantized.resolved_kernel() is Int8Kernel.NATIVE
             self.tensors += 1
-        setattr(module, attribute, quantized)
+        del module._parameters[attribute]
+        module.register_module(attribute, quantized)
         self.params += weight.numel()
         self.before += weight.numel() * weight.element_size()
         self.after += quantized.nbytes
@@ -465,25 +495,29 @@ class WeightQuantizer:
                               self.group_size, self.native, self.embeddings)
 
 
-def quantize_lm(lm: nn.Module, method: QuantMethod | str = QuantMethod.INT8,
-                kernel: Int8Kernel | str = Int8Kernel.AUTO, group_size: int | None = None) -> QuantizeReport:
-    """Quantize ``lm``'s linear weights in place (see the module docstring). ``method="none"`` does nothing;
-    ``group_size`` defaults to the method's (int8: 128, int4: 64).
+def quantized_state(lm: nn.Module) -> dict[str, Tensor]:
+    """The buffers of ``lm``'s quantized weights by qualified name (what ``state_dict()`` lists for them)."""
+    return {f"{name}.{key}": tensor for name, module in lm.named_modules() if isinstance(module, Int8Weight)
+            for key, tensor in module.state_dict(keep_vars=True).items()}
+
+
+def quantize_lm(lm: M, method: QuantMethod | str = QuantMethod.INT8, kernel: Int8Kernel | str = Int8Kernel.AUTO,
+                group_size: int | None = None, kernels: KernelChoice | str = KernelChoice.AUTO) -> M:
+    """A quantized copy of ``lm`` (see the module docstring), built like a model loaded with ``quantize=``: a new
+    model of ``lm``'s class, whose :attr:`quantization` is the :class:`QuantizeReport`. ``lm`` is consumed: its
+    tensors move to the new model (or are freed once quantized) and it is left empty, unusable. ``method="none"``
+    returns ``lm`` itself. ``group_size`` defaults to the method's (int8: 128, int4: 64); ``kernels``: the native
+    linears' :class:`~dsmcli.kernels.KernelChoice`.
 
     Call it after the model is on its device. Each float weight is dropped as soon as its quantized copy exists,
     so the peak memory is the float model plus one weight; loading with ``quantize=`` avoids the float model.
     """
-    method, kernel = QuantMethod(method), Int8Kernel(kernel)
-    if method is QuantMethod.NONE:
-        return QuantizeReport(method, kernel, 0, 0, 0, 0, group_size or GROUP_SIZE)
-    quantizer = WeightQuantizer(method, kernel, group_size)
-    quantizer.prepare(lm, next((p.device for p in lm.parameters()), torch.device("cpu")))
-    if any(p.device.type != "cpu" for p in lm.parameters()):
-        lm.native_attention = False
-        set_native_cross_attention(lm, False)
-    for module, attribute in quantization_targets(lm).values():
-        weight = module._parameters[attribute]
-        assert weight is not None
-        quantizer.replace(module, attribute, weight)
-        del weight
-    return quantizer.report()
+    if QuantMethod(method) is QuantMethod.NONE:
+        return lm
+    quantizer = WeightQuantizer(method, kernel, group_size, kernels)
+    dtype, source = lm.dtype, f"quantize_lm({type(lm).__name__})"
+    state = {key: tensor.detach() for key, tensor in lm.state_dict(keep_vars=True).items()}
+    for module in lm.modules():  # the tensors now live in ``state`` only: each is freed as it is quantized
+        module._parameters.clear()
+        module._buffers.clear()
+    return type(lm).from_module_state(lm.config, state, dtype, source, quantizer)

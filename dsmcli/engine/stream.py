@@ -122,7 +122,7 @@ class LMStream:
     """Step engine over an :class:`LM`. ``num_generated`` (default ``dep_q``) codebooks come from the depformer;
     the remaining audio streams are inputs (the TTS with fewer codebooks feeds them -1). ``cfg_no_text``: under
     real CFG the unconditional rows see no text and text logits are not guided. ``engine``: how the model part
-    runs (:class:`EngineOptions`: static shapes, ``torch.compile``)."""
+    runs (:class:`EngineOptions`: static shapes, ``torch.compile``, the native kernels)."""
 
     def __init__(self, lm: LM, options: SamplingOptions | None = None, *, hooks: StepHooks | None = None,
                  cfg_no_text: bool = False, num_generated: int | None = None,
@@ -159,12 +159,13 @@ class LMStream:
         masked = [NOT_MASKED] * batch_size if cfg_masked_until is None else list(cfg_masked_until)
         if len(masked) != batch_size:
             raise ValueError(f"cfg_masked_until has {len(masked)} entries for {batch_size} slots")
-        depformer = None if lm.depformer is None else lm.depformer.init_state(rows, device, lm.dtype)
+        kernels = self.engine.kernels
+        depformer = None if lm.depformer is None else lm.depformer.init_state(rows, device, lm.dtype, kernels)
         return StreamState(
             tokens=torch.full((batch_size, lm.config.num_streams, self.ring_size), UNGENERATED_TOKEN_ID,
                               dtype=torch.long, device=device),
             offsets=torch.zeros(batch_size, dtype=torch.long, device=device),
-            backbone=lm.init_state(rows, fused.cross, static=self.engine.uses_static_shapes), depformer=depformer,
+            backbone=lm.init_state(rows, fused.cross, self.engine.uses_static_shapes, kernels), depformer=depformer,
             condition_sum=fused.sum,
             cfg_masked_until=torch.tensor(masked, dtype=torch.long, device=device),
             audio=torch.zeros(batch_size, self.num_generated, dtype=torch.long, device=device),
@@ -188,7 +189,7 @@ class LMStream:
         rows = state.model_rows(mask)
         if fused.sum is not None and state.condition_sum is not None:
             state.condition_sum = torch.where(rows[:, None, None], fused.sum, state.condition_sum)
-        new_cross = self.lm.transformer.cross_source(fused.cross)
+        new_cross = self.lm.transformer.cross_source(fused.cross, state.backbone.cross_native)
         if new_cross is not None and state.backbone.cross is not None:
             for i, ((k_new, v_new), (k_old, v_old)) in enumerate(zip(new_cross, state.backbone.cross)):
                 if k_new.shape != k_old.shape:

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from dsmcli.engine.config import TransformerConfig
 from dsmcli.engine.kv_rings import KVRings, RingStep, sdpa_per_row
+from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.attention import decode_attention_op
 from dsmcli.nn import make_norm, rope_angles
 from dsmcli.nn.gating import GatedFFN
 from dsmcli.nn.linear import linear
@@ -101,24 +103,25 @@ class CrossAttention(nn.Module):
         self.dim, self.num_heads = dim, num_heads
         self.in_proj = nn.Parameter(torch.empty(1, 3 * dim, dim, device=device, dtype=dtype))
         self.out_proj = nn.Parameter(torch.empty(1, dim, dim, device=device, dtype=dtype))
-        # set by dsmcli.engine.quantize on CPU: the native decode-attention op, over float16 source keys/values
-        self.native_decode: Callable | None = None
         self._masks: dict[tuple[int, int], Tensor] = {}
 
-    def project_source(self, source: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values ``[B, H, S, head_dim]`` of ``source`` ``[B, S, dim]`` (computed once per stream)."""
+    def project_source(self, source: Tensor, native: Callable | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values ``[B, H, S, head_dim]`` of ``source`` ``[B, S, dim]`` (computed once per stream); in
+        float16 for the ``native`` decode-attention op (see :meth:`Transformer.init_state`)."""
         k, v = _split_heads(F.linear(source, self.in_proj[0, self.dim:]), 2, self.num_heads)
-        if self.native_decode is not None:
+        if native is not None:
             return k.to(torch.float16).contiguous(), v.to(torch.float16).contiguous()
         return k, v
 
-    def forward(self, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, native: Callable | None = None) -> Tensor:
+        """``x`` ``[B, 1, dim]`` over the source ``keys``/``values``: by the ``native`` decode-attention op over
+        float16 ones (what :meth:`project_source` made for it), else SDPA."""
         q = _split_heads(linear(x, self.in_proj[0, :self.dim]), 1, self.num_heads)[0]
-        if self.native_decode is not None and keys.dtype == torch.float16:
+        if native is not None and keys.dtype == torch.float16:
             shape = (keys.shape[0], keys.shape[2])
             if shape not in self._masks:
                 self._masks[shape] = torch.ones(shape[0], 1, 1, shape[1], dtype=torch.bool, device=keys.device)
-            out = self.native_decode(q.float().contiguous(), keys, values, self._masks[shape]).to(q.dtype)
+            out = native(q.float().contiguous(), keys, values, self._masks[shape]).to(q.dtype)
         else:
             out = sdpa_per_row(q, keys, values)  # a row's bits do not depend on its place in the batch
         return linear(_merge_heads(out), self.out_proj[0])
@@ -173,13 +176,13 @@ class TransformerLayer(nn.Module):
         return self.gating(x)
 
     def forward(self, x: Tensor, rings: KVRings, layer: int, step: RingStep, rope: StepRope | None,
-                cross: tuple[Tensor, Tensor] | None, weight_set: int) -> Tensor:
+                cross: tuple[Tensor, Tensor] | None, weight_set: int, cross_native: Callable | None = None) -> Tensor:
         update = self.self_attn(self.norm1(x), rings, layer, step, rope, weight_set)
         x = x.to(update) + self.layer_scale_1(update)
         if self.cross_attention is not None:
             if cross is None:
                 raise ValueError("this model has cross-attention: the stream needs a cross-attention source")
-            x = x + self.layer_scale_cross(self.cross_attention(self.norm_cross(x), *cross))
+            x = x + self.layer_scale_cross(self.cross_attention(self.norm_cross(x), *cross, cross_native))
         update = self._ffn(self.norm2(x), weight_set)
         return x.to(update) + self.layer_scale_2(update)
 
@@ -189,11 +192,13 @@ class TransformerState:
     """Streaming state of a stack for a batch of ``B`` slots.
 
     rings: the KV rings of every layer (:class:`~dsmcli.engine.kv_rings.KVRings`); cross: per layer the
-    cross-attention ``(keys, values)`` ``[B, H, S, head_dim]`` of the condition, or None.
+    cross-attention ``(keys, values)`` ``[B, H, S, head_dim]`` of the condition, or None; cross_native: the native
+    decode-attention op the cross-attention uses (then its keys/values are float16), or None (SDPA).
     """
 
     rings: KVRings
     cross: list[tuple[Tensor, Tensor]] | None = None
+    cross_native: Callable | None = None
 
     def reset(self, mask: Tensor) -> None:
         """Forget the history of the slots selected by ``mask`` ``[B]`` (cross keys/values are kept)."""
@@ -211,23 +216,25 @@ class Transformer(nn.Module):
 
     def init_state(self, batch_size: int, capacity: int, device: torch.device | str, dtype: torch.dtype,
                    cross_source: Tensor | None = None, static: bool = False,
-                   native_attention: bool = False) -> TransformerState:
+                   attention: KernelChoice = KernelChoice.TORCH) -> TransformerState:
         """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention; ``static``
-        always attends over the whole ring (fixed shapes), ``native_attention`` attends with the native CPU
-        kernel where it applies (see :mod:`dsmcli.engine.kv_rings`)."""
+        always attends over the whole ring (fixed shapes); ``attention`` not ``torch``: self- and cross-attention
+        use the native CPU decode kernel where it applies (see :mod:`dsmcli.engine.kv_rings`)."""
         cfg = self.config
         rings = KVRings.create(cfg.num_layers, batch_size, cfg.num_heads, capacity, cfg.head_dim, cfg.context,
-                               device, dtype, static, native_attention)
-        return TransformerState(rings, self.cross_source(cross_source))
+                               device, dtype, static, attention)
+        cross_native = decode_attention_op(attention, cfg.cross_attention and torch.device(device).type == "cpu")
+        return TransformerState(rings, self.cross_source(cross_source, cross_native), cross_native)
 
-    def cross_source(self, source: Tensor | None) -> list[tuple[Tensor, Tensor]] | None:
-        """Per-layer cross-attention keys/values of ``source`` ``[B, S, dim]`` (None without cross-attention)."""
+    def cross_source(self, source: Tensor | None, native: Callable | None = None) -> list[tuple[Tensor, Tensor]] | None:
+        """Per-layer cross-attention keys/values of ``source`` ``[B, S, dim]`` (None without cross-attention), in
+        float16 for the ``native`` decode-attention op (the state's ``cross_native``)."""
         if not self.config.cross_attention:
             return None
         if source is None:
             raise ValueError("this model has cross-attention: the stream needs a cross-attention source")
         layers = [cast(TransformerLayer, layer) for layer in self.layers]
-        return [cast(CrossAttention, layer.cross_attention).project_source(source) for layer in layers]
+        return [cast(CrossAttention, layer.cross_attention).project_source(source, native) for layer in layers]
 
     def forward(self, x: Tensor, positions: Tensor, state: TransformerState, active: Tensor | None = None,
                 weight_set: int = 0) -> Tensor:
@@ -244,5 +251,5 @@ class Transformer(nn.Module):
         step = state.rings.advance(positions, active)
         for i, layer in enumerate(self.layers):
             cross = None if state.cross is None else state.cross[i]
-            x = layer(x, state.rings, i, step, rope, cross, weight_set)
+            x = layer(x, state.rings, i, step, rope, cross, weight_set, state.cross_native)
         return x

@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
-from dsmcli.codec import Mimi, MimiConfig
+from dsmcli.codec import CodecOptions, Mimi, MimiConfig
 from dsmcli.engine.lm import LM
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.errors import ModelLoadError
 from dsmcli.hub.checkpoint import Checkpoint, load_checkpoint
 from dsmcli.hub.weights import read_safetensors
+from dsmcli.kernels import KernelChoice
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft")
 ModelRef = str | Path | Checkpoint  # a checkpoint already read, or a registry name / Hub repo id / local dir
@@ -29,23 +30,25 @@ def as_checkpoint(model: ModelRef) -> Checkpoint:
 
 
 def load_lm(model: ModelRef, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
-            quantize: QuantMethod | str = QuantMethod.NONE) -> LM:
-    """The checkpoint's LM (architecture from its parsed ``lm_config``); ``quantize``: see ``LM.from_state``."""
+            quantize: QuantMethod | str = QuantMethod.NONE, kernels: KernelChoice | str = KernelChoice.AUTO) -> LM:
+    """The checkpoint's LM (architecture from its parsed ``lm_config``); ``quantize``, ``kernels`` (of the
+    quantized weights' linears): see ``LM.from_state``."""
     checkpoint = as_checkpoint(model)
     state = read_safetensors(checkpoint.lm_path, device)
     return LM.from_state(checkpoint.lm_config, state, dtype, source=f"{checkpoint.name}/{checkpoint.lm_name}",
-                         quantize=quantize)
+                         quantize=quantize, kernels=kernels)
 
 
 def load_mimi(model: ModelRef, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-              num_codebooks: int | None = None) -> Mimi:
+              num_codebooks: int | None = None, options: CodecOptions | None = None) -> Mimi:
     """A released Mimi: a bare ``.safetensors`` file (released sizes), or a checkpoint's ``mimi_name`` file with
-    its optional ``mimi_config_name`` override. ``num_codebooks`` defaults to all."""
+    its optional ``mimi_config_name`` override. ``num_codebooks`` defaults to all; ``options``: how it runs
+    (:class:`~dsmcli.codec.CodecOptions`: the native kernels)."""
     path, config = _mimi_file(model)
     try:
         config.codebooks(num_codebooks)  # checked before the file is read
         return Mimi.from_state(read_safetensors(path, device), config, dtype, source=path.name,
-                               num_codebooks=num_codebooks)
+                               num_codebooks=num_codebooks, options=options)
     except ValueError as exc:
         raise ModelLoadError(f"{path.name}: {exc}") from None
 

@@ -1,32 +1,35 @@
-"""Native CPU kernels, compiled on first use with torch's C++ extension builder.
+"""Native CPU kernels, compiled on first use with torch's C++ extension builder: the build machinery (:class:`Kernel`,
+the build cache, the failed-build marker, ``dsm kernels``) and :func:`load_op`, which the per-family dispatch modules
+call. A call site asks its family's module for an op, passing the :class:`KernelChoice` it was given and whether its
+tensors fit the kernel; it gets the op or None (then it takes its pure-torch path):
 
-* ``int8_linear_op()``: ``torch.ops.dsmcli_int8.linear`` (``int8_linear.cpp``), the LM's int8 weights.
-* ``int4_linear_op()``: ``torch.ops.dsmcli_int4.linear`` (``int4_linear.cpp``), the LM's 4-bit weights.
-* ``fp32_linear_op()``: ``torch.ops.dsmcli_fp32.linear`` (``fp32_linear.cpp``), a few float32 rows against a
-  large float32 weight (Mimi's streaming steps); ``rvq_encode_op()``: ``torch.ops.dsmcli_fp32.rvq_encode`` from
-  the same file, Mimi's residual quantizer on that product.
-* ``mimi_transformer_op()``: ``torch.ops.dsmcli_mimi.transformer_step`` (``mimi_transformer.cpp``), a whole
-  streaming step of Mimi's transformer in one call.
-* ``seanet_step_op()``: ``torch.ops.dsmcli_seanet.step`` (``seanet_step.cpp``), a whole streaming step of Mimi's
-  SEANet encoder in one call.
-* ``depformer_step_op()``: ``torch.ops.dsmcli_depformer.step`` (``depformer_step.cpp``), one depformer sub-step
-  (its whole stack, output norm and head) in one call, on the linears above; ``torch.ops.dsmcli_depformer.frame``
-  from the same file runs all the sub-steps of a main step, their sampling included.
-* ``decode_attention_op()``: ``torch.ops.dsmcli_attn.decode`` (``decode_attention.cpp``), one query step per slot
-  and head over a float32 or float16 KV ring (the int8 LM's attention); ``ring_write_op()``:
-  ``torch.ops.dsmcli_attn.write`` from the same file, a step's keys and values into such a ring.
+* :mod:`dsmcli.kernels.linear`: ``int8_linear_op`` (``int8_linear.cpp``, the LM's int8 weights), ``int4_linear_op``
+  (``int4_linear.cpp``, its 4-bit weights), ``fp32_linear_op`` (``fp32_linear.cpp``, a few float32 rows against a
+  large float32 weight: Mimi's streaming steps, the depformer).
+* :mod:`dsmcli.kernels.attention`: ``decode_attention_op`` (``decode_attention.cpp``, one query step per slot and
+  head over a float32 or float16 KV ring: the quantized LM's attention) and ``ring_write_op`` (a step's keys and
+  values into such a ring).
+* :mod:`dsmcli.kernels.codec`: ``seanet_step_op`` (``seanet_step.cpp``, a whole streaming step of SEANet),
+  ``mimi_transformer_op`` (``mimi_transformer.cpp``, a whole streaming step of Mimi's transformer) and
+  ``rvq_encode_op`` (``fp32_linear.cpp``, Mimi's residual quantizer).
+* :mod:`dsmcli.kernels.depformer`: ``depformer_step_op`` and ``depformer_frame_op`` (``depformer_step.cpp``, one
+  depformer sub-step, or all the sub-steps of a main step with their sampling, in one call).
 
-Each returns None when it cannot be built here (no C++ compiler, Python headers or ninja, an unsupported
-platform): callers then take a slower pure-torch path with the same numerics up to float rounding. A build goes to
-``$XDG_CACHE_HOME/dsmcli/kernels`` (default ``~/.cache/dsmcli/kernels``), keyed by the source (its text and its
-path), the torch version and the CPU flags, so it happens once per machine and install (~15 s each). ``dsm kernels``
-(:func:`build_all`, run by ``tools/setup.sh``) builds them all ahead; a build at run time says so in one stderr
-line. A failed build is remembered beside the build (``<name>-<key>.failed``: the reason and the compiler's output)
-and not retried until ``dsm kernels``; it is reported in one stderr line per process, with the remedy.
-Which kernels run is an explicit :class:`KernelChoice` (``dsm ... --kernels auto|native|torch``, set with
-:func:`use_kernels`): ``auto`` (the default) uses a kernel when it builds and falls back to torch otherwise;
-``native`` makes a kernel that cannot be built an error (:class:`KernelUnavailable`); ``torch`` uses none.
-``DSM_NO_NATIVE_KERNELS=1`` is a documented override meaning ``torch`` whatever the choice.
+None means the kernel does not apply or cannot be built here (no C++ compiler, Python headers or ninja, an
+unsupported platform): callers then take a slower pure-torch path with the same numerics up to float rounding. A
+build goes to ``$XDG_CACHE_HOME/dsmcli/kernels`` (default ``~/.cache/dsmcli/kernels``), keyed by the source (its
+text and its path), the torch version and the CPU flags, so it happens once per machine and install (~15 s each).
+``dsm kernels`` (:func:`build_all`, run by ``tools/setup.sh``) builds them all ahead; a build at run time says so
+in one stderr line. A failed build is remembered beside the build (``<name>-<key>.failed``: the reason and the
+compiler's output) and not retried until ``dsm kernels``; it is reported in one stderr line per process, with the
+remedy.
+
+Which kernels run is an explicit :class:`KernelChoice` carried by the objects that run them, never process-wide
+state: ``EngineOptions.kernels`` (the LM's streams), ``CodecOptions.kernels`` (Mimi), the ``kernels`` argument of
+``load_lm`` / ``quantize_lm`` (quantized weights); the commands pass ``--kernels auto|native|torch`` down to them.
+``auto`` (the default) uses a kernel when it builds and falls back to torch otherwise; ``native`` makes a kernel
+that cannot be built an error (:class:`KernelUnavailable`); ``torch`` uses none. ``DSM_NO_NATIVE_KERNELS=1`` is a
+documented override meaning ``torch`` whatever the choice (with ``native``: an error).
 """
 
 from __future__ import annotations
@@ -70,24 +73,19 @@ class KernelUnavailable(DsmError):
     """``--kernels native`` and a kernel that cannot be built (or ``DSM_NO_NATIVE_KERNELS`` is set): exit 1."""
 
 
-_choice = KernelChoice.AUTO
-
-
-def kernel_choice() -> KernelChoice:
-    """The choice in effect: :data:`KernelChoice.TORCH` while ``DSM_NO_NATIVE_KERNELS`` is set."""
-    return KernelChoice.TORCH if disabled() else _choice
-
-
-def use_kernels(choice: KernelChoice | str) -> KernelChoice:
-    """Select the kernels for this process (the ops are looked up again); returns the previous choice."""
-    global _choice
-    previous, _choice = _choice, KernelChoice(choice)
-    if _choice is KernelChoice.NATIVE and disabled():
-        _choice = previous
+def check_choice(choice: KernelChoice | str) -> KernelChoice:
+    """``choice`` as a :class:`KernelChoice`; :class:`KernelUnavailable` for ``native`` while
+    ``DSM_NO_NATIVE_KERNELS`` is set (a command checks its ``--kernels`` before loading anything)."""
+    choice = KernelChoice(choice)
+    if choice is KernelChoice.NATIVE and disabled():
         raise KernelUnavailable(f"--kernels native conflicts with {DISABLE_ENV}=1")
-    for op in _OPS:
-        op.cache_clear()
-    return previous
+    return choice
+
+
+def effective_choice(choice: KernelChoice | str) -> KernelChoice:
+    """The choice in effect: ``torch`` while ``DSM_NO_NATIVE_KERNELS`` is set (``native`` then raises)."""
+    choice = check_choice(choice)
+    return KernelChoice.TORCH if disabled() else choice
 
 
 @dataclass(frozen=True)
@@ -269,19 +267,39 @@ def build(kernel: Kernel, retry: bool = False, announce: bool = True) -> tuple[C
     return _op(kernel), None
 
 
-def _load(name: str) -> Callable | None:
-    """``KERNELS[name]``'s op for a caller, or None (disabled, or not buildable: one stderr line per process)."""
-    choice = kernel_choice()
-    if choice is KernelChoice.TORCH:
+_loaded: dict[tuple[str, str | None], Callable] = {}  # (kernel, op) -> op, once built or loaded in this process
+_unavailable: dict[str, str] = {}  # kernel name -> why it cannot be built (asked once per process)
+
+
+def load_op(name: str, choice: KernelChoice | str, fits: bool = True, op: str | None = None) -> Callable | None:
+    """The op ``op`` (default: the kernel's main op) of ``KERNELS[name]`` for a call site running under ``choice``
+    whose tensors ``fits`` the kernel, or None (``torch``, not fitting, or not buildable under ``auto``: one stderr
+    line per process). ``native`` and a kernel that cannot be built: :class:`KernelUnavailable`. Cheap once the op
+    is loaded: call sites look it up at every step."""
+    if not fits or choice == KernelChoice.TORCH:
         return None
+    if disabled():
+        check_choice(choice)  # native: an error
+        return None
+    found = _loaded.get((name, op))
+    return found if found is not None else _load_new(name, KernelChoice(choice), op)
+
+
+def _load_new(name: str, choice: KernelChoice, op: str | None) -> Callable | None:
     kernel = KERNELS[name]
-    op, reason = build(kernel)
-    if op is None and choice is KernelChoice.NATIVE:
-        raise KernelUnavailable(f"--kernels native: the {kernel.name} kernel cannot be built: "
-                                f"{reason or 'unknown reason'}")
-    if op is None:
-        _report_failure(kernel, reason or "unknown reason")
-    return op
+    reason = _unavailable.get(name)
+    if reason is None:
+        main, reason = build(kernel)
+        if main is not None:
+            found = main if op is None else getattr(getattr(torch.ops, kernel.library), op)
+            _loaded[name, op] = found
+            return found
+        reason = _unavailable[name] = reason or "unknown reason"
+        if choice is not KernelChoice.NATIVE:
+            _report_failure(kernel, reason)
+    if choice is KernelChoice.NATIVE:
+        raise KernelUnavailable(f"--kernels native: the {kernel.name} kernel cannot be built: {reason}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -319,69 +337,3 @@ def _status(kernel: Kernel) -> BuildReport:
         reason = kernel.failed_marker.read_text(encoding="utf-8", errors="replace").partition("\n")[0]
         return BuildReport(kernel.name, "failed", reason=f"{reason}; remembered in {kernel.failed_marker}")
     return BuildReport(kernel.name, "missing")
-
-
-@functools.cache
-def int8_linear_op() -> Callable | None:
-    """The compiled ``linear(x [M, K] f32, w [N, K] i8, scales [N, G] f32, wsum [N, G] i32, group_size) -> [M, N]``
-    op, or None."""
-    return _load("int8_linear")
-
-
-@functools.cache
-def int4_linear_op() -> Callable | None:
-    """The compiled ``linear(x [M, K] f32, w [N, K / 2] u8 (packed nibbles), scales [N, G] f32, group_size)
-    -> [M, N]`` op, or None."""
-    return _load("int4_linear")
-
-
-@functools.cache
-def fp32_linear_op() -> Callable | None:
-    """The compiled ``linear(x [M, K] f32, w [N, K] f32, bias [N] f32 | None) -> [M, N]`` op, or None."""
-    return _load("fp32_linear")
-
-
-@functools.cache
-def rvq_encode_op() -> Callable | None:
-    """The compiled ``rvq_encode(x [M, D] f32, tables [L, bins, D + 2] f32) -> codes [L, M] i64`` op, or None."""
-    return None if fp32_linear_op() is None else torch.ops.dsmcli_fp32.rvq_encode
-
-
-@functools.cache
-def mimi_transformer_op() -> Callable | None:
-    """The compiled ``transformer_step(x [B, T, d], active, weights, keys, values, positions, ends, offset, num_heads,
-    context, max_period, eps) -> [B, T, d]`` op (see ``mimi_transformer.cpp``), or None."""
-    return _load("mimi_transformer")
-
-
-@functools.cache
-def seanet_step_op() -> Callable | None:
-    """The compiled ``step(x [B, C, N], program, weights, biases, tails, strides, dilations, fresh, active, alpha)``
-    op (see ``seanet_step.cpp``), or None."""
-    return _load("seanet_step")
-
-
-@functools.cache
-def depformer_step_op() -> Callable | None:
-    """The compiled ``step(input [B, D], weights, kinds, group_sizes, keys, values, position, num_heads, eps,
-    out_eps) -> logits [B, card]`` op (see ``depformer_step.cpp``), or None."""
-    return _load("depformer_step")
-
-
-@functools.cache
-def decode_attention_op() -> Callable | None:
-    """The compiled ``decode(q [B, H, 1, D] f32, keys [B, H, C, D], values [B, H, C, D] (f32 or f16), mask
-    [B, 1, 1, S] bool, lengths [B] i64 | None (cells each slot attends over, <= S)) -> [B, H, 1, D] f32`` op, or
-    None."""
-    return _load("decode_attention")
-
-
-@functools.cache
-def ring_write_op() -> Callable | None:
-    """The compiled ``write(keys [B, H, C, D], values, k [B, H, 1, D] f32, v, cells [B] i64)`` op (in place), or
-    None."""
-    return None if decode_attention_op() is None else torch.ops.dsmcli_attn.write
-
-
-_OPS = (int8_linear_op, int4_linear_op, fp32_linear_op, rvq_encode_op, mimi_transformer_op, seanet_step_op,
-        depformer_step_op, decode_attention_op, ring_write_op)

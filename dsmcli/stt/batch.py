@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsmcli.engine import LMStream, SamplingOptions
+from dsmcli.engine import EngineOptions, LMStream, SamplingOptions
 from dsmcli.engine.scheduler import SlotStream, StepReport
 from dsmcli.errors import DsmError, OptionError, UsageError
 from dsmcli.results import TranscriptEvent
@@ -68,7 +68,8 @@ class SttBatch:
             prompt, model.tokenizer, model.timing.time_offset, batch_size,
             end_of_padding_id=model.config.end_of_padding_id, pad_id=model.config.text_pad_id)
         hooks = None if self.prompt is None else self.prompt.forcing.hooks
-        self.stream = LMStream(model.lm, sampling, hooks=hooks, generator=generator)
+        self.stream = LMStream(model.lm, sampling, hooks=hooks, generator=generator,
+                               engine=EngineOptions(kernels=model.kernels))
         self.lm_state = self.stream.init_state(batch_size)
         self.prev_codes = torch.zeros(batch_size, model.config.n_q, 1, dtype=torch.long, device=device)
         self.slots: list[_Slot | None] = [None] * batch_size

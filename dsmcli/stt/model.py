@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
-from dsmcli.codec import Mimi
+from dsmcli.codec import CodecOptions, Mimi
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine import LM, LMConfig
 from dsmcli.errors import ModelLoadError
 from dsmcli.hub.checkpoint import Checkpoint, load_checkpoint
 from dsmcli.hub.loaders import load_lm, load_mimi, load_tokenizer
 from dsmcli.hub.task_config import SttConfig
+from dsmcli.kernels import KernelChoice
 
 STT_MODEL_TYPE = "stt"
 END_OF_TURN_HEAD = 2  # VAD head read by Kyutai's script and server (FORMAT.md §5.4)
@@ -58,6 +59,7 @@ class SttModel:
     lm: LM
     tokenizer: Any  # sentencepiece.SentencePieceProcessor
     timing: SttTiming
+    kernels: KernelChoice = KernelChoice.AUTO  # the native CPU kernels: Mimi's and the LM's were loaded with it
 
     @property
     def name(self) -> str:
@@ -77,19 +79,22 @@ class SttModel:
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32, quantize: str = "none") -> "SttModel":
+             dtype: torch.dtype = torch.float32, quantize: str = "none",
+             kernels: KernelChoice | str = KernelChoice.AUTO) -> "SttModel":
         """Load an STT checkpoint (registry name, Hub repo id or local dir); ``quantize`` (none, int8, int4)
-        quantizes the LM while loading."""
-        return cls.from_checkpoint(load_checkpoint(name_or_path), device, dtype, quantize)
+        quantizes the LM while loading; ``kernels``: the native CPU kernels of everything it runs."""
+        return cls.from_checkpoint(load_checkpoint(name_or_path), device, dtype, quantize, kernels)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, quantize: str = "none") -> "SttModel":
+                        dtype: torch.dtype = torch.float32, quantize: str = "none",
+                        kernels: KernelChoice | str = KernelChoice.AUTO) -> "SttModel":
         """The bundle of a checkpoint already read: every file comes through :mod:`dsmcli.hub.loaders`."""
         if checkpoint.model_type != STT_MODEL_TYPE:
             raise ModelLoadError(f"{checkpoint.name} is a {checkpoint.model_type!r} model, not speech-to-text")
         if checkpoint.lm_config.dep_q != 0:
             raise ModelLoadError(f"{checkpoint.name}: a speech-to-text model generates no audio (dep_q must be 0)")
-        lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
-        mimi = load_mimi(checkpoint, device=device, num_codebooks=lm.config.n_q)
-        return cls(checkpoint, mimi, lm, load_tokenizer(checkpoint), SttTiming.from_config(checkpoint.stt))
+        kernels = KernelChoice(kernels)
+        lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize, kernels=kernels)
+        mimi = load_mimi(checkpoint, device=device, num_codebooks=lm.config.n_q, options=CodecOptions(kernels))
+        return cls(checkpoint, mimi, lm, load_tokenizer(checkpoint), SttTiming.from_config(checkpoint.stt), kernels)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dsmcli.engine import ConditionInputs, LMStream, StepHooks, StepInfo, StreamState
+from dsmcli.engine import ConditionInputs, EngineOptions, LMStream, StepHooks, StepInfo, StreamState
 from dsmcli.engine.scheduler import SlotStream, StepReport
 from dsmcli.engine.stream import NOT_MASKED, StepOutput
 from dsmcli.errors import DsmError, InputError
@@ -116,7 +116,8 @@ class TtsBatch:
         hooks = StepHooks(text_logits=self._bonus if options.padding_bonus else None, text_token=self._on_text,
                           audio_tokens=self._on_audio)
         self.stream = LMStream(model.lm, model.sampling(options), hooks=hooks, cfg_no_text=True,
-                               num_generated=model.n_q, generator=generator)
+                               num_generated=model.n_q, generator=generator,
+                               engine=EngineOptions(kernels=model.kernels))
         delays = torch.tensor(config.delays[1 : model.n_q + 1], dtype=torch.long, device=device)
         self.audio_start = delays + model.delay_steps  # [G] first step whose audio token is real
         self.skip_audio = torch.full((batch_size, model.n_q), ZERO_TOKEN, dtype=torch.long, device=device)

@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
-from dsmcli.codec import Mimi
+from dsmcli.codec import CodecOptions, Mimi
 from dsmcli.engine import LM, LMConfig, SamplingOptions
 from dsmcli.engine.config import DISTILLED_CFG_CONDITION as CFG_CONDITION
 from dsmcli.engine.config import ConditionerKind
 from dsmcli.errors import ModelLoadError, OptionError
 from dsmcli.hub.checkpoint import Checkpoint, load_checkpoint
 from dsmcli.hub.loaders import load_lm, load_mimi, load_tokenizer
+from dsmcli.kernels import KernelChoice
 from dsmcli.tts.options import (  # noqa: F401 - re-exported: SpeakOptions and the sampling defaults
     AUDIO_TOP_K,
     DEFAULT_CFG,
@@ -57,31 +58,36 @@ class TtsModel:
     voices: VoiceSetup
     delay_steps: int
     n_q: int
+    kernels: KernelChoice = KernelChoice.AUTO  # the native CPU kernels: Mimi's and the LM's were loaded with it
 
     @classmethod
     def load(cls, name_or_path: str | Path, *, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, n_q: int | None = None,
-             voice_repo: str | Path | None = None, quantize: str = "none") -> TtsModel:
+             voice_repo: str | Path | None = None, quantize: str = "none",
+             kernels: KernelChoice | str = KernelChoice.AUTO) -> TtsModel:
         """Load a TTS checkpoint (registry name, Hub repo id or local dir); ``quantize`` (none, int8, int4)
-        quantizes the LM while loading. Raises ModelLoadError / UsageError."""
+        quantizes the LM while loading; ``kernels``: the native CPU kernels of everything it runs. Raises
+        ModelLoadError / UsageError."""
         checkpoint = load_checkpoint(name_or_path)
         return cls.from_checkpoint(checkpoint, checked_voice_setup(checkpoint, voice_repo), device=device,
-                                   dtype=dtype, n_q=n_q, quantize=quantize)
+                                   dtype=dtype, n_q=n_q, quantize=quantize, kernels=kernels)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, voices: VoiceSetup, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, n_q: int | None = None,
-                        quantize: str = "none") -> TtsModel:
+                        quantize: str = "none", kernels: KernelChoice | str = KernelChoice.AUTO) -> TtsModel:
         """The bundle of a checkpoint already read and checked (:func:`checked_voice_setup` gave ``voices``):
         every file comes through :mod:`dsmcli.hub.loaders`, the configs are the checkpoint's parsed ones."""
         codebooks = codebooks_to_generate(checkpoint.lm_config, n_q, voices)
-        lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
-        mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks)
+        kernels = KernelChoice(kernels)
+        lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize, kernels=kernels)
+        mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks, options=CodecOptions(kernels))
         if not voices.encodes_audio:
             mimi.drop_encoder()
         delay_steps = checkpoint.tts.delay_steps(mimi.frame_rate, checkpoint.name)
         token_ids = TtsTokenIds.from_lm_config(lm.config)
-        return cls(checkpoint, lm, mimi, load_tokenizer(checkpoint), token_ids, voices, delay_steps, codebooks)
+        return cls(checkpoint, lm, mimi, load_tokenizer(checkpoint), token_ids, voices, delay_steps, codebooks,
+                   kernels)
 
     @property
     def name(self) -> str:
