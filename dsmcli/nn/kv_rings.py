@@ -36,8 +36,10 @@ each slot attends over and the mask). A layer then only writes its key/value row
 * Mimi's transformer claims ``T`` (2) steps per call and masks by absolute position over the whole ring
   (:meth:`KVRings.ring`, :func:`dsmcli.nn.attention.context_mask`), as the reference does: all ``T`` keys are
   written before any query attends, so once the ring has wrapped the first query of a call no longer sees its
-  oldest allowed key (FORMAT.md §2.5). Its native step (``dsmcli/kernels/mimi_transformer.cpp``) reads and writes
-  the same rings (float32, scratch cell included) and books the positions itself.
+  oldest allowed key (FORMAT.md §2.5). Its torch path gives the bits of the per-layer ring it replaced (SDPA on the
+  same ring cells and mask). Its native step (``dsmcli/kernels/mimi_transformer.cpp``) reads and writes the same
+  rings (float32, scratch cell included), books the positions itself and attends with the decode kernel's loop
+  (``dsmcli/kernels/attention.h``, one loop for both kernels).
 """
 
 from __future__ import annotations
