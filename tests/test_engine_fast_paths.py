@@ -26,7 +26,7 @@ from dsmcli.engine import (
     StepInfo,
     TensorCondition,
 )
-from dsmcli.engine.kv_rings import KVRings
+from dsmcli.nn.kv_rings import KVRings
 from dsmcli.engine.quantize import Int8Weight
 from dsmcli.nn.linear import linear
 from dsmcli.hub.loaders import load_lm

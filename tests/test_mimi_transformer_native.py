@@ -1,6 +1,7 @@
 """The native streaming step of Mimi's transformer (``dsmcli/kernels/mimi_transformer.cpp``) against the layer-by-layer
 torch path: same outputs up to float rounding through a wrapping ring, slots independent of their batch mates
-bit for bit (with resets and paused slots), and the torch path when the kernel is unavailable."""
+bit for bit (with resets and paused slots), the torch path when the kernel is unavailable, and its attention the
+decode attention's bit for bit (one loop, ``dsmcli/kernels/attention.h``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from dsmcli.codec.config import TransformerConfig
 from dsmcli.codec.transformer import MimiTransformer
 from dsmcli.kernels import KernelChoice
+from dsmcli.kernels.attention import decode_attention_op
 from dsmcli.kernels.codec import mimi_transformer_op
 
 REL_TOL = 2e-5  # float sums in other orders over 8 layers, relative to the largest output
@@ -65,7 +67,7 @@ def test_native_step_matches_torch_path_through_a_wrapping_ring(config, steps, c
     with torch.no_grad():
         model.step(chunks[0], state)
     assert state.offset.tolist() == [chunk, chunk]
-    assert all(cache.end.tolist() == [chunk, chunk] for cache in state.caches)
+    assert state.rings.positions[:, :chunk].tolist() == [list(range(chunk))] * 2
 
 
 @needs_native
@@ -89,3 +91,43 @@ def test_native_step_slots_do_not_depend_on_batch_mates():
                 if slot == 1 and t == 7:
                     alone = model.init_state(1)
                 assert torch.equal(model.step(chunk[slot : slot + 1], alone)[0], outs[t][slot]), (slot, t)
+
+
+@needs_native
+@pytest.mark.skipif(decode_attention_op("auto") is None, reason="the native decode attention cannot be built here")
+def test_native_step_and_decode_attention_share_one_attention_loop():
+    """Both kernels attend with ``dsmcli/kernels/attention.h``: on the same query, ring and visible cells they give
+    the same bits. The one-layer step below passes its attention through exactly: x = 0 makes norm1's output its
+    bias, a one-hot that selects in_proj's first column as (q, k, v); out_proj is the identity, layer scale 1 after
+    attention and 0 after the feed-forward."""
+    config = TransformerConfig(d_model=128, num_heads=2, num_layers=1, dim_feedforward=32, context=30, rope=False,
+                               input_dimension=128, output_dimension=128)
+    model = _model(config, 3)
+    generator = torch.Generator().manual_seed(4)
+    qkv = torch.randn(3 * config.d_model, generator=generator)
+    with torch.no_grad():
+        layer = model.transformer.layers[0]
+        layer.norm1.bias.zero_()[0] = 1.0
+        layer.self_attn.in_proj_weight.zero_()[:, 0] = qkv
+        layer.self_attn.out_proj.weight.copy_(torch.eye(config.d_model))
+        layer.layer_scale_1.scale.fill_(1.0)
+        layer.layer_scale_2.scale.fill_(0.0)
+    state = model.init_state(1)
+    rings, capacity = state.rings, state.rings.capacity
+    rings.keys[0].copy_(torch.randn(rings.keys[0].shape, generator=generator))
+    rings.values[0].copy_(torch.randn(rings.values[0].shape, generator=generator))
+    state.offset.fill_(100)  # the query's position: cells from 71 to 99 are in its window, the rest not or empty
+    rings.positions[0, :capacity] = torch.randint(60, 100, (capacity,), generator=generator)
+    rings.positions[0, :5] = -1
+    with torch.no_grad():
+        out = model.step(torch.zeros(1, config.d_model, 1), state)[0, :, 0]
+    cell = 100 % capacity
+    assert rings.positions[0, cell] == 100 and state.offset.tolist() == [101]
+    heads, head_dim = config.num_heads, config.head_dim
+    assert torch.equal(rings.keys[0][0, :, cell], qkv[config.d_model : 2 * config.d_model].view(heads, head_dim))
+    held = rings.positions[:, :capacity]
+    visible = (held >= 0) & (held > 100 - config.context)
+    assert 0 < int(visible.sum()) < capacity
+    q = qkv[: config.d_model].view(1, heads, 1, head_dim)
+    expected = decode_attention_op("auto")(q, rings.keys[0], rings.values[0], visible.view(1, 1, 1, capacity))
+    assert torch.equal(out, expected.flatten())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsmcli.nn import RingKVCache, RMSNorm, apply_rope, attend, context_mask, make_norm
+from dsmcli.nn import KVRings, RMSNorm, apply_rope, attend, context_mask, make_norm
 
 
 def _positions(offsets: torch.Tensor, steps: int) -> torch.Tensor:
@@ -42,17 +42,38 @@ def test_rope_rotates_interleaved_pairs():
     torch.testing.assert_close(out.flatten(), torch.stack(expected), atol=1e-6, rtol=0)
 
 
+class _Stream:
+    """One-layer KVRings stepped as Mimi's transformer steps them: ``T`` steps per call at each slot's offset."""
+
+    def __init__(self, batch: int, heads: int, capacity: int, dim: int):
+        self.rings = KVRings.create(1, batch, heads, capacity, dim, capacity, "cpu", torch.float32)
+        self.offset = torch.zeros(batch, dtype=torch.long)
+
+    def append(self, k, v, active=None):
+        """Writes ``k``, ``v`` ``[B, H, T, D]``; returns the query positions ``[B, T]`` and the whole ring
+        ``(keys, values, positions)``."""
+        steps = k.shape[2]
+        q_pos = _positions(self.offset, steps)
+        self.rings.store(0, self.rings.claim(q_pos, active), k, v)
+        self.offset += steps if active is None else active.long() * steps
+        return q_pos, self.rings.ring(0)
+
+    def reset(self, mask):
+        self.rings.reset(mask)
+        self.offset.masked_fill_(mask, 0)
+
+
 def test_ring_matches_reference_ring_across_wrap():
     from moshi.modules.transformer import RingKVCache as RefRing
 
     torch.manual_seed(0)
     batch, heads, capacity, dim = 2, 3, 5, 4
-    ours = RingKVCache.create(batch, heads, capacity, dim, "cpu", torch.float32)
+    ours = _Stream(batch, heads, capacity, dim)
     ref = RefRing(batch, heads, dim, capacity, device=torch.device("cpu"), dtype=torch.float32)
     everyone = torch.ones(batch, dtype=torch.bool)
     for steps in [2, 2, 1, 2, 3, 2, 2]:  # wraps the ring several times
         k, v = torch.randn(2, batch, heads, steps, dim)
-        keys, values, pos = ours.append(k, v)
+        _, (keys, values, pos) = ours.append(k, v)
         ref_out = ref.complete(k, v, everyone)
         assert torch.equal(pos, ref_out.positions)
         valid = pos >= 0
@@ -63,11 +84,10 @@ def test_ring_matches_reference_ring_across_wrap():
 def test_two_steps_per_write_hide_the_oldest_key_after_wrap():
     """Mimi's quirk (FORMAT.md §2.5): writing 2 steps before attending costs the first query one key."""
     capacity = context = 4
-    cache = RingKVCache.create(1, 1, capacity, 2, "cpu", torch.float32)
+    stream = _Stream(1, 1, capacity, 2)
     visible = []
-    for start in range(0, 10, 2):
-        q_pos = _positions(torch.tensor([start]), 2)
-        _, _, k_pos = cache.append(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+    for _ in range(0, 10, 2):
+        q_pos, (_, _, k_pos) = stream.append(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
         visible.append(context_mask(q_pos, k_pos, context)[0, 0].sum(-1).tolist())
     assert visible == [[1, 2], [3, 4], [3, 4], [3, 4], [3, 4]]
     # Offline (all keys at once) the same queries see min(p + 1, context) keys.
@@ -75,9 +95,14 @@ def test_two_steps_per_write_hide_the_oldest_key_after_wrap():
     assert context_mask(pos, pos, context)[0, 0].sum(-1).tolist() == [1, 2, 3, 4, 4, 4, 4, 4, 4, 4]
 
 
-def _ring_attention(cache: RingKVCache, q, k, v, context, active=None):
-    q_pos = cache.end[:, None] + torch.arange(q.shape[2])
-    keys, values, k_pos = cache.append(k, v, active)
+def test_a_claim_longer_than_the_ring_is_refused():
+    stream = _Stream(1, 1, 3, 2)
+    with pytest.raises(ValueError, match="cannot append 4 steps"):
+        stream.append(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2))
+
+
+def _ring_attention(stream: _Stream, q, k, v, context, active=None):
+    q_pos, (keys, values, k_pos) = stream.append(k, v, active)
     return attend(q, keys, values, context_mask(q_pos, k_pos, context))
 
 
@@ -89,7 +114,7 @@ def test_active_and_reset_slots_equal_separate_streams():
     active[3:5, 2] = False  # slot 2 pauses for two calls
     reset_at = 7  # slot 1 restarts here
 
-    batched = RingKVCache.create(3, heads, capacity, dim, "cpu", torch.float32)
+    batched = _Stream(3, heads, capacity, dim)
     outs = []
     for call in range(12):
         if call == reset_at:
@@ -98,27 +123,27 @@ def test_active_and_reset_slots_equal_separate_streams():
         outs.append(_ring_attention(batched, q, k, v, capacity, active[call]))
 
     for slot in range(3):
-        single = RingKVCache.create(1, heads, capacity, dim, "cpu", torch.float32)
+        single = _Stream(1, heads, capacity, dim)
         for call in range(12):
             if slot == 1 and call == reset_at:
-                single = RingKVCache.create(1, heads, capacity, dim, "cpu", torch.float32)
+                single = _Stream(1, heads, capacity, dim)
             if not active[call, slot]:
                 continue
             q, k, v = inputs[call, :, slot : slot + 1]
             expected = _ring_attention(single, q, k, v, capacity)
             torch.testing.assert_close(outs[call][slot : slot + 1], expected, atol=1e-6, rtol=0)
-        assert torch.equal(batched.end[slot : slot + 1], single.end)
+        assert torch.equal(batched.offset[slot : slot + 1], single.offset)
 
 
 def test_inactive_slot_state_untouched():
-    cache = RingKVCache.create(2, 1, 3, 2, "cpu", torch.float32)
-    cache.append(torch.ones(2, 1, 2, 2), torch.ones(2, 1, 2, 2))
-    before = [t.clone() for t in (cache.keys, cache.values, cache.positions, cache.end)]
-    cache.append(torch.full((2, 1, 2, 2), 5.0), torch.full((2, 1, 2, 2), 5.0), torch.tensor([True, False]))
-    after = (cache.keys, cache.values, cache.positions, cache.end)
-    for old, new in zip(before, after):
+    stream = _Stream(2, 1, 3, 2)
+    stream.append(torch.ones(2, 1, 2, 2), torch.ones(2, 1, 2, 2))
+    before = [t.clone() for t in stream.rings.ring(0)]
+    stream.append(torch.full((2, 1, 2, 2), 5.0), torch.full((2, 1, 2, 2), 5.0), torch.tensor([True, False]))
+    for old, new in zip(before, stream.rings.ring(0)):
         assert torch.equal(old[1], new[1])
         assert not torch.equal(old[0], new[0])
+    assert stream.rings.positions[:, -1].tolist() == [-1, -1]  # the scratch cell is never a key
 
 
 def test_context_mask_rules():

@@ -1,9 +1,10 @@
 """Mimi's encoder/decoder transformer (FORMAT.md §2.5): pre-norm, RoPE, causal window, GELU FFN, layer scale.
 
-Layout ``[B, C, T]`` in and out (conv layout). Streaming keeps one ring KV cache of capacity
-``context`` per layer: a step writes all its ``T`` keys before attending and masks by absolute
-position, which reproduces the reference exactly, including that after the ring wraps the first
-query of a multi-step chunk can no longer see its oldest allowed key.
+Layout ``[B, C, T]`` in and out (conv layout). Streaming keeps the stack's KV rings of capacity ``context``
+(:class:`~dsmcli.nn.kv_rings.KVRings`, the LM's rings): a step claims its ``T`` cells once for every layer, writes
+all its ``T`` keys before attending and masks by absolute position over the whole ring, which reproduces the
+reference exactly, including that after the ring wraps the first query of a multi-step chunk can no longer see its
+oldest allowed key.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from dsmcli.codec.kernels import linear
 from dsmcli.kernels import KernelChoice
 from dsmcli.kernels.codec import mimi_transformer_op
 from dsmcli.nn import (
+    KVRings,
     NormKind,
-    RingKVCache,
     attend,
     causal_attend,
     context_mask,
@@ -32,19 +33,19 @@ from dsmcli.nn import (
 from dsmcli.nn.norms import LAYER_NORM_EPS
 
 Rope = tuple[Tensor, Tensor] | None  # (cos, sin) [B|1, T, 1, 1, D/2] (for [B, T, 2, H, D] q|k), or None
-Slots = tuple[Tensor, Tensor]  # ring cells and absolute positions [B, T] of a streaming step (RingKVCache.claim)
+Slots = tuple[Tensor, Tensor]  # ring cells and absolute positions [B, T] of a streaming step (KVRings.claim)
 
 
 @dataclass
 class TransformerState:
-    """caches: one ring per layer; offset: ``[B]`` absolute position of each slot's next step."""
+    """rings: every layer's KV ring (float32 or the model's dtype, scratch cell included); offset: ``[B]`` absolute
+    position of each slot's next step (the positions the rings are claimed at)."""
 
-    caches: list[RingKVCache]
+    rings: KVRings
     offset: Tensor
 
     def reset(self, mask: Tensor) -> None:
-        for cache in self.caches:
-            cache.reset(mask)
+        self.rings.reset(mask)
         self.offset.masked_fill_(mask, 0)
 
 
@@ -75,14 +76,15 @@ class SelfAttention(nn.Module):
         q, k, v = self._qkv(x, rope)
         return self._merge(causal_attend(q, k, v, self.context))
 
-    def step(self, x: Tensor, rope: Rope, slots: Slots, cache: RingKVCache, mask: Tensor | None,
+    def step(self, x: Tensor, rope: Rope, slots: Slots, rings: KVRings, layer: int, mask: Tensor | None,
              active: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Streaming: ``x`` ``[B, T, d]`` written at ring ``slots``. Returns (output, mask) so later layers
+        """Streaming: ``x`` ``[B, T, d]`` written at ``layer``'s ring ``slots``. Returns (output, mask) so later layers
         reuse the mask (every layer's ring holds the same positions): bool ``[B, 1, T, C]``, or with every
         slot active its additive float form, as SDPA would convert it (each query then sees at least its
         own key, so no empty row needs guarding)."""
         q, k, v = self._qkv(x, rope)
-        keys, values, k_pos = cache.write(k, v, *slots, active)
+        rings.store(layer, slots[0], k, v)
+        keys, values, k_pos = rings.ring(layer)
         if mask is None:
             mask = context_mask(slots[1], k_pos, self.context)
             if active is None:
@@ -127,9 +129,9 @@ class TransformerLayer(nn.Module):
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), rope))
         return self._feed_forward(x)
 
-    def step(self, x: Tensor, rope: Rope, slots: Slots, cache: RingKVCache, mask: Tensor | None,
+    def step(self, x: Tensor, rope: Rope, slots: Slots, rings: KVRings, layer: int, mask: Tensor | None,
              active: Tensor | None) -> tuple[Tensor, Tensor]:
-        update, mask = self.self_attn.step(self.norm1(x), rope, slots, cache, mask, active)
+        update, mask = self.self_attn.step(self.norm1(x), rope, slots, rings, layer, mask, active)
         return self._feed_forward(x + self.layer_scale_1(update)), mask
 
 
@@ -161,9 +163,10 @@ class MimiTransformer(nn.Module):
         return cos.transpose(1, 2)[:, :, None], sin.transpose(1, 2)[:, :, None]
 
     def _native_fits(self, x: Tensor, state: TransformerState) -> bool:
-        keys = state.caches[0].keys
-        return (x.device.type == "cpu" and x.dtype == keys.dtype == torch.float32 and self.config.norm is NormKind.LAYER_NORM
-                and self.transformer.layers[0].self_attn.in_proj_weight.dtype == torch.float32)
+        keys, c = state.rings.keys[0], self.config
+        return (x.device.type == "cpu" and x.dtype == keys.dtype == torch.float32 and c.norm is NormKind.LAYER_NORM
+                and self.transformer.layers[0].self_attn.in_proj_weight.dtype == torch.float32
+                and c.head_dim % 16 == 0 and c.head_dim <= 256)  # the head dims of attention.h's loop
 
     def _native_weights(self) -> list[Tensor]:
         """Per layer, in the native op's order: in_proj, out_proj, linear1, linear2, norm1 w/b, norm2 w/b, layer
@@ -202,26 +205,29 @@ class MimiTransformer(nn.Module):
         if c.context is None:
             raise ValueError("streaming needs a finite attention context")
         weight = self.transformer.layers[0].self_attn.in_proj_weight
-        caches = [RingKVCache.create(batch_size, c.num_heads, c.context, c.head_dim, weight.device, weight.dtype)
-                  for _ in range(c.num_layers)]
-        return TransformerState(caches, torch.zeros(batch_size, dtype=torch.long, device=weight.device))
+        rings = KVRings.create(c.num_layers, batch_size, c.num_heads, c.context, c.head_dim, c.context, weight.device,
+                               weight.dtype)
+        return TransformerState(rings, torch.zeros(batch_size, dtype=torch.long, device=weight.device))
 
     def step(self, x: Tensor, state: TransformerState, active: Tensor | None = None) -> Tensor:
         """Streaming step over ``x`` ``[B, C, T]``; inactive slots keep their state. On CPU in float32 the whole
         step is one native call (``dsmcli/kernels/mimi_transformer.cpp``: the same arithmetic up to float
-        rounding), else it runs layer by layer."""
+        rounding; it books the rings' positions itself), else it runs layer by layer. The native step attends with
+        the LM's decode-attention loop (``dsmcli/kernels/attention.h``, head dims a multiple of 16 up to 256): its
+        outputs moved by <= 3e-7 relative to the largest when it replaced a loop of its own (another float order;
+        the real-size fixture's streaming codes unchanged)."""
         x = self._project_in(x)
         steps = x.shape[1]
         if (op := mimi_transformer_op(self.kernels, self._native_fits(x, state))) is not None:
-            c, caches = self.config, state.caches
-            x = op(x, active, self._native_weights(), [r.keys for r in caches], [r.values for r in caches],
-                   [r.positions for r in caches], [r.end for r in caches], state.offset, c.num_heads, c.context,
-                   c.max_period if c.rope else 0.0, LAYER_NORM_EPS)
+            c, rings = self.config, state.rings
+            x = op(x, active, self._native_weights(), rings.keys, rings.values, rings.positions, state.offset,
+                   c.num_heads, c.context, c.max_period if c.rope else 0.0, LAYER_NORM_EPS)
             return self._project_out(x)
-        slots = state.caches[0].claim(steps)  # every layer's ring is at the same place
-        rope = self._rope(slots[1])
+        positions = state.offset[:, None] + torch.arange(steps, device=state.offset.device)
+        slots = state.rings.claim(positions, active), positions  # once for every layer
+        rope = self._rope(positions)
         mask = None
-        for layer, cache in zip(self.transformer.layers, state.caches):
-            x, mask = layer.step(x, rope, slots, cache, mask, active)
+        for index, layer in enumerate(self.transformer.layers):
+            x, mask = layer.step(x, rope, slots, state.rings, index, mask, active)
         state.offset.add_(steps if active is None else active.long() * steps)
         return self._project_out(x)

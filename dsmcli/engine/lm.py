@@ -137,7 +137,7 @@ class LM(nn.Module):
     def attention_kernels(self, kernels: KernelChoice | str) -> KernelChoice:
         """The kernel choice of a stream's attention under the stream's ``kernels``: a quantized model on CPU
         attends with the native decode kernel over float16 KV rings and cross sources (``kernels`` decides;
-        ~3e-4 relative, its path is not bit-exact anyway; see :mod:`dsmcli.engine.kv_rings`): with the 750-step
+        ~3e-4 relative, its path is not bit-exact anyway; see :mod:`dsmcli.nn.kv_rings`): with the 750-step
         window full, the KV reads cost more than the int8 weights at batch 16. A float model (or one off CPU)
         always attends with SDPA over rings of its dtype (``torch``)."""
         if self.quantization is None or self.device.type != "cpu":

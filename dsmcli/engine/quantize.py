@@ -20,7 +20,7 @@ ever exists, so the peak memory is the quantized model plus one float weight. :f
 model built from one already loaded (which it consumes). Either way ``LM.quantization`` records what was done
 (:class:`QuantizeReport`), and that record, the device and the stream's ``EngineOptions.kernels`` decide, when a
 stream is made, whether it attends with the native CPU attention kernel over float16 KV rings
-(``LM.attention_kernels``, see :mod:`dsmcli.engine.kv_rings`): with the 750-step window full, the KV reads cost
+(``LM.attention_kernels``, see :mod:`dsmcli.nn.kv_rings`): with the 750-step window full, the KV reads cost
 more than the int8 weights at batch 16, and SDPA read them at half the machine's bandwidth. Nothing is patched
 onto the model's modules.
 

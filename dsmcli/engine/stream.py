@@ -17,7 +17,7 @@ taken). At a step, for every slot:
 Slots are independent: ``active`` ``[B]`` selects the slots that step (the others keep their whole state), and
 :meth:`StreamState.reset` restarts chosen slots. A slot's logits are the same bits whatever ran in it before,
 which slot it is and what its batch mates do (at a given batch size and torch thread count, on CPU: see
-:mod:`dsmcli.engine.kv_rings`; the samplers' random draws are shared by the batch). Real CFG (``cfg_coef != 1``)
+:mod:`dsmcli.nn.kv_rings`; the samplers' random draws are shared by the batch). Real CFG (``cfg_coef != 1``)
 runs the model on ``2B`` rows (conditional then unconditional); the token ring and the outputs stay
 ``[B, ...]``. Inside a step only the slots' attention lengths are read back to the host (hooks may read more).
 How the model part runs (static shapes, ``torch.compile``) is chosen

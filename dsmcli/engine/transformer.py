@@ -8,7 +8,7 @@ A layer is ``x += SelfAttn(norm1(x))``; ``x += CrossAttn(norm_cross(x), src)`` i
 
 The stacks run one step at a time (``T = 1``, what streaming needs). Per-step work shared by the layers is done
 once in :meth:`Transformer.forward`: the ring bookkeeping and attention mask
-(:class:`~dsmcli.engine.kv_rings.RingStep`) and the RoPE rotation (:class:`StepRope`). Projections go through
+(:class:`~dsmcli.nn.kv_rings.RingStep`) and the RoPE rotation (:class:`StepRope`). Projections go through
 :func:`dsmcli.nn.linear.linear` (the CPU-friendly operand order). The streaming state (:class:`TransformerState`:
 the KV rings, plus the cross-attention keys/values computed once per stream) is held by the caller.
 """
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsmcli.engine.config import TransformerConfig
-from dsmcli.engine.kv_rings import KVRings, RingStep, sdpa_per_row
+from dsmcli.nn.kv_rings import KVRings, RingStep, sdpa_per_row
 from dsmcli.kernels import KernelChoice
 from dsmcli.kernels.attention import decode_attention_op
 from dsmcli.nn import make_norm, rope_angles
@@ -191,7 +191,7 @@ class TransformerLayer(nn.Module):
 class TransformerState:
     """Streaming state of a stack for a batch of ``B`` slots.
 
-    rings: the KV rings of every layer (:class:`~dsmcli.engine.kv_rings.KVRings`); cross: per layer the
+    rings: the KV rings of every layer (:class:`~dsmcli.nn.kv_rings.KVRings`); cross: per layer the
     cross-attention ``(keys, values)`` ``[B, H, S, head_dim]`` of the condition, or None; cross_native: the native
     decode-attention op the cross-attention uses (then its keys/values are float16), or None (SDPA).
     """
@@ -219,7 +219,7 @@ class Transformer(nn.Module):
                    attention: KernelChoice = KernelChoice.TORCH) -> TransformerState:
         """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention; ``static``
         always attends over the whole ring (fixed shapes); ``attention`` not ``torch``: self- and cross-attention
-        use the native CPU decode kernel where it applies (see :mod:`dsmcli.engine.kv_rings`)."""
+        use the native CPU decode kernel where it applies (see :mod:`dsmcli.nn.kv_rings`)."""
         cfg = self.config
         rings = KVRings.create(cfg.num_layers, batch_size, cfg.num_heads, capacity, cfg.head_dim, cfg.context,
                                device, dtype, static, attention)

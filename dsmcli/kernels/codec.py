@@ -19,7 +19,7 @@ def seanet_step_op(choice: KernelChoice | str, fits: bool = True) -> Callable | 
 
 
 def mimi_transformer_op(choice: KernelChoice | str, fits: bool = True) -> Callable | None:
-    """``transformer_step(x [B, T, d], active, weights, keys, values, positions, ends, offset, num_heads, context,
+    """``transformer_step(x [B, T, d], active, weights, keys, values, positions, offset, num_heads, context,
     max_period, eps) -> [B, T, d]`` (``mimi_transformer.cpp``), or None."""
     return load_op("mimi_transformer", choice, fits)
 

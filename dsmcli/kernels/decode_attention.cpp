@@ -3,110 +3,27 @@
 //
 // softmax(q . k_s / sqrt(D)) . v_s over the cells s < length[b] where mask[b, s] is true (a slot's length: the
 // cells its stream wrote since its reset, so that the cells are visited in the same order, and the result has the
-// same bits, whatever the slot held before; see dsmcli/engine/kv_rings.py). At batch 1 and a full
+// same bits, whatever the slot held before; see dsmcli/nn/kv_rings.py). At batch 1 and a full
 // 750-step ring this reads ~200 MB of float32 keys and values per stt-1b step; torch's CPU flash attention runs
 // each head's scores as a 1-row GEMM and reached ~13 GB/s here. This kernel streams each head's keys, then its
-// values, as several concurrent memory streams with a software prefetch ahead of the reads. The arithmetic is
-// float32 throughout (exp, sums, products), so on the same keys and values it agrees with SDPA to float
-// rounding. Heads and slots are independent tasks: a slot's result does not depend on its batch mates.
+// values, as several concurrent memory streams with a software prefetch ahead of the reads: the loop of
+// attention.h, shared with Mimi's fused transformer step (mimi_transformer.cpp). The arithmetic is float32
+// throughout (exp, sums, products), so on the same keys and values it agrees with SDPA to float rounding. Heads
+// and slots are independent tasks: a slot's result does not depend on its batch mates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <vector>
 
-#include "streams.h"
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define DSM_AVX512 1
-#endif
+#include "attention.h"
 
 namespace {
 
-using dsm::kStreams;               // cells read side by side (see cells() and streams.h)
-constexpr int64_t kAhead = 4;      // a stream's cells prefetched ahead of the one being read
-constexpr int64_t kMaxDim = 256;   // head dims up to this (a multiple of 16)
-
-#ifdef DSM_AVX512
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::Half* p) {  // IEEE half -> float, exact
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-
-template <typename T>
-inline float dot(const float* a, const T* b, int64_t D) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  int64_t d = 0;
-  for (; d + 32 <= D; d += 32) {
-    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), load16(b + d), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d + 16), load16(b + d + 16), acc1);
-  }
-  if (d < D) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), load16(b + d), acc0);
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
-#endif
-
-// The cells 0..span-1 visited as kStreams interleaved runs (cell j * run + i at step i of run j, then the tail):
-// kStreams sequential memory streams instead of one, which is what reaches this machine's bandwidth.
-template <typename F>
-inline void cells(int64_t span, F&& visit) {
-  const int64_t run = span / kStreams;
-  for (int64_t i = 0; i < run; ++i)
-    for (int64_t j = 0; j < kStreams; ++j) visit(j * run + i, i + kAhead < run ? j * run + i + kAhead : -1);
-  for (int64_t s = kStreams * run; s < span; ++s) visit(s, -1);
-}
-
-template <typename T>
-void one_head(const float* q, const T* k, const T* v, const bool* mask, int64_t span, int64_t D,
-              float scale, float* out, std::vector<float>& scores) {
-  const int64_t line = 64 / sizeof(T);  // elements per cache line
-  float peak = -std::numeric_limits<float>::infinity();
-  cells(span, [&](int64_t s, int64_t ahead) {
-    if (ahead >= 0)
-      for (int64_t d = 0; d < D; d += line) __builtin_prefetch(k + ahead * D + d, 0, 3);
-    if (!mask[s]) return;
-#ifdef DSM_AVX512
-    const float score = dot(q, k + s * D, D) * scale;
-#else
-    float score = 0.f;
-    for (int64_t d = 0; d < D; ++d) score += q[d] * static_cast<float>(k[s * D + d]);
-    score *= scale;
-#endif
-    scores[s] = score;
-    peak = std::max(peak, score);
-  });
-  float total = 0.f;
-  for (int64_t s = 0; s < span; ++s) {
-    if (!mask[s]) continue;
-    scores[s] = std::exp(scores[s] - peak);
-    total += scores[s];
-  }
-#ifdef DSM_AVX512
-  __m512 acc[kMaxDim / 16];
-  const int64_t lanes = D / 16;
-  for (int64_t i = 0; i < lanes; ++i) acc[i] = _mm512_setzero_ps();
-  cells(span, [&](int64_t s, int64_t ahead) {
-    if (ahead >= 0)
-      for (int64_t d = 0; d < D; d += line) __builtin_prefetch(v + ahead * D + d, 0, 3);
-    if (!mask[s]) return;
-    const __m512 p = _mm512_set1_ps(scores[s]);
-    for (int64_t i = 0; i < lanes; ++i) acc[i] = _mm512_fmadd_ps(p, load16(v + s * D + i * 16), acc[i]);
-  });
-  const __m512 inv = _mm512_set1_ps(1.f / total);
-  for (int64_t i = 0; i < lanes; ++i) _mm512_storeu_ps(out + i * 16, _mm512_mul_ps(acc[i], inv));
-#else
-  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
-  for (int64_t s = 0; s < span; ++s) {
-    if (!mask[s]) continue;
-    for (int64_t d = 0; d < D; ++d) out[d] += scores[s] * static_cast<float>(v[s * D + d]);
-  }
-  for (int64_t d = 0; d < D; ++d) out[d] /= total;
-#endif
-}
+using dsm::attention::kMaxDim;
 
 // q [B, H, 1, D] float32; keys, values [B, H, C, D] (the ring), float32 or float16; mask [B, 1, 1, span] bool
 // (span <= C); lengths: int64 [B], 1 <= lengths[b] <= span, the cells slot b attends over (None: span)
@@ -146,9 +63,9 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
     at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
       std::vector<float> scores(std::max<int64_t>(span, 1));
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / H;
-        one_head(qp + i * D, kp + i * C * D, vp + i * C * D, mp + b * span, length[b], D, scale, op + i * D,
-                 scores);
+        const bool* row = mp + (i / H) * span;
+        dsm::attention::attend_query(qp + i * D, kp + i * C * D, vp + i * C * D, length[i / H], D, scale,
+                                     [row](int64_t s) { return row[s]; }, op + i * D, scores);
       }
     });
   };

@@ -6,11 +6,13 @@
 // scales (~4-5 ms per frame). Here those are plain loops over a few rows. Per layer (pre-norm, no biases):
 //   x += ls1 * out_proj(attention(rope(in_proj(norm1(x)))))   keys/values written to the ring first
 //   x += ls2 * linear2(gelu(linear1(norm2(x))))
-// The ring is the layer's RingKVCache (keys/values [B, H, C, D], positions [B, C], end [B]): a step writes its T
-// keys at the claimed cells, then each query attends to the cells whose position p has 0 <= q - p < context.
-// Slots with active false are not written and do not advance (their output is garbage), as in the torch path.
-// The arithmetic is the torch path's up to float rounding (sums in other orders, Sleef's erf); each slot's rows
-// are computed alone, so a slot's result does not depend on its batch mates.
+// The rings are the stack's KVRings (dsmcli/nn/kv_rings.py: per layer keys/values [B, H, C + 1, D], one positions
+// [B, C + 1] for all layers, cell C the scratch cell, never read here): a step books its T positions at cells
+// (offset + t) % C, writes its T keys there, then each query attends to the cells whose position p has
+// 0 <= q - p < context, with the attention loop of attention.h (the LM's decode attention's). Slots with active
+// false are not written and do not advance (their output is garbage), as in the torch path. The arithmetic is the
+// torch path's up to float rounding (sums in other orders, Sleef's erf, attention.h's float order); each slot's
+// rows are computed alone, so a slot's result does not depend on its batch mates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -20,11 +22,11 @@
 #include <limits>
 #include <vector>
 
+#include "attention.h"
 #include "fp32_product.h"
 
 #ifdef DSM_AVX512
 extern "C" __m512 Sleef_erff16_u10(__m512);  // exported by libtorch_cpu (torch's vectorized math)
-extern "C" __m512 Sleef_expf16_u10(__m512);
 #endif
 
 namespace {
@@ -34,8 +36,6 @@ constexpr int64_t kWeightsPerLayer = 10;  // in_proj, out_proj, linear1, linear2
 struct Layer {
   const float *in_proj, *out_proj, *linear1, *linear2, *norm1_w, *norm1_b, *norm2_w, *norm2_b, *ls1, *ls2;
   float *keys, *values;
-  int64_t* positions;
-  int64_t* end;
 };
 
 // y = (x - mean) / sqrt(var + eps) * w + b over each row of d values (two passes, like torch's LayerNorm).
@@ -66,36 +66,6 @@ void gelu(float* x, int64_t n) {
   for (; i < n; ++i) x[i] = x[i] * 0.5f * (1.f + std::erf(x[i] * 0.70710678118654752f));
 }
 
-// exp(x - max) in place over n values, returns their sum.
-float softmax_numerators(float* s, int64_t n, float max) {
-  int64_t i = 0;
-  float total = 0.f;
-#ifdef DSM_AVX512
-  const __m512 shift = _mm512_set1_ps(max);
-  __m512 acc = _mm512_setzero_ps();
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = Sleef_expf16_u10(_mm512_sub_ps(_mm512_loadu_ps(s + i), shift));
-    _mm512_storeu_ps(s + i, e);
-    acc = _mm512_add_ps(acc, e);
-  }
-  total = _mm512_reduce_add_ps(acc);
-#endif
-  for (; i < n; ++i) total += (s[i] = std::exp(s[i] - max));
-  return total;
-}
-
-float dot(const float* a, const float* b, int64_t n) {
-  int64_t i = 0;
-  float total = 0.f;
-#ifdef DSM_AVX512
-  __m512 acc = _mm512_setzero_ps();
-  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-  total = _mm512_reduce_add_ps(acc);
-#endif
-  for (; i < n; ++i) total += a[i] * b[i];
-  return total;
-}
-
 // Rotate the interleaved pairs (re, im) of a head's D values by the angle whose cos/sin are c[i]/s[i].
 void rotate(float* v, const float* c, const float* s, int64_t D) {
   for (int64_t i = 0; i < D / 2; ++i) {
@@ -105,50 +75,41 @@ void rotate(float* v, const float* c, const float* s, int64_t D) {
   }
 }
 
+// C: the ring's capacity; R = C + 1: cells per (slot, head) in the ring tensors (the scratch cell last).
 struct Shape {
-  int64_t B, T, d, H, D, C, ffn, context;
+  int64_t B, T, d, H, D, C, R, ffn, context;
 };
 
-// out [B*T, H*D] = attention of the step's queries (from qkv [B*T, 3, H, D]) over the layer's ring.
-void attend(const Shape& s, const float* qkv, const Layer& layer, const int64_t* q_pos, const bool* active,
-            float* out) {
+// out [B*T, H*D] = attention of the step's queries (from qkv [B*T, 3, H, D]) over the layer's ring, whose cells
+// hold the positions k_pos [B, R].
+void attend(const Shape& s, const float* qkv, const Layer& layer, const int64_t* k_pos, const int64_t* q_pos,
+            const bool* active, float* out) {
   const float scale = 1.f / std::sqrt(static_cast<float>(s.D));
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(s.C);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / s.H, h = bh % s.H;
       if (active && !active[b]) continue;
-      const float* keys = layer.keys + (b * s.H + h) * s.C * s.D;
-      const float* values = layer.values + (b * s.H + h) * s.C * s.D;
-      const int64_t* k_pos = layer.positions + b * s.C;
+      const float* keys = layer.keys + (b * s.H + h) * s.R * s.D;
+      const float* values = layer.values + (b * s.H + h) * s.R * s.D;
+      const int64_t* held = k_pos + b * s.R;
       for (int64_t t = 0; t < s.T; ++t) {
         const float* q = qkv + ((b * s.T + t) * 3 * s.H + h) * s.D;
         float* o = out + (b * s.T + t) * s.H * s.D + h * s.D;
         const int64_t position = q_pos[b * s.T + t];
-        float max = -std::numeric_limits<float>::infinity();
-        for (int64_t c = 0; c < s.C; ++c) {
-          const int64_t delta = position - k_pos[c];
-          const bool visible = k_pos[c] >= 0 && delta >= 0 && delta < s.context;
-          scores[c] = visible ? dot(q, keys + c * s.D, s.D) * scale : -std::numeric_limits<float>::infinity();
-          max = std::max(max, scores[c]);
-        }
-        std::fill(o, o + s.D, 0.f);
-        if (max == -std::numeric_limits<float>::infinity()) continue;  // no visible key: zeros
-        const float inverse = 1.f / softmax_numerators(scores.data(), s.C, max);
-        for (int64_t c = 0; c < s.C; ++c) {
-          if (scores[c] == 0.f) continue;
-          const float weight = scores[c] * inverse;
-          const float* v = values + c * s.D;
-          for (int64_t i = 0; i < s.D; ++i) o[i] += weight * v[i];
-        }
+        auto visible = [held, position, &s](int64_t c) {
+          const int64_t delta = position - held[c];
+          return held[c] >= 0 && delta >= 0 && delta < s.context;
+        };
+        dsm::attention::attend_query(q, keys, values, s.C, s.D, scale, visible, o, scores);
       }
     }
   });
 }
 
 void layer_step(const Shape& s, const Layer& layer, float* x, const float* cos, const float* sin,
-                const int64_t* q_pos, const int64_t* cells, const bool* active, float eps, float* h, float* qkv,
-                float* mixed, float* hidden) {
+                const int64_t* k_pos, const int64_t* q_pos, const int64_t* cells, const bool* active, float eps,
+                float* h, float* qkv, float* mixed, float* hidden) {
   const int64_t M = s.B * s.T, d = s.d, H = s.H, D = s.D;
   layer_norm(x, M, d, layer.norm1_w, layer.norm1_b, eps, h);
   dsm::fp32::product(h, M, layer.in_proj, nullptr, qkv, 3 * d, d);
@@ -163,12 +124,11 @@ void layer_step(const Shape& s, const Layer& layer, float* x, const float* cos, 
     for (int64_t head = 0; head < H; ++head) {
       const float* k = qkv + ((m * 3 + 1) * H + head) * D;
       const float* v = qkv + ((m * 3 + 2) * H + head) * D;
-      std::copy(k, k + D, layer.keys + ((b * H + head) * s.C + cell) * D);
-      std::copy(v, v + D, layer.values + ((b * H + head) * s.C + cell) * D);
+      std::copy(k, k + D, layer.keys + ((b * H + head) * s.R + cell) * D);
+      std::copy(v, v + D, layer.values + ((b * H + head) * s.R + cell) * D);
     }
-    layer.positions[b * s.C + cell] = q_pos[m];
   }
-  attend(s, qkv, layer, q_pos, active, mixed);
+  attend(s, qkv, layer, k_pos, q_pos, active, mixed);
   dsm::fp32::product(mixed, M, layer.out_proj, nullptr, h, d, d);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t i = 0; i < d; ++i) x[m * d + i] += layer.ls1[i] * h[m * d + i];
@@ -178,8 +138,6 @@ void layer_step(const Shape& s, const Layer& layer, float* x, const float* cos, 
   dsm::fp32::product(hidden, M, layer.linear2, nullptr, h, d, s.ffn);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t i = 0; i < d; ++i) x[m * d + i] += layer.ls2[i] * h[m * d + i];
-  for (int64_t b = 0; b < s.B; ++b)
-    if (!active || active[b]) layer.end[b] += s.T;
 }
 
 const float* f32(const at::Tensor& t, int64_t numel, const char* what) {
@@ -196,30 +154,34 @@ int64_t* i64(const at::Tensor& t, int64_t numel, const char* what) {
 
 // x [B, T, d] -> [B, T, d] after all layers. active [B] bool or undefined; weights: kWeightsPerLayer per layer in
 // Layer's order (in_proj [3d, d] with rows [q | k | v] each (head, D), linear1 [ffn, d], linear2 [d, ffn]; layer
-// scales as ones when the model has none); keys, values, positions, ends: each layer's ring (all at the same
-// place: the step's positions are ends[0] + t, its cells those modulo the capacity, like RingKVCache.claim);
-// offset [B] advances with the rings. RoPE (interleaved pairs, frequencies max_period^(-2i/D)) unless
+// scales as ones when the model has none); keys, values: each layer's ring [B, H, C + 1, D], positions [B, C + 1]
+// the positions their cells hold (KVRings: cell C is the scratch cell); offset [B]: each slot's next position.
+// The step's positions are offset + t, its cells those modulo C (like KVRings.claim); the positions are booked
+// and offset advances for the active slots. RoPE (interleaved pairs, frequencies max_period^(-2i/D)) unless
 // max_period <= 0.
 at::Tensor transformer_step(const at::Tensor& x_in, const c10::optional<at::Tensor>& active, at::TensorList weights,
-                            at::TensorList keys, at::TensorList values, at::TensorList positions, at::TensorList ends,
+                            at::TensorList keys, at::TensorList values, const at::Tensor& positions,
                             const at::Tensor& offset, int64_t num_heads, int64_t context, double max_period,
                             double eps) {
   TORCH_CHECK(x_in.dim() == 3, "x: [B, T, d]");
   const int64_t L = static_cast<int64_t>(keys.size());
-  TORCH_CHECK(L > 0 && static_cast<int64_t>(weights.size()) == kWeightsPerLayer * L && values.size() == keys.size() &&
-                  positions.size() == keys.size() && ends.size() == keys.size(),
+  TORCH_CHECK(L > 0 && static_cast<int64_t>(weights.size()) == kWeightsPerLayer * L && values.size() == keys.size(),
               "one ring and ", kWeightsPerLayer, " weights per layer");
-  Shape s{x_in.size(0), x_in.size(1), x_in.size(2), num_heads, x_in.size(2) / num_heads, keys[0].size(2),
-          weights[2].size(0), context};
-  TORCH_CHECK(s.H * s.D == s.d && s.T <= s.C && s.D % 2 == 0, "d must split into heads of even size, T fit the ring");
+  TORCH_CHECK(keys[0].dim() == 4 && keys[0].size(2) >= 2, "keys: [B, H, C + 1, D]");
+  Shape s{x_in.size(0), x_in.size(1), x_in.size(2), num_heads, x_in.size(2) / num_heads, keys[0].size(2) - 1,
+          keys[0].size(2), weights[2].size(0), context};
+  TORCH_CHECK(s.H * s.D == s.d && s.T <= s.C, "d must split into heads, T fit the ring");
+  TORCH_CHECK(s.D % 16 == 0 && s.D <= dsm::attention::kMaxDim, "head dim must be a multiple of 16, at most 256");
   const int64_t M = s.B * s.T;
   at::Tensor x = x_in.clone(at::MemoryFormat::Contiguous);
+  TORCH_CHECK(offset.scalar_type() == at::kLong && offset.is_contiguous() && offset.numel() == s.B, "offset: [B]");
+  int64_t* k_pos = i64(positions, s.B * s.R, "positions");
+  const int64_t* start = offset.data_ptr<int64_t>();
   std::vector<int64_t> qp(M), cl(M);
-  const int64_t* end0 = i64(ends[0], s.B, "end");
   for (int64_t b = 0; b < s.B; ++b)
     for (int64_t t = 0; t < s.T; ++t) {
-      qp[b * s.T + t] = end0[b] + t;
-      cl[b * s.T + t] = (end0[b] + t) % s.C;
+      qp[b * s.T + t] = start[b] + t;
+      cl[b * s.T + t] = (start[b] + t) % s.C;
     }
   std::vector<float> cos_v, sin_v;
   const float *cp = nullptr, *sp = nullptr;
@@ -246,23 +208,23 @@ at::Tensor transformer_step(const at::Tensor& x_in, const c10::optional<at::Tens
     active_c = active->contiguous();
     ap = active_c.data_ptr<bool>();
   }
-  TORCH_CHECK(offset.scalar_type() == at::kLong && offset.is_contiguous() && offset.numel() == s.B, "offset: [B]");
+  for (int64_t m = 0; m < M; ++m)  // every layer's ring holds these positions
+    if (!ap || ap[m / s.T]) k_pos[(m / s.T) * s.R + cl[m]] = qp[m];
   std::vector<float> h(M * s.d), qkv(M * 3 * s.d), mixed(M * s.d), hidden(M * s.ffn);
-  const int64_t d = s.d, ring = s.B * s.H * s.C * s.D;
+  const int64_t d = s.d, ring = s.B * s.H * s.R * s.D;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* w = weights.data() + l * kWeightsPerLayer;
     Layer layer{f32(w[0], 3 * d * d, "in_proj"), f32(w[1], d * d, "out_proj"), f32(w[2], s.ffn * d, "linear1"),
                 f32(w[3], d * s.ffn, "linear2"),  f32(w[4], d, "norm1.weight"),     f32(w[5], d, "norm1.bias"),
                 f32(w[6], d, "norm2.weight"),     f32(w[7], d, "norm2.bias"),        f32(w[8], d, "layer_scale_1"),
                 f32(w[9], d, "layer_scale_2"),
-                const_cast<float*>(f32(keys[l], ring, "keys")), const_cast<float*>(f32(values[l], ring, "values")),
-                i64(positions[l], s.B * s.C, "positions"), i64(ends[l], s.B, "end")};
-    layer_step(s, layer, x.data_ptr<float>(), cp, sp, qp.data(), cl.data(), ap, static_cast<float>(eps), h.data(),
-               qkv.data(), mixed.data(), hidden.data());
+                const_cast<float*>(f32(keys[l], ring, "keys")), const_cast<float*>(f32(values[l], ring, "values"))};
+    layer_step(s, layer, x.data_ptr<float>(), cp, sp, k_pos, qp.data(), cl.data(), ap, static_cast<float>(eps),
+               h.data(), qkv.data(), mixed.data(), hidden.data());
   }
-  int64_t* op = offset.data_ptr<int64_t>();
+  int64_t* next = offset.data_ptr<int64_t>();
   for (int64_t b = 0; b < s.B; ++b)
-    if (!ap || ap[b]) op[b] += s.T;
+    if (!ap || ap[b]) next[b] += s.T;
   return x;
 }
 
@@ -270,7 +232,6 @@ at::Tensor transformer_step(const at::Tensor& x_in, const c10::optional<at::Tens
 
 TORCH_LIBRARY(dsmcli_mimi, m) {
   m.def("transformer_step(Tensor x, Tensor? active, Tensor[] weights, Tensor[] keys, Tensor[] values, "
-        "Tensor[] positions, Tensor[] ends, Tensor offset, int num_heads, int context, float max_period, float eps) "
-        "-> Tensor");
+        "Tensor positions, Tensor offset, int num_heads, int context, float max_period, float eps) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(dsmcli_mimi, CPU, m) { m.impl("transformer_step", &transformer_step); }

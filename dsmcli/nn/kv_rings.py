@@ -1,9 +1,12 @@
-"""Ring key/value caches of every self-attention layer of an LM stack, written one step at a time.
+"""Ring key/value caches of every self-attention layer of a transformer stack: the one ring implementation, used by
+the DSM LM's stacks (:mod:`dsmcli.engine.transformer`, one step per call) and by Mimi's transformer
+(:mod:`dsmcli.codec.transformer`, ``T`` steps per call).
 
 All layers of a stack append at the same steps for the same slots, so the bookkeeping is shared and done once per
-step (:meth:`KVRings.advance` -> :class:`RingStep`): which cell each slot writes, the absolute position each cell
-holds, the cells each slot attends over and the attention mask. A layer then only writes its key/value row
-(:meth:`KVRings.write`) and attends.
+call: :meth:`KVRings.claim` books ``T`` steps (which cell each slot writes, the absolute position each cell
+holds); for the LM's one-step calls :meth:`KVRings.advance` also plans the attention (:class:`RingStep`: the cells
+each slot attends over and the mask). A layer then only writes its key/value rows (:meth:`KVRings.write`, or
+:meth:`KVRings.store` for a ``T``-step call) and attends.
 
 * Cells ``0..C-1`` form the ring; cell ``C`` is a scratch cell: slots that do not advance (``active`` False) write
   there, so writes need no read-modify-write, and it is never attended to (its position stays -1).
@@ -30,6 +33,13 @@ holds, the cells each slot attends over and the attention mask. A layer then onl
 * Rings stepped without an ``active`` mask and never reset since :meth:`KVRings.restart` (the depformer's,
   restarted every main step) have one host-side length for all rows; otherwise (the backbone's) the lengths are
   read back to the host once per step (free on CPU; a synchronization on GPUs).
+* Mimi's transformer claims ``T`` (2) steps per call and masks by absolute position over the whole ring
+  (:meth:`KVRings.ring`, :func:`dsmcli.nn.attention.context_mask`), as the reference does: all ``T`` keys are
+  written before any query attends, so once the ring has wrapped the first query of a call no longer sees its
+  oldest allowed key (FORMAT.md §2.5). Its torch path gives the bits of the per-layer ring it replaced (SDPA on the
+  same ring cells and mask). Its native step (``dsmcli/kernels/mimi_transformer.cpp``) reads and writes the same
+  rings (float32, scratch cell included), books the positions itself and attends with the decode kernel's loop
+  (``dsmcli/kernels/attention.h``, one loop for both kernels).
 """
 
 from __future__ import annotations
@@ -116,19 +126,36 @@ class KVRings:
     def batch_size(self) -> int:
         return self.positions.shape[0]
 
+    def ring(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The ring without its scratch cell: ``layer``'s keys and values ``[B, H, C, D]`` and the positions
+        ``[B, C]`` their cells hold (views), to attend over the whole ring."""
+        capacity = self.capacity
+        return (self.keys[layer][:, :, :capacity], self.values[layer][:, :, :capacity],
+                self.positions[:, :capacity])
+
+    def claim(self, positions: Tensor, active: Tensor | None) -> Tensor:
+        """Book ``T`` steps of every layer for queries at ``positions`` ``[B, T]`` (``T`` <= capacity); ``active``
+        ``[B]`` (None = all). Returns the cells ``[B, T]`` the steps go to (the scratch cell for inactive slots)."""
+        capacity = self.capacity
+        if positions.shape[1] > capacity:
+            raise ValueError(f"cannot append {positions.shape[1]} steps to a ring of capacity {capacity}")
+        cells = positions % capacity
+        if active is not None:
+            cells = torch.where(active[:, None], cells, capacity)
+            positions = torch.where(active[:, None], positions, EMPTY_POSITION)
+            self.uniform = False
+        self.positions.scatter_(1, cells, positions)
+        self.filled = min(capacity, self.filled + positions.shape[1])
+        return cells
+
     def advance(self, positions: Tensor, active: Tensor | None) -> RingStep:
         """Book one step of every layer for queries at ``positions`` ``[B, 1]``; ``active`` ``[B]`` (None = all)."""
         capacity = self.capacity
         query = positions[:, 0]
-        cells = query % capacity
+        cells = self.claim(positions, active)[:, 0]
         held = query + 1  # cells a slot holds after this step, before the cap (a paused slot keeps its own)
         if active is not None:
-            cells = torch.where(active, cells, capacity)
             held = torch.where(active, held, query)
-            query = torch.where(active, query, EMPTY_POSITION)
-            self.uniform = False
-        self.positions.scatter_(1, cells[:, None], query[:, None])
-        self.filled = min(capacity, self.filled + 1)
         lengths: Tensor | None = None
         if self.static:
             per_slot = [capacity] * self.batch_size
@@ -180,6 +207,13 @@ class KVRings:
             keys.scatter_(2, step.index, k.to(keys.dtype))
             values.scatter_(2, step.index, v.to(values.dtype))
         return keys[:, :, : step.span], values[:, :, : step.span]
+
+    def store(self, layer: int, cells: Tensor, k: Tensor, v: Tensor) -> None:
+        """Store ``k``, ``v`` ``[B, H, T, D]`` of ``layer`` at the ``cells`` ``[B, T]`` from :meth:`claim` (rings
+        with torch attention: ``native`` None)."""
+        index = cells[:, None, :, None].expand_as(k)
+        self.keys[layer].scatter_(2, index, k.to(self.keys[layer].dtype))
+        self.values[layer].scatter_(2, index, v.to(self.values[layer].dtype))
 
     def attend(self, layer: int, step: RingStep, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """Attention of the queries ``q`` ``[B, H, 1, D]`` over ``layer``'s ``keys``/``values`` (from :meth:`write`)
