@@ -62,7 +62,7 @@ class LM(nn.Module):
         self.conditioning = (ConditionProvider(config.conditioners, config.fuser, dim, device)
                              if config.conditioners else None)
         # the backbone's self-attention on the native CPU kernel over float16 KV rings instead of SDPA (~3e-4
-        # relative; set by quantize_lm, whose path is not bit-exact anyway, see dsmcli.nn.kv_rings)
+        # relative; set by quantize_lm, whose path is not bit-exact anyway, see dsmcli.engine.kv_rings)
         self.native_attention = False
         self.quantization: QuantizeReport | None = None  # what quantization did (None: a float model)
 

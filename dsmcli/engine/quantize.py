@@ -17,7 +17,7 @@ A model loaded with ``quantize=`` (or drawn with random weights by ``dsm bench``
 as it is read (:class:`WeightQuantizer`): no float copy of the quantized weights ever exists, so the peak memory
 is the quantized model plus one float weight. :func:`quantize_lm` does the same to a model already loaded.
 A quantized LM also attends with the native CPU attention kernel over float16 KV rings (``LM.native_attention``,
-see :mod:`dsmcli.nn.kv_rings`): with the 750-step window full, the KV reads cost more than the int8 weights
+see :mod:`dsmcli.engine.kv_rings`): with the 750-step window full, the KV reads cost more than the int8 weights
 at batch 16, and SDPA read them at half the machine's bandwidth.
 
 Kernels (:class:`Int8Kernel`), both reading the same int8 weights:

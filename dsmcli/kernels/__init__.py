@@ -349,7 +349,7 @@ def rvq_encode_op() -> Callable | None:
 
 @functools.cache
 def mimi_transformer_op() -> Callable | None:
-    """The compiled ``transformer_step(x [B, T, d], active, weights, keys, values, positions, offset, num_heads,
+    """The compiled ``transformer_step(x [B, T, d], active, weights, keys, values, positions, ends, offset, num_heads,
     context, max_period, eps) -> [B, T, d]`` op (see ``mimi_transformer.cpp``), or None."""
     return _load("mimi_transformer")
 
