@@ -95,3 +95,19 @@ def test_kernels_command_builds_everything(run_dsm):
     assert set(states) == set(kernels.KERNELS) and set(states.values()) <= {"built", "cached"}
     status = run_dsm("kernels", "--status")
     assert [line.split()[1] for line in status.stdout.decode().splitlines()] == ["cached"] * len(kernels.KERNELS)
+
+
+def test_an_edit_of_a_shared_header_rebuilds_the_kernels_that_include_it(tmp_path):
+    """The build key hashes the headers beside the sources: an edit of ``attention.h`` (the attention loop shared by
+    the decode attention and Mimi's transformer step) gives both kernels a new build."""
+    names = ("decode_attention.cpp", "mimi_transformer.cpp", "attention.h", "streams.h", "fp32_product.h")
+    source_dir = kernels.KERNELS["decode_attention"].source.parent
+    for name in names:
+        (tmp_path / name).write_bytes((source_dir / name).read_bytes())
+    before = [kernels._build_key(tmp_path / name) for name in names[:2]]
+    kernels._build_key.cache_clear()
+    with (tmp_path / "attention.h").open("a", encoding="utf-8") as header:
+        header.write("// edited\n")
+    after = [kernels._build_key(tmp_path / name) for name in names[:2]]
+    kernels._build_key.cache_clear()
+    assert before[0] != after[0] and before[1] != after[1]

@@ -105,6 +105,7 @@ def test_native_step_and_decode_attention_share_one_attention_loop():
     model = _model(config, 3)
     generator = torch.Generator().manual_seed(4)
     qkv = torch.randn(3 * config.d_model, generator=generator)
+    decode = decode_attention_op("auto")
     with torch.no_grad():
         layer = model.transformer.layers[0]
         layer.norm1.bias.zero_()[0] = 1.0
@@ -129,5 +130,5 @@ def test_native_step_and_decode_attention_share_one_attention_loop():
     visible = (held >= 0) & (held > 100 - config.context)
     assert 0 < int(visible.sum()) < capacity
     q = qkv[: config.d_model].view(1, heads, 1, head_dim)
-    expected = decode_attention_op("auto")(q, rings.keys[0], rings.values[0], visible.view(1, 1, 1, capacity))
+    expected = decode(q, rings.keys[0], rings.values[0], visible.view(1, 1, 1, capacity))
     assert torch.equal(out, expected.flatten())
