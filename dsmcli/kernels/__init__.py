@@ -20,8 +20,8 @@ unsupported platform): callers then take a slower pure-torch path with the same 
 build goes to ``$XDG_CACHE_HOME/dsmcli/kernels`` (default ``~/.cache/dsmcli/kernels``), keyed by the source (its
 text and its path), the torch version and the CPU flags, so it happens once per machine and install (~15 s each).
 ``dsm kernels`` (:func:`build_all`, run by ``tools/setup.sh``) builds them all ahead; a build at run time says so
-in one stderr line. A failed build is remembered beside the build (``<name>-<key>.failed``: the reason and the
-compiler's output) and not retried until ``dsm kernels``; it is reported in one stderr line per process, with the
+in one line of the ``dsmcli`` logger (:mod:`dsmcli.logs`: ``dsm: ...`` on stderr by default). A failed build is remembered beside the build (``<name>-<key>.failed``: the reason and the
+compiler's output) and not retried until ``dsm kernels``; it is reported in one warning per process, with the
 remedy.
 
 Which kernels run is an explicit :class:`KernelChoice` carried by the objects that run them, never process-wide
@@ -52,7 +52,9 @@ from pathlib import Path
 import torch
 
 from dsmcli.errors import DsmError
+from dsmcli.logs import get_logger
 
+log = get_logger(__name__)
 DISABLE_ENV = "DSM_NO_NATIVE_KERNELS"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]  # at::parallel_for is inlined: needs OpenMP here
 LDFLAGS = ["-fopenmp"]
@@ -218,8 +220,8 @@ def _report_failure(kernel: Kernel, reason: str) -> None:
     if _warned_failure:
         return
     _warned_failure = True
-    print(f"dsm: warning: native kernel {kernel.name} not built ({reason}); {kernel.what} runs on a slower "
-          f"pure-torch path: {REMEDY}", file=sys.stderr, flush=True)
+    log.warning("native kernel %s not built (%s); %s runs on a slower pure-torch path: %s", kernel.name, reason,
+                kernel.what, REMEDY)
 
 
 def _op(kernel: Kernel) -> Callable | None:
@@ -242,7 +244,7 @@ def _load_built(kernel: Kernel) -> Callable | None:
 def build(kernel: Kernel, retry: bool = False, announce: bool = True) -> tuple[Callable | None, str | None]:
     """Load ``kernel`` (building it first if needed): ``(op, None)``, or ``(None, reason)``.
 
-    A failed build is remembered on disk and not retried unless ``retry``; ``announce`` prints one stderr line
+    A failed build is remembered on disk and not retried unless ``retry``; ``announce`` logs one line
     before a build (the first run of a command that needs a kernel would otherwise sit silent ~15 s)."""
     if (op := _op(kernel)) is not None:  # already loaded in this process (a library registers once)
         return op, None
@@ -255,7 +257,7 @@ def build(kernel: Kernel, retry: bool = False, announce: bool = True) -> tuple[C
         _remember_failure(kernel, reason, "")
         return None, reason
     if announce and not kernel.is_built and not _warned_failure:  # after a failure here, the next ones are quiet
-        print(f"dsm: building native kernel {kernel.name} (one time, ~15 s)...", file=sys.stderr, flush=True)
+        log.info("building native kernel %s (one time, ~15 s)...", kernel.name)
     try:
         _compile(kernel)
     except Exception as error:  # noqa: BLE001 - any build failure means: use the portable path
@@ -273,8 +275,8 @@ _unavailable: dict[str, str] = {}  # kernel name -> why it cannot be built (aske
 
 def load_op(name: str, choice: KernelChoice | str, fits: bool = True, op: str | None = None) -> Callable | None:
     """The op ``op`` (default: the kernel's main op) of ``KERNELS[name]`` for a call site running under ``choice``
-    whose tensors ``fits`` the kernel, or None (``torch``, not fitting, or not buildable under ``auto``: one stderr
-    line per process). ``native`` and a kernel that cannot be built: :class:`KernelUnavailable`. Cheap once the op
+    whose tensors ``fits`` the kernel, or None (``torch``, not fitting, or not buildable under ``auto``: one logged
+    warning per process). ``native`` and a kernel that cannot be built: :class:`KernelUnavailable`. Cheap once the op
     is loaded: call sites look it up at every step."""
     if not fits or choice == KernelChoice.TORCH:
         return None
