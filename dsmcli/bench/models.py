@@ -10,6 +10,7 @@ weights cost exactly what real ones cost per step, but their tokens mean nothing
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
@@ -163,19 +164,27 @@ def random_mimi(config: MimiConfig, device: torch.device, seed: int, num_codeboo
 
 
 def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, random_weights: bool = False,
-                     quantize: QuantMethod = QuantMethod.NONE, seed: int = 0) -> BenchModel:
-    """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize."""
+                     quantize: QuantMethod = QuantMethod.NONE, seed: int = 0,
+                     decode_only: Callable[[Checkpoint], bool] | None = None) -> BenchModel:
+    """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize.
+
+    Mimi comes first, and loses its encoder at once where ``decode_only(checkpoint)`` says so (as `dsm speak`
+    loads an embedding-voice TTS model): the LM's load then peaks over the decode-only Mimi."""
     started = time.perf_counter()
     try:
         checkpoint = bench_checkpoint(model, random_weights)
         kind = _kind(checkpoint)
         codebooks = checkpoint.lm_config.n_q if kind is ModelKind.STT else checkpoint.lm_config.dep_q
         if random_weights:
-            lm = random_lm(checkpoint.lm_config, device, dtype, seed, quantize)
             mimi = random_mimi(mimi_config(checkpoint), device, seed + 1, codebooks)
         else:
-            lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
             mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks)
+        if decode_only is not None and decode_only(checkpoint):
+            mimi.drop_encoder()
+        if random_weights:
+            lm = random_lm(checkpoint.lm_config, device, dtype, seed, quantize)
+        else:
+            lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize)
     except NotCachedError as exc:
         if random_weights or model not in ARCHITECTURES:
             raise

@@ -44,6 +44,7 @@ from dsmcli.bench.paths import CODEC_PATHS, BenchPath, default_paths, make_runne
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.errors import UsageError
+from dsmcli.hub.checkpoint import Checkpoint
 from dsmcli.tts.voices import VoiceKind, VoiceSetup
 
 SCHEMA_NAME = "dsm-bench"
@@ -211,13 +212,16 @@ def _paths(options: BenchOptions, model: BenchModel) -> tuple[BenchPath, ...]:
     return paths
 
 
-def _drop_unused_encoder(model: BenchModel, paths: tuple[BenchPath, ...]) -> None:
+def _decode_only(options: BenchOptions) -> Callable[[Checkpoint], bool]:
     """As `dsm speak` loads it: a TTS model with embedding voices never encodes audio, so its Mimi keeps no
     encoder (unless a codec-encode path is to be timed); the peak memory reported is then the command's."""
-    if model.kind is not ModelKind.TTS or BenchPath.CODEC_ENCODE in paths:
-        return
-    if VoiceSetup.from_checkpoint(model.checkpoint).kind is not VoiceKind.AUDIO_PREFIX:
-        model.mimi.drop_encoder()
+    def decode_only(checkpoint: Checkpoint) -> bool:
+        if checkpoint.model_type != ModelKind.TTS.value:
+            return False
+        paths = options.paths or default_paths(ModelKind.TTS)
+        return (BenchPath.CODEC_ENCODE not in paths
+                and VoiceSetup.from_checkpoint(checkpoint).kind is not VoiceKind.AUDIO_PREFIX)
+    return decode_only
 
 
 def _load_average() -> float | None:
@@ -233,9 +237,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     model = load_bench_model(options.model, options.device, options.dtype, random_weights=options.random_weights,
-                             quantize=options.quantize, seed=options.seed)
+                             quantize=options.quantize, seed=options.seed, decode_only=_decode_only(options))
     paths = _paths(options, model)
-    _drop_unused_encoder(model, paths)
     results = []
     for path in paths:
         for batch in options.batch_sizes:

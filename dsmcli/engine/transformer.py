@@ -15,7 +15,7 @@ the KV rings, plus the cross-attention keys/values computed once per stream) is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from dataclasses import dataclass
 from typing import cast
@@ -108,8 +108,9 @@ class CrossAttention(nn.Module):
     def project_source(self, source: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values ``[B, H, S, head_dim]`` of ``source`` ``[B, S, dim]`` (computed once per stream)."""
         k, v = _split_heads(F.linear(source, self.in_proj[0, self.dim:]), 2, self.num_heads)
-        if self.native_decode is not None:
-            return k.to(torch.float16).contiguous(), v.to(torch.float16).contiguous()
+        if self.native_decode is not None:  # one copy each, straight to contiguous float16 (no strided one first)
+            return (k.to(torch.float16, memory_format=torch.contiguous_format),
+                    v.to(torch.float16, memory_format=torch.contiguous_format))
         return k, v
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
@@ -224,10 +225,16 @@ class Transformer(nn.Module):
         """Per-layer cross-attention keys/values of ``source`` ``[B, S, dim]`` (None without cross-attention)."""
         if not self.config.cross_attention:
             return None
+        return list(self.cross_source_layers(source))
+
+    def cross_source_layers(self, source: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
+        """:meth:`cross_source` layer by layer, each computed when asked for (nothing without cross-attention)."""
+        if not self.config.cross_attention:
+            return
         if source is None:
             raise ValueError("this model has cross-attention: the stream needs a cross-attention source")
-        layers = [cast(TransformerLayer, layer) for layer in self.layers]
-        return [cast(CrossAttention, layer.cross_attention).project_source(source) for layer in layers]
+        for layer in self.layers:
+            yield cast(CrossAttention, cast(TransformerLayer, layer).cross_attention).project_source(source)
 
     def forward(self, x: Tensor, positions: Tensor, state: TransformerState, active: Tensor | None = None,
                 weight_set: int = 0) -> Tensor:
