@@ -10,7 +10,6 @@ weights cost exactly what real ones cost per step, but their tokens mean nothing
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
@@ -30,6 +29,7 @@ from dsmcli.hub.checkpoint import Checkpoint, load_checkpoint
 from dsmcli.hub.files import ModelSource, NotCachedError
 from dsmcli.hub.loaders import load_lm, load_mimi, mimi_config
 from dsmcli.stt import SttTiming
+from dsmcli.tts.voices import VoiceKind, VoiceSetup
 
 NORM_GAIN_NAMES = ("alpha",)  # RMSNorm gains ([1, 1, D]); other 1-D weights (LayerNorm, layer scale) too
 CODEBOOK_CENTROIDS = "embedding_sum"  # Mimi codebook buffers (FORMAT.md §2.7): random centroids,
@@ -165,11 +165,12 @@ def random_mimi(config: MimiConfig, device: torch.device, seed: int, num_codeboo
 
 def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, random_weights: bool = False,
                      quantize: QuantMethod = QuantMethod.NONE, seed: int = 0,
-                     decode_only: Callable[[Checkpoint], bool] | None = None) -> BenchModel:
+                     encodes_audio: bool = True) -> BenchModel:
     """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize.
 
-    Mimi comes first, and loses its encoder at once where ``decode_only(checkpoint)`` says so (as `dsm speak`
-    loads an embedding-voice TTS model): the LM's load then peaks over the decode-only Mimi."""
+    Mimi comes first. Unless ``encodes_audio`` (a codec-encode path is to be timed), a TTS model with embedding
+    voices never encodes audio, so its Mimi loses its encoder at once, as `dsm speak` loads it: the LM's load then
+    peaks over the decode-only Mimi, and the peak memory reported is the command's."""
     started = time.perf_counter()
     try:
         checkpoint = bench_checkpoint(model, random_weights)
@@ -179,7 +180,8 @@ def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, ra
             mimi = random_mimi(mimi_config(checkpoint), device, seed + 1, codebooks)
         else:
             mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks)
-        if decode_only is not None and decode_only(checkpoint):
+        if kind is ModelKind.TTS and not encodes_audio and (
+                VoiceSetup.from_checkpoint(checkpoint).kind is not VoiceKind.AUDIO_PREFIX):
             mimi.drop_encoder()
         if random_weights:
             lm = random_lm(checkpoint.lm_config, device, dtype, seed, quantize)

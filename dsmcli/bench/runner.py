@@ -39,13 +39,11 @@ from typing import Any
 
 import torch
 
-from dsmcli.bench.models import BenchModel, ModelKind, load_bench_model
+from dsmcli.bench.models import BenchModel, load_bench_model
 from dsmcli.bench.paths import CODEC_PATHS, BenchPath, default_paths, make_runner
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.errors import UsageError
-from dsmcli.hub.checkpoint import Checkpoint
-from dsmcli.tts.voices import VoiceKind, VoiceSetup
 
 SCHEMA_NAME = "dsm-bench"
 SCHEMA_VERSION = 1
@@ -212,18 +210,6 @@ def _paths(options: BenchOptions, model: BenchModel) -> tuple[BenchPath, ...]:
     return paths
 
 
-def _decode_only(options: BenchOptions) -> Callable[[Checkpoint], bool]:
-    """As `dsm speak` loads it: a TTS model with embedding voices never encodes audio, so its Mimi keeps no
-    encoder (unless a codec-encode path is to be timed); the peak memory reported is then the command's."""
-    def decode_only(checkpoint: Checkpoint) -> bool:
-        if checkpoint.model_type != ModelKind.TTS.value:
-            return False
-        paths = options.paths or default_paths(ModelKind.TTS)
-        return (BenchPath.CODEC_ENCODE not in paths
-                and VoiceSetup.from_checkpoint(checkpoint).kind is not VoiceKind.AUDIO_PREFIX)
-    return decode_only
-
-
 def _load_average() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -237,7 +223,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     model = load_bench_model(options.model, options.device, options.dtype, random_weights=options.random_weights,
-                             quantize=options.quantize, seed=options.seed, decode_only=_decode_only(options))
+                             quantize=options.quantize, seed=options.seed,
+                             encodes_audio=BenchPath.CODEC_ENCODE in (options.paths or CODEC_PATHS))
     paths = _paths(options, model)
     results = []
     for path in paths:
