@@ -419,8 +419,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="stt-1b-en_fr",
                         help="registry name of an STT or TTS architecture, or a directory with a config.json")
-    parser.add_argument("--quantize", nargs="+", default=["int8"],
-                        help="our quantized modes to time (STT: the first one, with its agreement figures)")
+    parser.add_argument("--quantize", nargs="*", default=["int8"],
+                        help="our quantized modes to time (STT: the first one, with its agreement figures; TTS: "
+                             "none given, fp32 only)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
     parser.add_argument("--steps", type=int, default=16, help="timed steps per round (after --warmup)")
@@ -462,6 +463,9 @@ def stt_phases(ref_lm, ours: LM, codes: torch.Tensor, timings: dict[str, Timing]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.quantize and architecture_config(args.arch).get("model_type") != "tts":
+        print("vs_reference.py: an STT architecture needs one --quantize mode", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     started = time.time()
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, load {os.getloadavg()}")

@@ -136,3 +136,17 @@ def test_drop_encoder_decodes_identically_and_refuses_to_encode(tiny_stt) -> Non
         light.encode(torch.zeros(1, 1, light.frame_size))
     with pytest.raises(RuntimeError, match="decode-only"):
         light.encode_step(torch.zeros(1, 1, light.frame_size), state_light)
+    rvq = light.quantizer.rvq_first  # the codebook sums are freed, the centroid table decoding reads is kept
+    assert all(level._codebook.embedding_sum is None for level in rvq.vq.layers)
+    assert torch.equal(rvq.augmented_table, full.quantizer.rvq_first.augmented_table)
+    with pytest.raises(RuntimeError, match="decode-only"):
+        rvq.refresh()
+
+
+def test_refresh_rebuilds_the_same_table(tiny_stt) -> None:
+    """The augmented table written level by level holds what stacking and concatenating gave: [e, 1, |e|^2]."""
+    rvq = load_mimi(tiny_stt).quantizer.rvq_rest
+    table = torch.stack([level._codebook.centroids(rvq.epsilon) for level in rvq.vq.layers])
+    expected = torch.cat([table, torch.ones_like(table[..., :1]), table.pow(2).sum(-1, keepdim=True)], dim=-1)
+    rvq.refresh()
+    assert torch.equal(rvq.augmented_table, expected)

@@ -88,6 +88,28 @@ def test_corrupt_safetensors_is_a_model_error(tmp_path):
         read_safetensors(tmp_path / "model.bin")
 
 
+def test_read_safetensors_gives_the_files_tensors(tmp_path):
+    """Each tensor on a mapping of its own: the values, dtypes and shapes load_file gives (bfloat16, odd
+    offsets, empty and scalar tensors included); a file cut short is a model error."""
+    from safetensors.torch import load_file
+
+    path = tmp_path / "w.safetensors"
+    tensors = {"a": torch.randn(3, 5).to(torch.bfloat16), "b": torch.arange(7, dtype=torch.int8),
+               "c": torch.randn(2, 3), "empty": torch.zeros(0, 4), "scalar": torch.tensor(2.5)}
+    save_file(tensors, str(path))
+    read, expected = read_safetensors(path), load_file(str(path))
+    assert read.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert read[name].dtype == tensor.dtype and torch.equal(read[name], tensor)
+    read["c"].add_(1.0)  # a private (copy-on-write) mapping: the file is untouched
+    assert torch.equal(load_file(str(path))["c"], tensors["c"])
+    del read, expected
+    data = path.read_bytes()
+    path.write_bytes(data[:-8])
+    with pytest.raises(ModelLoadError, match="not a readable safetensors file"):
+        read_safetensors(path)
+
+
 def test_assign_state_names_the_key_and_shapes(tmp_path):
     module = torch.nn.Linear(4, 3, bias=False)
     path = tmp_path / "w.safetensors"

@@ -22,9 +22,11 @@ from dsmcli.engine import (
     StepHooks,
     TensorCondition,
 )
+import dsmcli.engine.quantize as quantize_module
 from dsmcli.engine.quantize import (
     GROUP_SIZE,
     INT8_MAX,
+    Int4Weight,
     Int8Kernel,
     Int8Weight,
     QuantMethod,
@@ -64,6 +66,32 @@ def test_quantize_rows_bounds_per_group():
     assert float(scale[5, 1]) > 50 * float(scale[5, 0])
     with pytest.raises(ValueError, match="does not divide"):
         quantize_rows(torch.randn(4, 100), 64)
+
+
+@pytest.mark.parametrize("weight_class", [Int8Weight, Int4Weight])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantizing_in_slices_gives_the_same_bits(monkeypatch, weight_class, dtype):
+    """Blocks of rows (here 3 rows of 128 at a time, a stacked [W, out, in] weight) quantize to the bits of the
+    whole weight at once: codes, scales, group sums, shapes."""
+    weight = torch.randn(3, 40, 128, generator=torch.Generator().manual_seed(5)).to(dtype)
+    monkeypatch.setattr(quantize_module, "SLICE_VALUES", 1 << 40)
+    whole = weight_class.from_float(weight)
+    monkeypatch.setattr(quantize_module, "SLICE_VALUES", 3 * 128)
+    sliced = weight_class.from_float(weight)
+    assert sliced.q.shape == whole.q.shape and sliced.scale.shape == whole.scale.shape
+    assert sliced.q.is_contiguous() and sliced.scale.is_contiguous() and sliced.dtype == dtype
+    assert torch.equal(sliced.q, whole.q) and torch.equal(sliced.scale, whole.scale)
+    if weight_class is Int8Weight:
+        assert torch.equal(sliced.group_sums, whole.group_sums)
+
+
+def test_indexed_views_share_the_group_sums():
+    """An indexed view (``in_proj[k]``) reads its parent's group sums, not a recomputed copy."""
+    weight = Int8Weight.from_float(torch.randn(2, 64, 256))
+    view = weight[1]
+    assert view.group_sums.data_ptr() == weight.group_sums[1].data_ptr()
+    expected = view.q.unflatten(-1, (-1, view.group_size)).sum(dim=-1, dtype=torch.int32)
+    assert torch.equal(view.group_sums, expected)
 
 
 def test_group_size_for_widths():

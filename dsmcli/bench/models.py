@@ -30,6 +30,7 @@ from dsmcli.hub.files import ModelSource, NotCachedError
 from dsmcli.hub.loaders import load_lm, load_mimi, mimi_config
 from dsmcli.kernels import KernelChoice
 from dsmcli.stt import SttTiming
+from dsmcli.tts.voices import VoiceSetup
 
 NORM_GAIN_NAMES = ("alpha",)  # RMSNorm gains ([1, 1, D]); other 1-D weights (LayerNorm, layer scale) too
 CODEBOOK_CENTROIDS = "embedding_sum"  # Mimi codebook buffers (FORMAT.md §2.7): random centroids,
@@ -166,19 +167,27 @@ def random_mimi(config: MimiConfig, device: torch.device, seed: int, num_codeboo
 
 def load_bench_model(model: str, device: torch.device, dtype: torch.dtype, *, random_weights: bool = False,
                      quantize: QuantMethod = QuantMethod.NONE, seed: int = 0,
-                     kernels: KernelChoice = KernelChoice.AUTO) -> BenchModel:
-    """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize."""
+                     kernels: KernelChoice = KernelChoice.AUTO, encodes_audio: bool = True) -> BenchModel:
+    """Load ``model`` (registry name, Hub repo id, local dir) or build it with random weights; then quantize.
+
+    Mimi comes first. Unless ``encodes_audio`` (a codec-encode path is to be timed), a TTS model with embedding
+    voices never encodes audio, so its Mimi loses its encoder at once, as `dsm speak` loads it: the LM's load then
+    peaks over the decode-only Mimi, and the peak memory reported is the command's."""
     started = time.perf_counter()
     try:
         checkpoint = bench_checkpoint(model, random_weights)
         kind = _kind(checkpoint)
         codebooks = checkpoint.lm_config.n_q if kind is ModelKind.STT else checkpoint.lm_config.dep_q
         if random_weights:
-            lm = random_lm(checkpoint.lm_config, device, dtype, seed, quantize, kernels)
             mimi = random_mimi(mimi_config(checkpoint), device, seed + 1, codebooks, CodecOptions(kernels))
         else:
-            lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize, kernels=kernels)
             mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks, options=CodecOptions(kernels))
+        if kind is ModelKind.TTS and not encodes_audio and not VoiceSetup.from_checkpoint(checkpoint).encodes_audio:
+            mimi.drop_encoder()
+        if random_weights:
+            lm = random_lm(checkpoint.lm_config, device, dtype, seed, quantize, kernels)
+        else:
+            lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize, kernels=kernels)
     except NotCachedError as exc:
         if random_weights or model not in ARCHITECTURES:
             raise

@@ -39,13 +39,12 @@ from typing import Any
 
 import torch
 
-from dsmcli.bench.models import BenchModel, ModelKind, load_bench_model
+from dsmcli.bench.models import BenchModel, load_bench_model
 from dsmcli.bench.paths import CODEC_PATHS, BenchPath, default_paths, make_runner
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.errors import UsageError
 from dsmcli.kernels import KernelChoice
-from dsmcli.tts.voices import VoiceSetup
 
 SCHEMA_NAME = "dsm-bench"
 SCHEMA_VERSION = 1
@@ -213,15 +212,6 @@ def _paths(options: BenchOptions, model: BenchModel) -> tuple[BenchPath, ...]:
     return paths
 
 
-def _drop_unused_encoder(model: BenchModel, paths: tuple[BenchPath, ...]) -> None:
-    """As `dsm speak` loads it (``VoiceSetup.encodes_audio``), unless a codec-encode path is to be timed; the peak
-    memory reported is then the command's."""
-    if model.kind is not ModelKind.TTS or BenchPath.CODEC_ENCODE in paths:
-        return
-    if not VoiceSetup.from_checkpoint(model.checkpoint).encodes_audio:
-        model.mimi.drop_encoder()
-
-
 def _load_average() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -235,9 +225,9 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     model = load_bench_model(options.model, options.device, options.dtype, random_weights=options.random_weights,
-                             quantize=options.quantize, seed=options.seed, kernels=options.kernels)
+                             quantize=options.quantize, seed=options.seed, kernels=options.kernels,
+                             encodes_audio=BenchPath.CODEC_ENCODE in (options.paths or CODEC_PATHS))
     paths = _paths(options, model)
-    _drop_unused_encoder(model, paths)
     results = []
     for path in paths:
         for batch in options.batch_sizes:

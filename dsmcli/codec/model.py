@@ -106,13 +106,16 @@ class Mimi(nn.Module):
 
     def drop_encoder(self) -> None:
         """Free the encoder half (SEANet encoder, encoder transformer, downsampling conv; about half of
-        Mimi's weights) for decode-only uses such as embedding-voice TTS. Any later encode raises a
-        RuntimeError saying so; reload the codec to encode again."""
+        Mimi's weights) and the codebooks' float sums (decoding reads the centroid tables built from them) for
+        decode-only uses such as embedding-voice TTS. Any later encode raises a RuntimeError saying so; reload
+        the codec to encode again."""
         if not self.has_encoder:
             return
         del self.encoder, self.encoder_transformer
         if self.config.resample_stride > 1:
             del self.downsample
+        for rvq in (self.quantizer.rvq_first, self.quantizer.rvq_rest):
+            rvq.free_codebook_sums()  # decoding reads the centroid tables only: a second copy of the codebooks
         self.has_encoder = False
 
     def _require_encoder(self) -> None:

@@ -81,11 +81,28 @@ class ResidualVQ(nn.Module):
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Rebuild the centroid tables from the codebook buffers (call after editing them in place)."""
-        table = torch.stack([level._codebook.centroids(self.epsilon) for level in self.vq.layers])
-        ones = torch.ones_like(table[..., :1])
-        self.augmented_table = torch.cat([table, ones, table.pow(2).sum(-1, keepdim=True)], dim=-1)
+        """Rebuild the centroid tables from the codebook buffers (call after editing them in place). The table is
+        written level by level, the old one dropped first: no stacked copy of the codebooks exists next to it
+        (Mimi's 32 levels: 65 MB a copy, the peak of a model load)."""
+        books = [level._codebook for level in self.vq.layers]
+        if any(book.embedding_sum is None for book in books):
+            raise RuntimeError("this quantizer freed its codebook sums (decode-only Mimi): reload it to refresh")
+        first, dim = books[0].embedding_sum, self.dimension
+        self.augmented_table = None  # type: ignore[assignment]
         self._screen = None
+        table = torch.empty(len(books), self.bins, dim + 2, dtype=first.dtype, device=first.device)
+        for level, book in enumerate(books):
+            centroids = book.centroids(self.epsilon)
+            table[level, :, :dim] = centroids
+            table[level, :, dim] = 1.0
+            table[level, :, dim + 1] = centroids.pow(2).sum(-1)
+        self.augmented_table = table
+
+    def free_codebook_sums(self) -> None:
+        """Drop the codebook buffers' ``embedding_sum`` (decode-only use): the centroids are in the augmented table
+        already, which is all that decoding reads; :meth:`refresh` then raises."""
+        for level in self.vq.layers:
+            level._codebook.embedding_sum = None  # type: ignore[assignment]
 
     def _screen_tables(self) -> tuple[Tensor, ...]:
         """The int8 screen of the augmented table (:func:`~dsmcli.codec.kernels.screen_tables`), built on first

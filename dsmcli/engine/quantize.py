@@ -47,7 +47,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -112,6 +112,39 @@ def quantize_rows(weight: Tensor, group_size: int = GROUP_SIZE) -> tuple[Tensor,
     return q.flatten(-2).contiguous(), scale.contiguous()
 
 
+SLICE_VALUES = 1 << 22  # quantize_in_slices: weight values quantized at a time (16 MB as float32: its temporaries
+# stay above glibc's mmap threshold, MMAP_THRESHOLD, so they go back to the system when freed, not into the heap)
+
+
+def quantize_in_slices(quantize: Callable[[Tensor, int], tuple[Tensor, Tensor]], weight: Tensor, group_size: int,
+                       pack: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """``quantize(weight, group_size)`` (:func:`quantize_rows`, :func:`quantize_rows_int4`), then ``pack`` on the
+    codes, done a block of rows at a time into the outputs: every row is quantized on its own, so the result is
+    the same bit for bit, but the float temporaries (the float32 copy of a bfloat16 weight, its grouped absolute
+    values, quotients) are those of one block of :data:`SLICE_VALUES`, not of a whole stacked ``[W, out, in]``
+    weight (hundreds of MB in float32)."""
+    width = weight.shape[-1]
+    rows = weight.reshape(-1, width)  # a view of a contiguous weight
+    block = max(1, SLICE_VALUES // max(1, width))
+    if rows.shape[0] <= block:
+        q, scale = quantize(weight, group_size)
+        return (q if pack is None else pack(q)), scale
+    codes: Tensor | None = None
+    scales: Tensor | None = None
+    for start in range(0, rows.shape[0], block):
+        q, scale = quantize(rows[start:start + block], group_size)
+        if pack is not None:
+            q = pack(q)
+        if codes is None or scales is None:
+            codes = q.new_empty(rows.shape[0], q.shape[-1])
+            scales = scale.new_empty(rows.shape[0], scale.shape[-1])
+        codes[start:start + block] = q
+        scales[start:start + block] = scale
+        del q, scale
+    assert codes is not None and scales is not None
+    return codes.view(*weight.shape[:-1], -1), scales.view(*weight.shape[:-1], -1)
+
+
 class Int8Weight(nn.Module):
     """A linear weight ``[..., out, in]`` held as int8 ``q`` plus float32 ``scale`` ``[..., out, in / group]``
     (registered buffers: they are in ``state_dict()`` and follow ``.to(device)``; ``group_sums``, derived, is not
@@ -130,7 +163,7 @@ class Int8Weight(nn.Module):
     group_sums: Tensor
 
     def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel,
-                 kernels: KernelChoice = KernelChoice.AUTO):
+                 kernels: KernelChoice = KernelChoice.AUTO, group_sums: Tensor | None = None):
         super().__init__()
         if q.dtype != torch.int8 or q.shape[:-1] != scale.shape[:-1] or q.shape[-1] % scale.shape[-1]:
             raise ValueError(f"int8 data {tuple(q.shape)} {q.dtype} does not match scales {tuple(scale.shape)}")
@@ -138,7 +171,8 @@ class Int8Weight(nn.Module):
         self.register_buffer("scale", scale)
         self.dtype, self.kernel, self.kernels = dtype, kernel, KernelChoice(kernels)
         self.group_size = q.shape[-1] // scale.shape[-1]
-        self.register_buffer("group_sums", self._group_sums(), persistent=False)  # [..., out, G]: the native kernel's
+        # [..., out, G]: the native kernel's (an indexed view passes its slice of its parent's)
+        self.register_buffer("group_sums", self._group_sums() if group_sums is None else group_sums, persistent=False)
         self._summed = (q, q._version)  # the codes (and their version) group_sums was computed from
         self._views: dict[str, Int8Weight] = {}  # indexed views (``in_proj[k]`` runs every step)
         self._native: Any = None  # the native op once resolved, False when this weight cannot use it
@@ -157,7 +191,7 @@ class Int8Weight(nn.Module):
     @classmethod
     def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO, group_size: int = GROUP_SIZE,
                    kernels: KernelChoice = KernelChoice.AUTO) -> Int8Weight:
-        q, scale = quantize_rows(weight, group_size_for(weight.shape[-1], group_size))
+        q, scale = quantize_in_slices(quantize_rows, weight, group_size_for(weight.shape[-1], group_size))
         return cls(q, scale, weight.dtype, kernel, kernels)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Int8Weight:
@@ -210,7 +244,7 @@ class Int8Weight(nn.Module):
         key = repr(index)
         if key not in self._views:
             self._views[key] = Int8Weight(self.q[index].contiguous(), self.scale[index].contiguous(), self.dtype,
-                                          self.kernel, self.kernels)
+                                          self.kernel, self.kernels, self.group_sums[index].contiguous())
         return self._views[key]
 
     def __repr__(self) -> str:
@@ -339,8 +373,9 @@ class Int4Weight(Int8Weight):
     @classmethod
     def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO, group_size: int = INT4_GROUP_SIZE,
                    kernels: KernelChoice = KernelChoice.AUTO) -> Int4Weight:
-        q, scale = quantize_rows_int4(weight, group_size_for(weight.shape[-1], group_size))
-        return cls(pack_int4(q), scale, weight.dtype, kernel, kernels)
+        q, scale = quantize_in_slices(quantize_rows_int4, weight, group_size_for(weight.shape[-1], group_size),
+                                      pack=pack_int4)
+        return cls(q, scale, weight.dtype, kernel, kernels)
 
     @property
     def shape(self) -> torch.Size:
@@ -436,7 +471,7 @@ def quantization_targets(lm: nn.Module) -> dict[str, tuple[nn.Module, str]]:
             for name, module, attribute in _linear_weights(lm)}
 
 
-MMAP_THRESHOLD = 4 << 20  # glibc: blocks this large are mapped on their own, and unmapped when freed
+MMAP_THRESHOLD = 1 << 20  # glibc: blocks this large are mapped on their own, and unmapped when freed
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
@@ -445,7 +480,10 @@ def _unmap_large_blocks() -> None:
     """Make glibc return large freed blocks to the system at once. By default its mmap threshold grows to the size
     of the largest block freed (up to 32 MB), so the float weights freed while quantizing went back to the heap,
     fragmented by the quantized weights allocated between them: the process kept ~1 GB it no longer used (TTS 1.6B,
-    int8). A fixed threshold stops that. Nothing happens off glibc."""
+    int8). A fixed threshold stops that. At 1 MB rather than 4 MB, the per-layer state of a stream (KV rings, the
+    cross-attention keys/values of a voice, 2-3 MB each at batch 1) and the temporaries around it are mapped too,
+    and no longer leave holes in the heap: the process peak of `dsm bench ... --quantize int8` (tts-1.6b) fell by
+    ~60 MB, with no slower step (no per-step block of a batch-1 stream is that large). Nothing happens off glibc."""
     if sys.platform != "linux":
         return
     try:

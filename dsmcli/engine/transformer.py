@@ -15,7 +15,7 @@ the KV rings, plus the cross-attention keys/values computed once per stream) is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from dataclasses import dataclass
 from typing import cast
@@ -109,8 +109,9 @@ class CrossAttention(nn.Module):
         """Keys and values ``[B, H, S, head_dim]`` of ``source`` ``[B, S, dim]`` (computed once per stream); in
         float16 for the ``native`` decode-attention op (see :meth:`Transformer.init_state`)."""
         k, v = _split_heads(F.linear(source, self.in_proj[0, self.dim:]), 2, self.num_heads)
-        if native is not None:
-            return k.to(torch.float16).contiguous(), v.to(torch.float16).contiguous()
+        if native is not None:  # one copy each, straight to contiguous float16 (no strided one first)
+            return (k.to(torch.float16, memory_format=torch.contiguous_format),
+                    v.to(torch.float16, memory_format=torch.contiguous_format))
         return k, v
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, native: Callable | None = None) -> Tensor:
@@ -231,10 +232,17 @@ class Transformer(nn.Module):
         float16 for the ``native`` decode-attention op (the state's ``cross_native``)."""
         if not self.config.cross_attention:
             return None
+        return list(self.cross_source_layers(source, native))
+
+    def cross_source_layers(self, source: Tensor | None,
+                            native: Callable | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """:meth:`cross_source` layer by layer, each computed when asked for (nothing without cross-attention)."""
+        if not self.config.cross_attention:
+            return
         if source is None:
             raise ValueError("this model has cross-attention: the stream needs a cross-attention source")
-        layers = [cast(TransformerLayer, layer) for layer in self.layers]
-        return [cast(CrossAttention, layer.cross_attention).project_source(source, native) for layer in layers]
+        for layer in self.layers:
+            yield cast(CrossAttention, cast(TransformerLayer, layer).cross_attention).project_source(source, native)
 
     def forward(self, x: Tensor, positions: Tensor, state: TransformerState, active: Tensor | None = None,
                 weight_set: int = 0) -> Tensor:

@@ -80,10 +80,12 @@ class TtsModel:
         every file comes through :mod:`dsmcli.hub.loaders`, the configs are the checkpoint's parsed ones."""
         codebooks = codebooks_to_generate(checkpoint.lm_config, n_q, voices)
         kernels = KernelChoice(kernels)
-        lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize, kernels=kernels)
         mimi = load_mimi(checkpoint, device=device, num_codebooks=codebooks, options=CodecOptions(kernels))
         if not voices.encodes_audio:
             mimi.drop_encoder()
+        # the LM after Mimi: the peak of the LM's load (one float weight at a time when quantizing) then sits on
+        # the decode-only Mimi, not on the whole one
+        lm = load_lm(checkpoint, device=device, dtype=dtype, quantize=quantize, kernels=kernels)
         delay_steps = checkpoint.tts.delay_steps(mimi.frame_rate, checkpoint.name)
         token_ids = TtsTokenIds.from_lm_config(lm.config)
         return cls(checkpoint, lm, mimi, load_tokenizer(checkpoint), token_ids, voices, delay_steps, codebooks,
