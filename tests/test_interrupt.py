@@ -126,13 +126,16 @@ def test_start_up_without_torch(args, tmp_path):
 
 SLOW_DISK = """
 import pathlib, sys, time
-import safetensors.torch
-marker, real = pathlib.Path(sys.argv[1]), safetensors.torch.load_file
-def slow_disk(*args, **kwargs):
-    marker.touch()
-    time.sleep(120)  # weights on a slow disk: the test presses Ctrl-C meanwhile
-    return real(*args, **kwargs)
-safetensors.torch.load_file = slow_disk
+import safetensors, safetensors.torch
+marker = pathlib.Path(sys.argv[1])
+def slowly(real):
+    def slow_disk(*args, **kwargs):
+        marker.touch()
+        time.sleep(120)  # weights on a slow disk: the test presses Ctrl-C meanwhile
+        return real(*args, **kwargs)
+    return slow_disk
+safetensors.safe_open = slowly(safetensors.safe_open)  # what dsmcli.hub.weights opens a checkpoint with
+safetensors.torch.load_file = slowly(safetensors.torch.load_file)
 sys.argv = ["dsm", *sys.argv[2:]]
 from dsmcli.__main__ import run
 run()
