@@ -165,15 +165,21 @@ class Int8Weight(nn.Module):
     def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel,
                  kernels: KernelChoice = KernelChoice.AUTO, group_sums: Tensor | None = None):
         super().__init__()
-        if q.dtype != torch.int8 or q.shape[:-1] != scale.shape[:-1] or q.shape[-1] % scale.shape[-1]:
-            raise ValueError(f"int8 data {tuple(q.shape)} {q.dtype} does not match scales {tuple(scale.shape)}")
+        self._hold(q, scale, dtype, kernel, kernels, torch.int8, q.shape[-1])
+        # [..., out, G]: the native kernel's (an indexed view passes its slice of its parent's)
+        self.register_buffer("group_sums", self._group_sums() if group_sums is None else group_sums, persistent=False)
+
+    def _hold(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel, kernels: KernelChoice | str,
+              code_dtype: torch.dtype, width: int) -> None:
+        """What both widths hold: ``q`` (``code_dtype``, ``width`` inputs per row) and ``scale`` as buffers, the
+        compute dtype, the kernel choices, and the derived state reset after ``load_state_dict``."""
+        if q.dtype != code_dtype or q.shape[:-1] != scale.shape[:-1] or width % scale.shape[-1]:
+            raise ValueError(f"{self.bits} data {tuple(q.shape)} {q.dtype} does not match scales "
+                             f"{tuple(scale.shape)}")
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
         self.dtype, self.kernel, self.kernels = dtype, kernel, KernelChoice(kernels)
-        self.group_size = q.shape[-1] // scale.shape[-1]
-        # [..., out, G]: the native kernel's (an indexed view passes its slice of its parent's)
-        self.register_buffer("group_sums", self._group_sums() if group_sums is None else group_sums, persistent=False)
-        self._summed = (q, q._version)  # the codes (and their version) group_sums was computed from
+        self.group_size = width // scale.shape[-1]
         self._views: dict[str, Int8Weight] = {}  # indexed views (``in_proj[k]`` runs every step)
         self._native: Any = None  # the native op once resolved, False when this weight cannot use it
         self.register_load_state_dict_post_hook(lambda module, _incompatible: module._loaded())
@@ -182,9 +188,11 @@ class Int8Weight(nn.Module):
         return self.q.unflatten(-1, (-1, self.group_size)).sum(dim=-1, dtype=torch.int32).contiguous()
 
     def _loaded(self) -> None:
-        """After ``load_state_dict``: the derived sums follow new codes; views and kernel are resolved again."""
-        if self.q is not self._summed[0] or self.q._version != self._summed[1]:  # assigned, or copied into
-            self.group_sums, self._summed = self._group_sums(), (self.q, self.q._version)
+        """After ``load_state_dict`` (new codes): the derived sums are recomputed, views and kernel resolved again."""
+        self.group_sums = self._group_sums()
+        self._forget()
+
+    def _forget(self) -> None:
         self._views.clear()
         self._native = None
 
@@ -195,8 +203,7 @@ class Int8Weight(nn.Module):
         return cls(q, scale, weight.dtype, kernel, kernels)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Int8Weight:
-        self._views.clear()  # moved buffers: the views and the resolved kernel are recomputed
-        self._native = None
+        self._forget()  # moved buffers: the views and the resolved kernel are recomputed
         scale = self.scale
         super()._apply(fn, recurse)
         if self.scale.dtype != scale.dtype:  # a model-wide dtype cast: the scales stay as they were (float32)
@@ -239,16 +246,19 @@ class Int8Weight(nn.Module):
     def __getitem__(self, index: Any) -> Int8Weight:
         parts = index if isinstance(index, tuple) else (index,)
         if len(parts) >= self.q.dim() or not all(isinstance(p, (int, slice)) for p in parts):
-            raise IndexError(f"Int8Weight{tuple(self.shape)} can only be indexed by ints / slices over the "
-                             f"leading and output dims, not {index!r}")
+            raise IndexError(f"{type(self).__name__}{tuple(self.shape)} can only be indexed by ints / slices over "
+                             f"the leading and output dims, not {index!r}")
         key = repr(index)
         if key not in self._views:
-            self._views[key] = Int8Weight(self.q[index].contiguous(), self.scale[index].contiguous(), self.dtype,
-                                          self.kernel, self.kernels, self.group_sums[index].contiguous())
+            self._views[key] = self._view(index)
         return self._views[key]
 
+    def _view(self, index: Any) -> Int8Weight:
+        return Int8Weight(self.q[index].contiguous(), self.scale[index].contiguous(), self.dtype, self.kernel,
+                          self.kernels, self.group_sums[index].contiguous())
+
     def __repr__(self) -> str:
-        return (f"Int8Weight(shape={tuple(self.shape)}, group_size={self.group_size}, dtype={self.dtype}, "
+        return (f"{type(self).__name__}(shape={tuple(self.shape)}, group_size={self.group_size}, dtype={self.dtype}, "
                 f"kernel={self.kernel.value})")
 
     def resolved_kernel(self) -> Int8Kernel:
@@ -355,20 +365,11 @@ class Int4Weight(Int8Weight):
 
     def __init__(self, q: Tensor, scale: Tensor, dtype: torch.dtype, kernel: Int8Kernel,
                  kernels: KernelChoice = KernelChoice.AUTO):
-        nn.Module.__init__(self)
-        if q.dtype != torch.uint8 or q.shape[:-1] != scale.shape[:-1] or (2 * q.shape[-1]) % scale.shape[-1]:
-            raise ValueError(f"int4 data {tuple(q.shape)} {q.dtype} does not match scales {tuple(scale.shape)}")
-        self.register_buffer("q", q)
-        self.register_buffer("scale", scale)
-        self.dtype, self.kernel, self.kernels = dtype, kernel, KernelChoice(kernels)
-        self.group_size = 2 * q.shape[-1] // scale.shape[-1]
-        self._views: dict[str, Int8Weight] = {}
-        self._native: Any = None
-        self.register_load_state_dict_post_hook(lambda module, _incompatible: module._loaded())
+        nn.Module.__init__(self)  # no group sums: the int4 kernel does not take them
+        self._hold(q, scale, dtype, kernel, kernels, torch.uint8, 2 * q.shape[-1])
 
     def _loaded(self) -> None:
-        self._views.clear()
-        self._native = None
+        self._forget()
 
     @classmethod
     def from_float(cls, weight: Tensor, kernel: Int8Kernel = Int8Kernel.AUTO, group_size: int = INT4_GROUP_SIZE,
@@ -392,20 +393,9 @@ class Int4Weight(Int8Weight):
         grouped = unpack_int4(self.q).unflatten(-1, (-1, self.group_size)).float() * self.scale[..., None]
         return grouped.flatten(-2).to(dtype or self.dtype)
 
-    def __getitem__(self, index: Any) -> Int8Weight:
-        parts = index if isinstance(index, tuple) else (index,)
-        if len(parts) >= self.q.dim() or not all(isinstance(p, (int, slice)) for p in parts):
-            raise IndexError(f"Int4Weight{tuple(self.shape)} can only be indexed by ints / slices over the "
-                             f"leading and output dims, not {index!r}")
-        key = repr(index)
-        if key not in self._views:
-            self._views[key] = Int4Weight(self.q[index].contiguous(), self.scale[index].contiguous(), self.dtype,
-                                          self.kernel, self.kernels)
-        return self._views[key]
-
-    def __repr__(self) -> str:
-        return (f"Int4Weight(shape={tuple(self.shape)}, group_size={self.group_size}, dtype={self.dtype}, "
-                f"kernel={self.kernel.value})")
+    def _view(self, index: Any) -> Int8Weight:
+        return Int4Weight(self.q[index].contiguous(), self.scale[index].contiguous(), self.dtype, self.kernel,
+                          self.kernels)
 
     def resolved_kernel(self) -> Int8Kernel:
         if self._native is None:
