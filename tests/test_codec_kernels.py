@@ -12,6 +12,7 @@ from dsmcli.codec.config import QuantizerConfig
 from dsmcli.codec.quantizer import ResidualVQ
 from dsmcli.kernels import KernelChoice
 from dsmcli.kernels.linear import fp32_linear_op
+from dsmcli.nn.linear import PRODUCT_MAX_ROWS
 
 AUTO, TORCH = KernelChoice.AUTO, KernelChoice.TORCH
 
@@ -110,14 +111,14 @@ def test_linear_uses_native_only_for_few_rows_and_large_weights():
     torch.manual_seed(2)
     large = torch.randn(1024, 512)  # 2 MB
     small = torch.randn(64, 512)  # 128 KB: stays on BLAS
-    few, many = torch.randn(1, 2, 512), torch.randn(1, kernels.NATIVE_MAX_ROWS + 1, 512)
+    few, many = torch.randn(1, 2, 512), torch.randn(1, PRODUCT_MAX_ROWS + 1, 512)
     assert torch.equal(kernels.linear(few, large, None, AUTO), fp32_linear_op(AUTO)(few[0], large, None)[None])
     assert torch.equal(kernels.linear(many, large, None, AUTO), F.linear(many, large))
     assert torch.equal(kernels.linear(few, small, None, AUTO), F.linear(few, small))
     assert torch.equal(kernels.linear(few.double(), large.double(), None, AUTO), F.linear(few.double(), large.double()))
     tables = torch.randn(2, 1024, 258)
     assert kernels.rvq_encode(torch.randn(3, 256), tables, AUTO) is not None
-    assert kernels.rvq_encode(torch.randn(kernels.NATIVE_MAX_ROWS + 1, 256), tables, AUTO) is None
+    assert kernels.rvq_encode(torch.randn(PRODUCT_MAX_ROWS + 1, 256), tables, AUTO) is None
     assert kernels.rvq_encode(torch.randn(3, 256), tables[:, :64], AUTO) is None  # 66 KB tables: the torch loop
     # the torch choice (--kernels torch, DSM_NO_NATIVE_KERNELS=1, no compiler): F.linear and the torch loop
     assert torch.equal(kernels.linear(few, large, None, TORCH), F.linear(few, large))

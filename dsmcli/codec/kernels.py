@@ -1,8 +1,8 @@
 """Mimi's products by the fastest CPU formulation for the shapes a streaming step sees: :func:`linear` and
 :func:`conv1d`.
 
-:func:`linear` sends a few rows (``<= NATIVE_MAX_ROWS``: a streaming step's time steps) against a float32 weight of
-at least ``NATIVE_MIN_WEIGHT_BYTES`` to the native kernel ``dsmcli/kernels/fp32_linear.cpp``, which streams the
+:func:`linear` sends a few rows (``<= PRODUCT_MAX_ROWS``: a streaming step's time steps) against a float32 weight of
+at least ``PRODUCT_MIN_WEIGHT_BYTES`` (both: :func:`dsmcli.nn.linear.product_fits`) to the native kernel ``dsmcli/kernels/fp32_linear.cpp``, which streams the
 weight from memory in several concurrent runs per thread; BLAS reads these cache-cold weights at ~60 % of that
 speed (a streaming encode frame at batch 1: ~24 -> ~21.5 ms, A/B in one process on the project's 2-core VM).
 Each output is then one fixed-order dot product (~1e-6 relative from BLAS, independent of the other rows).
@@ -39,9 +39,8 @@ from torch import Tensor
 from dsmcli.kernels import KernelChoice
 from dsmcli.kernels.codec import rvq_encode_op, rvq_encode_screened_op
 from dsmcli.kernels.linear import fp32_linear_op
+from dsmcli.nn.linear import product_fits
 
-NATIVE_MAX_ROWS = 16  # rows of x up to which the native kernel is used (streaming steps; one-shot calls use BLAS)
-NATIVE_MIN_WEIGHT_BYTES = 256 * 1024  # smaller weights stay in cache, where BLAS is as fast
 ROWS_MAX_STEPS = 4  # output steps up to which the unfolded-rows product is used
 COLUMNS_MAX_STEPS = 2048  # longer outputs (one-shot calls): the native kernel, without a huge im2col copy
 MIN_COLUMN_SIZE = 16  # C_in * kernel below this: the native kernel is as fast
@@ -57,15 +56,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, kernels: KernelChoice
 def native_linear(x: Tensor, weight: Tensor, bias: Tensor | None, kernels: KernelChoice) -> Tensor | None:
     """:func:`linear` by the native kernel, or None where :func:`linear` would use ``F.linear``."""
     rows = x.numel() // max(1, x.shape[-1])
-    if (op := fp32_linear_op(kernels, _native_fits(x, weight, rows))) is None:
+    if (op := fp32_linear_op(kernels, product_fits(x, weight, rows))) is None:
         return None
     out = op(x.reshape(rows, x.shape[-1]).contiguous(), weight.contiguous(), bias)
     return out.view(*x.shape[:-1], weight.shape[0])
-
-
-def _native_fits(x: Tensor, weight: Tensor, rows: int) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and 0 < rows <= NATIVE_MAX_ROWS
-            and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES)
 
 
 def rvq_encode(residual: Tensor, tables: Tensor, kernels: KernelChoice,
@@ -77,7 +71,7 @@ def rvq_encode(residual: Tensor, tables: Tensor, kernels: KernelChoice,
     With ``screen`` (returning :func:`screen_tables` of the tables, or of more levels) the kernel reads the
     centroids as int8 first and computes exact distances only for the centroids that rounding leaves in the
     running: the same codes, bit for bit, from about a quarter of the memory traffic."""
-    if (op := rvq_encode_op(kernels, _native_fits(residual, tables[0], residual.shape[0]))) is None:
+    if (op := rvq_encode_op(kernels, product_fits(residual, tables[0], residual.shape[0]))) is None:
         return None
     if screen is not None and residual.shape[-1] % 16 == 0:
         levels = tables.shape[0]

@@ -8,6 +8,7 @@ float32, everything else in the model dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -145,15 +146,18 @@ class LM(nn.Module):
         return KernelChoice(kernels)
 
     def init_state(self, batch_size: int, cross_source: Tensor | None = None, static: bool = False,
-                   kernels: KernelChoice | str = KernelChoice.AUTO) -> TransformerState:
+                   kernels: KernelChoice | str = KernelChoice.AUTO, compiled: bool = False) -> TransformerState:
         """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``);
         ``static``: attend over the whole ring from the first step (fixed shapes, for ``torch.compile``);
-        ``kernels``: the stream's choice (:meth:`attention_kernels`)."""
+        ``kernels``: the stream's choice (:meth:`attention_kernels`; a float32 model on CPU also takes its linears'
+        native product from it, see :func:`dsmcli.nn.linear.linear`, unless the step is ``compiled``: inductor
+        compiles its own)."""
         context = self.config.transformer.context
         if context is None:  # LMConfig.from_dict refuses this; a hand-built config might not
             raise ValueError("the backbone needs an attention context to size its KV rings")
         return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source, static,
-                                           self.attention_kernels(kernels))
+                                           self.attention_kernels(kernels),
+                                           KernelChoice.TORCH if compiled else KernelChoice(kernels))
 
     def embed(self, tokens: Tensor, condition_sum: Tensor | None = None) -> Tensor:
         """``tokens`` ``[B, n_q + 1, T]`` (stream 0 text) -> summed input ``[B, T, D]``.
@@ -183,11 +187,11 @@ class LM(nn.Module):
         """The model part of one step (what ``EngineOptions.compile`` compiles): ``tokens`` ``[B, n_q + 1, 1]`` at
         ``positions`` ``[B, 1]`` -> backbone output, text logits and extra-head probabilities."""
         hidden = self.backbone(tokens, positions, state, active, condition_sum)
-        return ModelStep(hidden, self.text_logits(hidden), self.extra_probs(hidden))
+        return ModelStep(hidden, self.text_logits(hidden, state.product), self.extra_probs(hidden))
 
-    def text_logits(self, hidden: Tensor) -> Tensor:
-        """``[B, T, D]`` -> ``[B, T, text_card_out]``."""
-        return linear(hidden, self.text_linear.weight, self.text_linear.bias)
+    def text_logits(self, hidden: Tensor, product: Callable | None = None) -> Tensor:
+        """``[B, T, D]`` -> ``[B, T, text_card_out]`` (``product``: :func:`dsmcli.nn.linear.linear`'s)."""
+        return linear(hidden, self.text_linear.weight, self.text_linear.bias, product)
 
     def extra_probs(self, hidden: Tensor) -> Tensor | None:
         """Softmax of each extra head: ``[B, T, D]`` -> ``[B, T, heads, classes]`` (None without heads)."""

@@ -28,6 +28,7 @@ from dsmcli.engine.config import TransformerConfig
 from dsmcli.nn.kv_rings import KVRings, RingStep, sdpa_per_row
 from dsmcli.kernels import KernelChoice
 from dsmcli.kernels.attention import decode_attention_op
+from dsmcli.kernels.linear import fp32_linear_op
 from dsmcli.nn import make_norm, rope_angles
 from dsmcli.nn.gating import GatedFFN
 from dsmcli.nn.linear import linear
@@ -81,16 +82,17 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Parameter(torch.empty(sets, dim, dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, rings: KVRings, layer: int, step: RingStep, rope: StepRope | None,
-                weight_set: int = 0) -> Tensor:
-        """``x`` ``[B, 1, dim]``; writes this step's key/value into ``rings`` (layer ``layer``)."""
-        qkv = _split_heads(linear(x, self.in_proj[weight_set]), 3, self.num_heads)  # [3, B, H, 1, D]
+                weight_set: int = 0, product: Callable | None = None) -> Tensor:
+        """``x`` ``[B, 1, dim]``; writes this step's key/value into ``rings`` (layer ``layer``); ``product``: the
+        native float32 product (:func:`dsmcli.nn.linear.linear`)."""
+        qkv = _split_heads(linear(x, self.in_proj[weight_set], product=product), 3, self.num_heads)  # [3, B, H, 1, D]
         if rope is None:
             q, k = qkv[0], qkv[1]
         else:
             q, k = rope(qkv[:2])
         keys, values = rings.write(layer, step, k, qkv[2])
         out = rings.attend(layer, step, q, keys, values)
-        return linear(_merge_heads(out), self.out_proj[weight_set])
+        return linear(_merge_heads(out), self.out_proj[weight_set], product=product)
 
 
 class CrossAttention(nn.Module):
@@ -114,10 +116,11 @@ class CrossAttention(nn.Module):
                     v.to(torch.float16, memory_format=torch.contiguous_format))
         return k, v
 
-    def forward(self, x: Tensor, keys: Tensor, values: Tensor, native: Callable | None = None) -> Tensor:
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, native: Callable | None = None,
+                product: Callable | None = None) -> Tensor:
         """``x`` ``[B, 1, dim]`` over the source ``keys``/``values``: by the ``native`` decode-attention op over
-        float16 ones (what :meth:`project_source` made for it), else SDPA."""
-        q = _split_heads(linear(x, self.in_proj[0, :self.dim]), 1, self.num_heads)[0]
+        float16 ones (what :meth:`project_source` made for it), else SDPA; ``product`` as :class:`SelfAttention`."""
+        q = _split_heads(linear(x, self.in_proj[0, :self.dim], product=product), 1, self.num_heads)[0]
         if native is not None and keys.dtype == torch.float16:
             shape = (keys.shape[0], keys.shape[2])
             if shape not in self._masks:
@@ -125,7 +128,7 @@ class CrossAttention(nn.Module):
             out = native(q.float().contiguous(), keys, values, self._masks[shape]).to(q.dtype)
         else:
             out = sdpa_per_row(q, keys, values)  # a row's bits do not depend on its place in the batch
-        return linear(_merge_heads(out), self.out_proj[0])
+        return linear(_merge_heads(out), self.out_proj[0], product=product)
 
 
 class LayerScale(nn.Module):
@@ -169,22 +172,23 @@ class TransformerLayer(nn.Module):
         if config.cross_attention:
             self.layer_scale_cross = nn.Identity() if scale is None else LayerScale(dim, scale, device, dtype)
 
-    def _ffn(self, x: Tensor, weight_set: int) -> Tensor:
+    def _ffn(self, x: Tensor, weight_set: int, product: Callable | None) -> Tensor:
         if self.plain_ffn:
-            return linear(F.gelu(linear(x, self.linear1.weight)), self.linear2.weight)
+            return linear(F.gelu(linear(x, self.linear1.weight, product=product)), self.linear2.weight, product=product)
         if self.per_step_ffn:
-            return cast(nn.ModuleList, self.gating)[weight_set](x)
-        return self.gating(x)
+            return cast(nn.ModuleList, self.gating)[weight_set](x, product)
+        return self.gating(x, product)
 
     def forward(self, x: Tensor, rings: KVRings, layer: int, step: RingStep, rope: StepRope | None,
-                cross: tuple[Tensor, Tensor] | None, weight_set: int, cross_native: Callable | None = None) -> Tensor:
-        update = self.self_attn(self.norm1(x), rings, layer, step, rope, weight_set)
+                cross: tuple[Tensor, Tensor] | None, weight_set: int, cross_native: Callable | None = None,
+                product: Callable | None = None) -> Tensor:
+        update = self.self_attn(self.norm1(x), rings, layer, step, rope, weight_set, product)
         x = x.to(update) + self.layer_scale_1(update)
         if self.cross_attention is not None:
             if cross is None:
                 raise ValueError("this model has cross-attention: the stream needs a cross-attention source")
-            x = x + self.layer_scale_cross(self.cross_attention(self.norm_cross(x), *cross, cross_native))
-        update = self._ffn(self.norm2(x), weight_set)
+            x = x + self.layer_scale_cross(self.cross_attention(self.norm_cross(x), *cross, cross_native, product))
+        update = self._ffn(self.norm2(x), weight_set, product)
         return x.to(update) + self.layer_scale_2(update)
 
 
@@ -194,12 +198,14 @@ class TransformerState:
 
     rings: the KV rings of every layer (:class:`~dsmcli.nn.kv_rings.KVRings`); cross: per layer the
     cross-attention ``(keys, values)`` ``[B, H, S, head_dim]`` of the condition, or None; cross_native: the native
-    decode-attention op the cross-attention uses (then its keys/values are float16), or None (SDPA).
+    decode-attention op the cross-attention uses (then its keys/values are float16), or None (SDPA); product: the
+    native float32 product of the layers' linears (:func:`dsmcli.nn.linear.linear`), or None (BLAS).
     """
 
     rings: KVRings
     cross: list[tuple[Tensor, Tensor]] | None = None
     cross_native: Callable | None = None
+    product: Callable | None = None
 
     def reset(self, mask: Tensor) -> None:
         """Forget the history of the slots selected by ``mask`` ``[B]`` (cross keys/values are kept)."""
@@ -217,15 +223,18 @@ class Transformer(nn.Module):
 
     def init_state(self, batch_size: int, capacity: int, device: torch.device | str, dtype: torch.dtype,
                    cross_source: Tensor | None = None, static: bool = False,
-                   attention: KernelChoice = KernelChoice.TORCH) -> TransformerState:
+                   attention: KernelChoice = KernelChoice.TORCH,
+                   products: KernelChoice = KernelChoice.TORCH) -> TransformerState:
         """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention; ``static``
         always attends over the whole ring (fixed shapes); ``attention`` not ``torch``: self- and cross-attention
-        use the native CPU decode kernel where it applies (see :mod:`dsmcli.nn.kv_rings`)."""
+        use the native CPU decode kernel where it applies (see :mod:`dsmcli.nn.kv_rings`); ``products`` not
+        ``torch``: float32 linears on CPU use the native product where it fits (:func:`dsmcli.nn.linear.linear`)."""
         cfg = self.config
         rings = KVRings.create(cfg.num_layers, batch_size, cfg.num_heads, capacity, cfg.head_dim, cfg.context,
                                device, dtype, static, attention)
         cross_native = decode_attention_op(attention, cfg.cross_attention and torch.device(device).type == "cpu")
-        return TransformerState(rings, self.cross_source(cross_source, cross_native), cross_native)
+        product = fp32_linear_op(products, torch.device(device).type == "cpu" and dtype == torch.float32)
+        return TransformerState(rings, self.cross_source(cross_source, cross_native), cross_native, product)
 
     def cross_source(self, source: Tensor | None, native: Callable | None = None) -> list[tuple[Tensor, Tensor]] | None:
         """Per-layer cross-attention keys/values of ``source`` ``[B, S, dim]`` (None without cross-attention), in
@@ -259,5 +268,5 @@ class Transformer(nn.Module):
         step = state.rings.advance(positions, active)
         for i, layer in enumerate(self.layers):
             cross = None if state.cross is None else state.cross[i]
-            x = layer(x, state.rings, i, step, rope, cross, weight_set, state.cross_native)
+            x = layer(x, state.rings, i, step, rope, cross, weight_set, state.cross_native, state.product)
         return x

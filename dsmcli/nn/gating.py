@@ -70,7 +70,8 @@ class GatedFFN(nn.Module):
         self.linear_in = nn.Linear(dim, 2 * hidden, bias=False, device=device, dtype=dtype)
         self.linear_out = nn.Linear(hidden, dim, bias=False, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = linear(x, self.linear_in.weight)
+    def forward(self, x: Tensor, product: Callable | None = None) -> Tensor:
+        """``product``: the native float32 product where it fits (:func:`dsmcli.nn.linear.linear`)."""
+        h = linear(x, self.linear_in.weight, product=product)
         h = h.view(*h.shape[:-1], 2, -1)
-        return linear(self.activation.fn(h[..., 0, :]) * h[..., 1, :], self.linear_out.weight)
+        return linear(self.activation.fn(h[..., 0, :]) * h[..., 1, :], self.linear_out.weight, product=product)
