@@ -80,6 +80,31 @@ class StepOutput:
     extra_probs: Tensor | None  # [B, heads, classes] softmax of the extra heads (None without heads)
 
 
+@dataclass(frozen=True)
+class PreparedCondition:
+    """One slot's conditions in the form a stream uses them (:meth:`LMStream.project_condition`), made once per
+    voice instead of in a fresh stream's first step. ``rows`` = 2 under real CFG (conditional, then
+    unconditional, as :meth:`LMStream.init_state` derives it), else 1.
+
+    ``sum``: ``[rows, 1, D]`` (None without a sum condition); ``cross``: per layer the cross-attention ``(keys,
+    values)`` ``[rows, H, S, head_dim]`` (None without cross-attention), float16 contiguous when ``native`` (the
+    stream's cross-attention runs the native decode op), else of the model dtype. Streams only read these
+    tensors: a batch-1 stream references them, a larger one copies them into its own."""
+
+    sum: Tensor | None
+    cross: tuple[tuple[Tensor, Tensor], ...] | None
+    cfg: bool
+    native: bool
+
+    @property
+    def source_length(self) -> int | None:
+        """``S``: cross-attention source rows (None without cross-attention)."""
+        return None if not self.cross else int(self.cross[0][0].shape[2])
+
+
+Conditions = ConditionInputs | Sequence[PreparedCondition | None]
+
+
 @dataclass
 class StreamState:
     """Streaming state of ``B`` slots; the model-side parts have ``B' = 2B`` rows under real CFG.
@@ -113,6 +138,20 @@ class StreamState:
         self.backbone.reset(self.model_rows(mask))
 
 
+def _merge_rows(old: Tensor | None, new: Sequence[Tensor | None], selected: Sequence[bool], cfg: bool) -> Tensor:
+    """Model rows ``[B', ...]`` taking slot ``b``'s rows from ``new[b]`` (``[1 or 2, ...]``, its conditional then
+    unconditional row) where ``selected[b]``, else from ``old`` (rows ``b`` and ``B + b`` under CFG). A batch of
+    one slot replaced is ``new[0]`` itself (referenced, not copied)."""
+    batch = len(selected)
+    if batch == 1 and selected[0]:
+        return new[0]  # type: ignore[return-value]
+    pieces = []
+    for half in range(2 if cfg else 1):
+        for b, keep in enumerate(selected):
+            pieces.append(new[b][half : half + 1] if keep else old[half * batch + b : half * batch + b + 1])  # type: ignore[index]
+    return torch.cat(pieces)
+
+
 def _masked_scatter(ring: Tensor, index: Tensor, values: Tensor, mask: Tensor) -> None:
     """``ring.scatter_(-1, index, values)`` where ``mask`` is True, leaving the other cells untouched."""
     ring.scatter_(-1, index, torch.where(mask, values, ring.gather(-1, index)))
@@ -143,19 +182,89 @@ class LMStream:
         self.initial = torch.tensor(initial, dtype=torch.long, device=device)[:, None]  # [K, 1]
 
     @property
+    def cross_native(self) -> Callable | None:
+        """The native decode op this stream's cross-attention uses (its keys/values float16), or None."""
+        if not hasattr(self, "_cross_native"):
+            self._cross_native = self.lm.cross_native_op(self.engine.kernels)
+        return self._cross_native
+
+    @property
     def num_inputs(self) -> int:
         """Audio streams supplied by the caller at each step."""
         return self.lm.config.n_q - self.num_generated
 
     # ------------------------------------------------------------------------------------ state
     @torch.no_grad()
-    def init_state(self, batch_size: int, condition: ConditionInputs | None = None,
+    def project_condition(self, condition: ConditionInputs | None) -> PreparedCondition | None:
+        """One slot's conditions (``condition`` of batch 1) encoded and projected for this stream's kind (real
+        CFG or not, native cross-attention or not): what :meth:`init_state` / :meth:`set_condition` would compute
+        in the stream's first step (None: no conditions). The cross-attention source is projected layer by
+        layer (tts-1.6b, a 10 s voice: ~10 GFLOP a layer)."""
+        if condition is None or not (condition.values or condition.tensors):
+            return None
+        if condition.batch_size != 1:
+            raise ValueError(f"project_condition takes one slot's conditions, got {condition.batch_size}")
+        fused = self._encode(condition, 1)
+        native = self.cross_native
+        cross = None
+        if self.lm.config.transformer.cross_attention:
+            cross = tuple(self.lm.transformer.cross_source_layers(fused.cross, native))
+        return PreparedCondition(fused.sum, cross, self.options.uses_cfg, native is not None)
+
+    def accepts(self, prepared: PreparedCondition | None) -> bool:
+        """Whether ``prepared`` was made for a stream like this one (same CFG rows, same cross-attention dtype);
+        else project the slot's conditions again (:meth:`project_condition`)."""
+        if prepared is None:
+            return True
+        if prepared.cfg != self.options.uses_cfg or prepared.native != (self.cross_native is not None):
+            return False
+        if prepared.cross:
+            dtype = torch.float16 if prepared.native else self.lm.dtype
+            return prepared.cross[0][0].dtype == dtype and len(prepared.cross) == self.lm.config.transformer.num_layers
+        return True
+
+    def _checked(self, prepared: Sequence[PreparedCondition | None], batch_size: int,
+                 selected: Sequence[bool]) -> list[PreparedCondition] | None:
+        """The prepared conditions of the ``selected`` slots, checked (None: the stream has no conditions)."""
+        if len(prepared) != batch_size:
+            raise ValueError(f"{len(prepared)} prepared conditions for {batch_size} slots")
+        chosen = [p for p, keep in zip(prepared, selected) if keep]
+        if all(p is None for p in chosen):
+            return None
+        for p in chosen:
+            if p is None:
+                raise ValueError("some slots have prepared conditions and some none")
+            if not self.accepts(p):
+                raise ValueError(f"a condition prepared for another stream kind (real CFG {p.cfg}, native "
+                                 f"cross-attention {p.native}) cannot condition this one: project it again")
+        return chosen  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def init_state(self, batch_size: int, condition: Conditions | None = None,
                    cfg_masked_until: Sequence[int] | None = None) -> StreamState:
         """A fresh stream of ``batch_size`` slots. ``condition`` describes each slot's conditions (the unconditional
-        half of real CFG is derived from it); ``cfg_masked_until`` see :class:`StreamState`."""
+        half of real CFG is derived from it), or gives them prepared, one per slot (:meth:`project_condition`:
+        nothing is projected here); ``cfg_masked_until`` see :class:`StreamState`."""
         lm, device, use_cfg = self.lm, self.lm.device, self.options.uses_cfg
         rows = 2 * batch_size if use_cfg else batch_size
-        fused = self._encode(condition, batch_size)
+        cross = None
+        if condition is None or isinstance(condition, ConditionInputs):
+            fused = self._encode(condition, batch_size)
+        else:
+            slots = self._checked(condition, batch_size, [True] * batch_size)
+            if slots is None:
+                fused = self._encode(None, batch_size)
+            else:
+                merge = [True] * batch_size
+                summed = None if slots[0].sum is None else _merge_rows(None, [p.sum for p in slots], merge, use_cfg)
+                fused = ConditionTensors(summed, None)
+                if slots[0].cross:
+                    length = slots[0].source_length
+                    if any(p.source_length != length for p in slots):
+                        raise ValueError("prepared cross-attention sources of different lengths")
+                    cross = [(_merge_rows(None, [p.cross[i][0] for p in slots], merge, use_cfg),  # type: ignore[index]
+                              _merge_rows(None, [p.cross[i][1] for p in slots], merge, use_cfg))  # type: ignore[index]
+                             for i in range(len(slots[0].cross))]
         masked = [NOT_MASKED] * batch_size if cfg_masked_until is None else list(cfg_masked_until)
         if len(masked) != batch_size:
             raise ValueError(f"cfg_masked_until has {len(masked)} entries for {batch_size} slots")
@@ -165,7 +274,8 @@ class LMStream:
             tokens=torch.full((batch_size, lm.config.num_streams, self.ring_size), UNGENERATED_TOKEN_ID,
                               dtype=torch.long, device=device),
             offsets=torch.zeros(batch_size, dtype=torch.long, device=device),
-            backbone=lm.init_state(rows, fused.cross, self.engine.uses_static_shapes, kernels), depformer=depformer,
+            backbone=lm.init_state(rows, fused.cross, self.engine.uses_static_shapes, kernels, cross),
+            depformer=depformer,
             condition_sum=fused.sum,
             cfg_masked_until=torch.tensor(masked, dtype=torch.long, device=device),
             audio=torch.zeros(batch_size, self.num_generated, dtype=torch.long, device=device),
@@ -182,9 +292,13 @@ class LMStream:
         return self.lm.encode_conditions(condition)
 
     @torch.no_grad()
-    def set_condition(self, state: StreamState, condition: ConditionInputs, mask: Tensor) -> None:
+    def set_condition(self, state: StreamState, condition: Conditions, mask: Tensor) -> None:
         """Give the slots selected by ``mask`` ``[B]`` the conditions of the same slots of ``condition`` (e.g. a new
-        voice for a slot being reset). Cross-attention sources must keep their length."""
+        voice for a slot being reset), or their prepared conditions (one entry per slot, those of the slots not
+        selected are ignored: nothing is projected here). Cross-attention sources must keep their length."""
+        if not isinstance(condition, ConditionInputs):
+            self._set_prepared(state, condition, mask)
+            return
         fused = self._encode(condition, state.batch_size)
         rows = state.model_rows(mask)
         if fused.sum is not None and state.condition_sum is not None:
@@ -200,6 +314,31 @@ class LMStream:
             keep = rows[:, None, None, None]
             state.backbone.cross[i] = (torch.where(keep, k_new, k_old), torch.where(keep, v_new, v_old))
             del k_new, v_new, k_old, v_old
+
+    def _set_prepared(self, state: StreamState, prepared: Sequence[PreparedCondition | None], mask: Tensor) -> None:
+        selected = [bool(m) for m in mask.tolist()]
+        slots = self._checked(prepared, state.batch_size, selected)
+        if slots is None:
+            return
+        new = [next(it) if keep else None for it in [iter(slots)] for keep in selected]
+        cross = state.backbone.cross
+        if cross is not None:
+            if slots[0].cross is None:
+                raise ValueError("the prepared conditions have no cross-attention source")
+            old_length = cross[0][0].shape[2]
+            lengths = {p.source_length for p in slots}
+            if lengths != {old_length}:
+                raise ValueError(f"cross-attention source length {sorted(lengths)} != {old_length}")
+        if state.condition_sum is not None and slots[0].sum is not None:
+            state.condition_sum = _merge_rows(state.condition_sum, [None if p is None else p.sum for p in new],
+                                              selected, state.cfg)
+        # one layer at a time (a batch of several slots builds new tensors: the old ones of a layer go as soon as
+        # its new ones exist); nothing is written into a prepared tensor, a batch-1 stream references them
+        for i in range(0 if cross is None else len(cross)):
+            k_old, v_old = cross[i]  # type: ignore[index]
+            cross[i] = (_merge_rows(k_old, [None if p is None else p.cross[i][0] for p in new], selected, state.cfg),  # type: ignore[index]
+                        _merge_rows(v_old, [None if p is None else p.cross[i][1] for p in new], selected, state.cfg))  # type: ignore[index]
+            del k_old, v_old
 
     # ------------------------------------------------------------------------------------- step
     @torch.no_grad()
