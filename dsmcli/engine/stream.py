@@ -15,7 +15,10 @@ taken). At a step, for every slot:
    once ``o > max_delay``.
 
 Slots are independent: ``active`` ``[B]`` selects the slots that step (the others keep their whole state), and
-:meth:`StreamState.reset` restarts chosen slots. A slot's logits are the same bits whatever ran in it before,
+:meth:`StreamState.reset` restarts chosen slots. A slot's conditions can be prepared once
+(:meth:`LMStream.project_condition`: a voice's cross-attention source projected when the voice is made) and
+given to :meth:`LMStream.init_state` / :meth:`LMStream.set_condition`, which then only copy (or, for one slot,
+reference) them. A slot's logits are the same bits whatever ran in it before,
 which slot it is and what its batch mates do (at a given batch size and torch thread count, on CPU: see
 :mod:`dsmcli.nn.kv_rings`; the samplers' random draws are shared by the batch). Real CFG (``cfg_coef != 1``)
 runs the model on ``2B`` rows (conditional then unconditional); the token ring and the outputs stay
@@ -148,7 +151,8 @@ def _merge_rows(old: Tensor | None, new: Sequence[Tensor | None], selected: Sequ
     pieces = []
     for half in range(2 if cfg else 1):
         for b, keep in enumerate(selected):
-            pieces.append(new[b][half : half + 1] if keep else old[half * batch + b : half * batch + b + 1])  # type: ignore[index]
+            row = half * batch + b
+            pieces.append(new[b][half : half + 1] if keep else old[row : row + 1])  # type: ignore[index]
     return torch.cat(pieces)
 
 
@@ -320,7 +324,8 @@ class LMStream:
         slots = self._checked(prepared, state.batch_size, selected)
         if slots is None:
             return
-        new = [next(it) if keep else None for it in [iter(slots)] for keep in selected]
+        chosen = iter(slots)
+        new = [next(chosen) if keep else None for keep in selected]  # per slot, None where kept
         cross = state.backbone.cross
         if cross is not None:
             if slots[0].cross is None:
@@ -336,9 +341,10 @@ class LMStream:
         # its new ones exist); nothing is written into a prepared tensor, a batch-1 stream references them
         for i in range(0 if cross is None else len(cross)):
             k_old, v_old = cross[i]  # type: ignore[index]
-            cross[i] = (_merge_rows(k_old, [None if p is None else p.cross[i][0] for p in new], selected, state.cfg),  # type: ignore[index]
-                        _merge_rows(v_old, [None if p is None else p.cross[i][1] for p in new], selected, state.cfg))  # type: ignore[index]
-            del k_old, v_old
+            layer = [None if p is None else p.cross[i] for p in new]  # type: ignore[index]
+            cross[i] = (_merge_rows(k_old, [None if kv is None else kv[0] for kv in layer], selected, state.cfg),
+                        _merge_rows(v_old, [None if kv is None else kv[1] for kv in layer], selected, state.cfg))
+            del k_old, v_old, layer
 
     # ------------------------------------------------------------------------------------- step
     @torch.no_grad()
