@@ -145,22 +145,15 @@ class LM(nn.Module):
         return KernelChoice(kernels)
 
     def init_state(self, batch_size: int, cross_source: Tensor | None = None, static: bool = False,
-                   kernels: KernelChoice | str = KernelChoice.AUTO,
-                   cross: list[tuple[Tensor, Tensor]] | None = None) -> TransformerState:
-        """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``, or
-        ``cross``: its per-layer keys/values already projected, see :meth:`cross_native_op`); ``static``: attend
-        over the whole ring from the first step (fixed shapes, for ``torch.compile``); ``kernels``: the stream's
-        choice (:meth:`attention_kernels`)."""
+                   kernels: KernelChoice | str = KernelChoice.AUTO) -> TransformerState:
+        """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``);
+        ``static``: attend over the whole ring from the first step (fixed shapes, for ``torch.compile``);
+        ``kernels``: the stream's choice (:meth:`attention_kernels`)."""
         context = self.config.transformer.context
         if context is None:  # LMConfig.from_dict refuses this; a hand-built config might not
             raise ValueError("the backbone needs an attention context to size its KV rings")
         return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source, static,
-                                           self.attention_kernels(kernels), cross)
-
-    def cross_native_op(self, kernels: KernelChoice | str = KernelChoice.AUTO):
-        """The native decode-attention op of a stream's cross-attention under the stream's ``kernels`` (then its
-        keys/values are float16 contiguous), or None (SDPA over keys/values of the model dtype)."""
-        return self.transformer.cross_native_op(self.device, self.attention_kernels(kernels))
+                                           self.attention_kernels(kernels))
 
     def embed(self, tokens: Tensor, condition_sum: Tensor | None = None) -> Tensor:
         """``tokens`` ``[B, n_q + 1, T]`` (stream 0 text) -> summed input ``[B, T, D]``.

@@ -189,7 +189,8 @@ class LMStream:
     def cross_native(self) -> Callable | None:
         """The native decode op this stream's cross-attention uses (its keys/values float16), or None."""
         if not hasattr(self, "_cross_native"):
-            self._cross_native = self.lm.cross_native_op(self.engine.kernels)
+            lm = self.lm
+            self._cross_native = lm.transformer.cross_native_op(lm.device, lm.attention_kernels(self.engine.kernels))
         return self._cross_native
 
     @property
@@ -249,26 +250,30 @@ class LMStream:
         """A fresh stream of ``batch_size`` slots. ``condition`` describes each slot's conditions (the unconditional
         half of real CFG is derived from it), or gives them prepared, one per slot (:meth:`project_condition`:
         nothing is projected here); ``cfg_masked_until`` see :class:`StreamState`."""
+        if condition is None or isinstance(condition, ConditionInputs):
+            return self._new_state(batch_size, self._encode(condition, batch_size), cfg_masked_until)
+        slots = self._checked(condition, batch_size, [True] * batch_size)
+        if slots is None:
+            return self._new_state(batch_size, self._encode(None, batch_size), cfg_masked_until)
+        use_cfg, merge = self.options.uses_cfg, [True] * batch_size
+        summed = None if slots[0].sum is None else _merge_rows(None, [p.sum for p in slots], merge, use_cfg)
+        if not slots[0].cross:
+            return self._new_state(batch_size, ConditionTensors(summed, None), cfg_masked_until)
+        if len({p.source_length for p in slots}) != 1:
+            raise ValueError("prepared cross-attention sources of different lengths")
+        # the state is made over an empty source (nothing to project), then takes the prepared keys/values
+        rows = 2 * batch_size if use_cfg else batch_size
+        empty = torch.zeros(rows, 0, self.lm.config.transformer.dim, dtype=self.lm.dtype, device=self.lm.device)
+        state = self._new_state(batch_size, ConditionTensors(summed, empty), cfg_masked_until)
+        layers = [[p.cross[i] for p in slots] for i in range(len(slots[0].cross))]  # type: ignore[index]
+        state.backbone.cross = [(_merge_rows(None, [kv[0] for kv in layer], merge, use_cfg),
+                                 _merge_rows(None, [kv[1] for kv in layer], merge, use_cfg)) for layer in layers]
+        return state
+
+    def _new_state(self, batch_size: int, fused: ConditionTensors,
+                   cfg_masked_until: Sequence[int] | None) -> StreamState:
         lm, device, use_cfg = self.lm, self.lm.device, self.options.uses_cfg
         rows = 2 * batch_size if use_cfg else batch_size
-        cross = None
-        if condition is None or isinstance(condition, ConditionInputs):
-            fused = self._encode(condition, batch_size)
-        else:
-            slots = self._checked(condition, batch_size, [True] * batch_size)
-            if slots is None:
-                fused = self._encode(None, batch_size)
-            else:
-                merge = [True] * batch_size
-                summed = None if slots[0].sum is None else _merge_rows(None, [p.sum for p in slots], merge, use_cfg)
-                fused = ConditionTensors(summed, None)
-                if slots[0].cross:
-                    length = slots[0].source_length
-                    if any(p.source_length != length for p in slots):
-                        raise ValueError("prepared cross-attention sources of different lengths")
-                    cross = [(_merge_rows(None, [p.cross[i][0] for p in slots], merge, use_cfg),  # type: ignore[index]
-                              _merge_rows(None, [p.cross[i][1] for p in slots], merge, use_cfg))  # type: ignore[index]
-                             for i in range(len(slots[0].cross))]
         masked = [NOT_MASKED] * batch_size if cfg_masked_until is None else list(cfg_masked_until)
         if len(masked) != batch_size:
             raise ValueError(f"cfg_masked_until has {len(masked)} entries for {batch_size} slots")
@@ -278,8 +283,7 @@ class LMStream:
             tokens=torch.full((batch_size, lm.config.num_streams, self.ring_size), UNGENERATED_TOKEN_ID,
                               dtype=torch.long, device=device),
             offsets=torch.zeros(batch_size, dtype=torch.long, device=device),
-            backbone=lm.init_state(rows, fused.cross, self.engine.uses_static_shapes, kernels, cross),
-            depformer=depformer,
+            backbone=lm.init_state(rows, fused.cross, self.engine.uses_static_shapes, kernels), depformer=depformer,
             condition_sum=fused.sum,
             cfg_masked_until=torch.tensor(masked, dtype=torch.long, device=device),
             audio=torch.zeros(batch_size, self.num_generated, dtype=torch.long, device=device),

@@ -217,24 +217,15 @@ class Transformer(nn.Module):
 
     def init_state(self, batch_size: int, capacity: int, device: torch.device | str, dtype: torch.dtype,
                    cross_source: Tensor | None = None, static: bool = False,
-                   attention: KernelChoice = KernelChoice.TORCH,
-                   cross: list[tuple[Tensor, Tensor]] | None = None) -> TransformerState:
-        """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention (or ``cross``:
-        its per-layer keys/values already projected for this state, taken as they are); ``static`` always
-        attends over the whole ring (fixed shapes); ``attention`` not ``torch``: self- and cross-attention use
-        the native CPU decode kernel where it applies (see :mod:`dsmcli.nn.kv_rings`)."""
+                   attention: KernelChoice = KernelChoice.TORCH) -> TransformerState:
+        """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention; ``static``
+        always attends over the whole ring (fixed shapes); ``attention`` not ``torch``: self- and cross-attention
+        use the native CPU decode kernel where it applies (see :mod:`dsmcli.nn.kv_rings`)."""
         cfg = self.config
         rings = KVRings.create(cfg.num_layers, batch_size, cfg.num_heads, capacity, cfg.head_dim, cfg.context,
                                device, dtype, static, attention)
-        cross_native = self.cross_native_op(device, attention)
-        if cross is None:
-            cross = self.cross_source(cross_source, cross_native)
-        return TransformerState(rings, cross, cross_native)
-
-    def cross_native_op(self, device: torch.device | str, attention: KernelChoice) -> Callable | None:
-        """The native decode-attention op cross-attention uses on ``device`` under ``attention`` (a state's
-        ``cross_native``; its keys/values are then float16), or None (SDPA; none without cross-attention)."""
-        return decode_attention_op(attention, self.config.cross_attention and torch.device(device).type == "cpu")
+        cross_native = decode_attention_op(attention, cfg.cross_attention and torch.device(device).type == "cpu")
+        return TransformerState(rings, self.cross_source(cross_source, cross_native), cross_native)
 
     def cross_source(self, source: Tensor | None, native: Callable | None = None) -> list[tuple[Tensor, Tensor]] | None:
         """Per-layer cross-attention keys/values of ``source`` ``[B, S, dim]`` (None without cross-attention), in
@@ -242,6 +233,12 @@ class Transformer(nn.Module):
         if not self.config.cross_attention:
             return None
         return list(self.cross_source_layers(source, native))
+
+    def cross_native_op(self, device: torch.device | str, attention: KernelChoice) -> Callable | None:
+        """The native decode-attention op that :meth:`init_state` gives a state's ``cross_native`` on ``device``
+        under ``attention`` (then cross keys/values are float16), or None (SDPA; none without cross-attention):
+        what a voice projected before its stream must be made for."""
+        return decode_attention_op(attention, self.config.cross_attention and torch.device(device).type == "cpu")
 
     def cross_source_layers(self, source: Tensor | None,
                             native: Callable | None = None) -> Iterator[tuple[Tensor, Tensor]]:
