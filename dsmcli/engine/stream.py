@@ -261,10 +261,11 @@ class LMStream:
             return self._new_state(batch_size, ConditionTensors(summed, None), cfg_masked_until)
         if len({p.source_length for p in slots}) != 1:
             raise ValueError("prepared cross-attention sources of different lengths")
-        # the state is made over an empty source (nothing to project), then takes the prepared keys/values
+        # the state is made over a one-row placeholder source (a negligible projection), then takes the prepared
+        # keys/values (the stacks' init_state is left as it is: it projects a source it is given)
         rows = 2 * batch_size if use_cfg else batch_size
-        empty = torch.zeros(rows, 0, self.lm.config.transformer.dim, dtype=self.lm.dtype, device=self.lm.device)
-        state = self._new_state(batch_size, ConditionTensors(summed, empty), cfg_masked_until)
+        placeholder = torch.zeros(rows, 1, self.lm.config.transformer.dim, dtype=self.lm.dtype, device=self.lm.device)
+        state = self._new_state(batch_size, ConditionTensors(summed, placeholder), cfg_masked_until)
         layers = [[p.cross[i] for p in slots] for i in range(len(slots[0].cross))]  # type: ignore[index]
         state.backbone.cross = [(_merge_rows(None, [kv[0] for kv in layer], merge, use_cfg),
                                  _merge_rows(None, [kv[1] for kv in layer], merge, use_cfg)) for layer in layers]
