@@ -33,7 +33,7 @@ STEPS, WARMUP = 3, 1
 PUBLISHED_PARAMS = {"stt-1b-en_fr": 989_253_632, "stt-2.6b-en": 2_617_118_720, "tts-1.6b-en_fr": 1_836_550_272}
 RESULT_KEYS = {"path", "batch", "steps", "ms_per_step", "x_realtime", "rtf", "throughput_x_realtime",
                "stream_steps_per_s", "first_output_ms", "first_output_steps", "warmup_steps", "warmup_ms",
-               "warmup_first_step_ms", "peak_memory_mb", "memory_measure"}
+               "warmup_first_step_ms", "peak_memory_mb", "memory_measure", "voice_projection_ms"}
 STATS_KEYS = {"median", "p10", "p90", "min", "max", "mean"}
 TOP_KEYS = {"schema", "version", "model", "model_type", "random_weights", "params", "device", "dtype", "quantize",
             "quantize_kernel", "threads", "load_seconds", "load_average", "torch", "platform", "results"}
@@ -65,6 +65,7 @@ def test_run_bench_stt_released_weights(tiny_stt):
     assert configs == [(p, b) for p in ("stt", "codec-encode", "codec-decode") for b in (1, 2)]
     for result in report["results"]:
         _check_result(result, result["batch"])
+        assert result["voice_projection_ms"] is None  # only the tts path makes a voice
     stt = report["results"][0]
     assert stt["first_output_steps"] == math.ceil(0.5 * 12.5) + 1  # 0.5 s text delay, no silence prefix
     assert report["results"][2]["first_output_steps"] == 1
@@ -82,6 +83,14 @@ def test_cli_bench_tts_random_weights_int8_json(tiny_tts, run_dsm):
     for result in report["results"]:
         _check_result(result, result["batch"])
         assert result["first_output_steps"] == 16 + 2 + 1  # audio delay 1.28 s, acoustic delay 2, one step
+        # the voice is made (projected) once when the runner is built, timed apart from the first audio
+        assert result["voice_projection_ms"] > 0 and math.isfinite(result["voice_projection_ms"])
+
+
+def test_cli_bench_tts_table_reports_the_voice_projection(tiny_tts, capsys):
+    main(["bench", "--model", tiny_tts, "--random-weights", "--paths", "tts", "--steps", "2", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "voice projection" in out and "once per voice" in out and "first output" in out
 
 
 def test_cli_bench_table(tiny_stt, capsys):

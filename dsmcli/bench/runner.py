@@ -4,7 +4,9 @@ For every (path, batch) configuration (paths: :mod:`dsmcli.bench.paths`, each th
 their scheduler):
 
 1. warm-up: ``warmup`` steps of a fresh stream (first-call costs: allocation, kernel selection, compile);
-2. latency: a new fresh stream, stepped until its first word / first audio is out (``first_output_ms``);
+2. latency: a new fresh stream, stepped until its first word / first audio is out (``first_output_ms``); the
+   tts path's voice was made once before (``voice_projection_ms``: its cross-attention source projected, what a
+   never-seen voice adds to its first audio);
 3. steady state: ``steps`` more steps of that stream, each timed alone (device synchronised before every
    timer read), giving the median and spread of ms per step.
 
@@ -21,7 +23,8 @@ JSON output (``--json``; :data:`SCHEMA_VERSION`), documented in benchmarks/READM
                   "max", "mean"}, "x_realtime": float, "rtf": float, "throughput_x_realtime": float,
                   "stream_steps_per_s": float, "first_output_ms": float, "first_output_steps": int,
                   "warmup_steps": int, "warmup_ms": float, "warmup_first_step_ms": float,
-                  "peak_memory_mb": float, "memory_measure": "process_peak_rss"|"device_max_allocated"}]}
+                  "peak_memory_mb": float, "memory_measure": "process_peak_rss"|"device_max_allocated",
+                  "voice_projection_ms": float|null}]}
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 import torch
 
 from dsmcli.bench.models import BenchModel, load_bench_model
-from dsmcli.bench.paths import CODEC_PATHS, BenchPath, default_paths, make_runner
+from dsmcli.bench.paths import CODEC_PATHS, BenchPath, default_paths, make_runner, synchronize
 from dsmcli.constants import FRAME_RATE
 from dsmcli.engine.quantize import QuantMethod
 from dsmcli.errors import UsageError
@@ -112,6 +115,7 @@ class BenchResult:
     warmup_first_step_ms: float
     peak_memory_mb: float
     memory_measure: str
+    voice_projection_ms: float | None = None  # tts: the voice made once (cross-attention source projected)
 
     @property
     def x_realtime(self) -> float:
@@ -162,14 +166,6 @@ class BenchReport:
         return data
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so a host timer measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -201,7 +197,8 @@ def measure(path: BenchPath, model: BenchModel, batch: int, options: BenchOption
     samples = [_timed(runner.step, device) for _ in range(options.steps)]
     peak, measure_kind = _peak_memory(device)
     return BenchResult(path, batch, options.steps, StepStats.of(samples), first, runner.first_output_steps,
-                       options.warmup, sum(warm), warm[0] if warm else 0.0, peak, measure_kind)
+                       options.warmup, sum(warm), warm[0] if warm else 0.0, peak, measure_kind,
+                       getattr(runner, "voice_projection_ms", None))
 
 
 def _paths(options: BenchOptions, model: BenchModel) -> tuple[BenchPath, ...]:

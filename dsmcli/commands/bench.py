@@ -102,6 +102,10 @@ def _print_table(report: BenchReport) -> None:
     if report.load_average is not None and max(report.load_average) > (os.cpu_count() or 1):
         console.print(f"note: the machine was busy (load average {report.load_average[0]:.1f} -> "
                       f"{report.load_average[1]:.1f} on {os.cpu_count()} cores): timings are noisy.")
+    for r in report.results:
+        if r.voice_projection_ms is not None:
+            console.print(f"{r.path.value} batch {r.batch}: voice projection {r.voice_projection_ms:.0f} ms, once per "
+                          f"voice (made before the stream; a never-seen voice adds it to the first audio)")
     console.print("x real time = audio seconds per compute second; RTF = compute / audio (lower is faster); "
                   "first output = first word (stt) / first audio (tts) of a fresh stream; "
                   "peak mem = process peak RSS (CPU) or max allocated (GPU).")

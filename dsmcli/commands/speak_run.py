@@ -2,13 +2,16 @@
 
 Everything that can be checked cheaply is checked before the model weights load: output paths, the model's
 kind, the voices (resolved, fetched), and the texts of files (UTF-8, dialog tags). A failure of one input of
-several leaves the others running (exit code 5); a failure shared by all inputs is raised.
+several leaves the others running (exit code 5); a failure shared by all inputs is raised. Once the model has
+loaded, the voices of the first inputs are made (a voice's cross-attention source projected) before any text
+is read: ``llm | dsm speak - --play`` projects while the LLM is still thinking.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from dsmcli.engine import LMStream
 from dsmcli.errors import EXIT_OK, EXIT_PARTIAL, DsmError, InputError, UsageError
 from dsmcli.hub.checkpoint import load_checkpoint
 from dsmcli.outputs import WriterOptions
@@ -180,22 +184,47 @@ def _prepare(request: SpeakRequest, setup: VoiceSetup, index: int, resolved: dic
 
 
 class _Jobs:
-    """Builds the jobs of prepared inputs; voice conditions are computed once per distinct voice list."""
+    """Builds the jobs of prepared inputs; voice conditions are computed (cross-attention sources projected for
+    ``stream``) once per distinct voice list, and kept until the last input that uses it has opened."""
 
-    def __init__(self, request: SpeakRequest, model: TtsModel) -> None:
-        self.request, self.model = request, model
+    def __init__(self, request: SpeakRequest, model: TtsModel, stream: LMStream | None = None) -> None:
+        self.request, self.model, self.stream = request, model, stream
         self.cfg_value = model.cfg_value(request.options)
         self._voices: dict[tuple[str, ...], SlotVoice] = {}
+        self._uses: Counter[tuple[str, ...]] = Counter()
 
-    def voice(self, voices: list[ResolvedVoice]) -> SlotVoice:
-        key = tuple(str(v.path) for v in voices)
+    @staticmethod
+    def _key(voices: list[ResolvedVoice]) -> tuple[str, ...]:
+        return tuple(str(v.path) for v in voices)
+
+    def plan(self, prepared: Sequence[_Prepared], first: int) -> None:
+        """Count the inputs of each voice list, and make the voices of the ``first`` inputs now (right after the
+        model loads: a piped text still being written finds its voice ready)."""
+        self._uses.update(self._key(p.voices) for p in prepared)
+        for item in prepared[:first]:
+            try:
+                self._make(item.voices)
+            except DsmError:
+                pass  # the input fails alone when it opens (the error is raised again there)
+
+    def _make(self, voices: list[ResolvedVoice]) -> SlotVoice:
+        key = self._key(voices)
         if key not in self._voices:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                self._voices[key] = slot_voice(self.model, voices, self.cfg_value)
+                self._voices[key] = slot_voice(self.model, voices, self.cfg_value, self.stream)
             for warning in caught:
                 print(f"dsm: warning: {warning.message}", file=sys.stderr, flush=True)
         return self._voices[key]
+
+    def voice(self, voices: list[ResolvedVoice]) -> SlotVoice:
+        """The voice of an input that opens now (its slot keeps it while it runs)."""
+        key = self._key(voices)
+        voice = self._make(voices)
+        self._uses[key] -= 1
+        if self._uses[key] <= 0:  # no input still to open uses it: the cache lets go of its projection
+            self._voices.pop(key, None)
+        return voice
 
     def job(self, prepared: _Prepared, sink: OutputSink) -> SpeakJob:
         model, options = self.model, self.request.options
@@ -248,9 +277,11 @@ def execute(request: SpeakRequest) -> RunResult:
         return result
     model = TtsModel.from_checkpoint(checkpoint, setup, device=request.device, dtype=request.dtype, n_q=request.n_q,
                                      quantize=request.quantize, kernels=request.kernels)
-    jobs = _Jobs(request, model)
+    synthesizer = Synthesizer(model, request.options, batch_size=min(request.batch_size, len(prepared)))
+    jobs = _Jobs(request, model, synthesizer.batch.stream)
+    jobs.plan([p for p, _ in prepared], synthesizer.batch_size)  # before any text is read from a pipe
     work = [jobs.job(p, sink) for p, sink in prepared]
-    Synthesizer(model, request.options, batch_size=min(request.batch_size, len(work))).run(work)
+    synthesizer.run(work)
     return result
 
 

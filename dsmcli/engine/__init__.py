@@ -17,6 +17,9 @@ Stable surface::
 * ``frame`` is the time-aligned frame ``[text, audio_1..audio_G]`` of time ``offset - 1 - max(delays)``.
 * Batch slots are independent: ``active`` ``[B]`` chooses who steps (inactive slots keep their state),
   ``state.reset(mask)`` restarts slots, ``gen.set_condition(state, condition, mask)`` changes their conditions.
+* ``gen.project_condition(one_slot_condition)`` -> :class:`PreparedCondition`: a slot's conditions encoded and
+  its cross-attention source projected once (a voice); ``init_state`` / ``set_condition`` also take a list of
+  them, one per slot, and then project nothing (``gen.accepts(prepared)``: made for a stream of this kind).
 * TTS hooks (:class:`StepHooks`): edit text logits, rewrite the sampled text token (the text-stream state
   machine), rewrite audio tokens (audio prefixes); ``step(..., replace_audio=...)`` skips the depformer.
 * Real CFG: ``SamplingOptions(cfg_coef=2.0)`` doubles the model batch (``cfg_no_text``,
@@ -48,7 +51,7 @@ from dsmcli.engine.config import (
 from dsmcli.engine.lm import LM
 from dsmcli.engine.options import EngineOptions
 from dsmcli.engine.sampling import SamplingOptions, cfg_mix, sample_token
-from dsmcli.engine.stream import LMStream, StepHooks, StepInfo, StepOutput, StreamState
+from dsmcli.engine.stream import LMStream, PreparedCondition, StepHooks, StepInfo, StepOutput, StreamState
 
 __all__ = [
     "LM",
@@ -64,6 +67,7 @@ __all__ = [
     "LMConfig",
     "LMStream",
     "PositionalEmbedding",
+    "PreparedCondition",
     "SamplingOptions",
     "StepHooks",
     "StepInfo",

@@ -15,7 +15,10 @@ taken). At a step, for every slot:
    once ``o > max_delay``.
 
 Slots are independent: ``active`` ``[B]`` selects the slots that step (the others keep their whole state), and
-:meth:`StreamState.reset` restarts chosen slots. A slot's logits are the same bits whatever ran in it before,
+:meth:`StreamState.reset` restarts chosen slots. A slot's conditions can be prepared once
+(:meth:`LMStream.project_condition`: a voice's cross-attention source projected when the voice is made) and
+given to :meth:`LMStream.init_state` / :meth:`LMStream.set_condition`, which then only copy (or, for one slot,
+reference) them. A slot's logits are the same bits whatever ran in it before,
 which slot it is and what its batch mates do (at a given batch size and torch thread count, on CPU: see
 :mod:`dsmcli.nn.kv_rings`; the samplers' random draws are shared by the batch). Real CFG (``cfg_coef != 1``)
 runs the model on ``2B`` rows (conditional then unconditional); the token ring and the outputs stay
@@ -80,6 +83,31 @@ class StepOutput:
     extra_probs: Tensor | None  # [B, heads, classes] softmax of the extra heads (None without heads)
 
 
+@dataclass(frozen=True)
+class PreparedCondition:
+    """One slot's conditions in the form a stream uses them (:meth:`LMStream.project_condition`), made once per
+    voice instead of in a fresh stream's first step. ``rows`` = 2 under real CFG (conditional, then
+    unconditional, as :meth:`LMStream.init_state` derives it), else 1.
+
+    ``sum``: ``[rows, 1, D]`` (None without a sum condition); ``cross``: per layer the cross-attention ``(keys,
+    values)`` ``[rows, H, S, head_dim]`` (None without cross-attention), float16 contiguous when ``native`` (the
+    stream's cross-attention runs the native decode op), else of the model dtype. Streams only read these
+    tensors: a batch-1 stream references them, a larger one copies them into its own."""
+
+    sum: Tensor | None
+    cross: tuple[tuple[Tensor, Tensor], ...] | None
+    cfg: bool
+    native: bool
+
+    @property
+    def source_length(self) -> int | None:
+        """``S``: cross-attention source rows (None without cross-attention)."""
+        return None if not self.cross else int(self.cross[0][0].shape[2])
+
+
+Conditions = ConditionInputs | Sequence[PreparedCondition | None]
+
+
 @dataclass
 class StreamState:
     """Streaming state of ``B`` slots; the model-side parts have ``B' = 2B`` rows under real CFG.
@@ -113,6 +141,21 @@ class StreamState:
         self.backbone.reset(self.model_rows(mask))
 
 
+def _merge_rows(old: Tensor | None, new: Sequence[Tensor | None], selected: Sequence[bool], cfg: bool) -> Tensor:
+    """Model rows ``[B', ...]`` taking slot ``b``'s rows from ``new[b]`` (``[1 or 2, ...]``, its conditional then
+    unconditional row) where ``selected[b]``, else from ``old`` (rows ``b`` and ``B + b`` under CFG). A batch of
+    one slot replaced is ``new[0]`` itself (referenced, not copied)."""
+    batch = len(selected)
+    if batch == 1 and selected[0]:
+        return new[0]  # type: ignore[return-value]
+    pieces = []
+    for half in range(2 if cfg else 1):
+        for b, keep in enumerate(selected):
+            row = half * batch + b
+            pieces.append(new[b][half : half + 1] if keep else old[row : row + 1])  # type: ignore[index]
+    return torch.cat(pieces)
+
+
 def _masked_scatter(ring: Tensor, index: Tensor, values: Tensor, mask: Tensor) -> None:
     """``ring.scatter_(-1, index, values)`` where ``mask`` is True, leaving the other cells untouched."""
     ring.scatter_(-1, index, torch.where(mask, values, ring.gather(-1, index)))
@@ -143,19 +186,95 @@ class LMStream:
         self.initial = torch.tensor(initial, dtype=torch.long, device=device)[:, None]  # [K, 1]
 
     @property
+    def cross_native(self) -> Callable | None:
+        """The native decode op this stream's cross-attention uses (its keys/values float16), or None."""
+        if not hasattr(self, "_cross_native"):
+            lm = self.lm
+            self._cross_native = lm.transformer.cross_native_op(lm.device, lm.attention_kernels(self.engine.kernels))
+        return self._cross_native
+
+    @property
     def num_inputs(self) -> int:
         """Audio streams supplied by the caller at each step."""
         return self.lm.config.n_q - self.num_generated
 
     # ------------------------------------------------------------------------------------ state
     @torch.no_grad()
-    def init_state(self, batch_size: int, condition: ConditionInputs | None = None,
+    def project_condition(self, condition: ConditionInputs | None) -> PreparedCondition | None:
+        """One slot's conditions (``condition`` of batch 1) encoded and projected for this stream's kind (real
+        CFG or not, native cross-attention or not): what :meth:`init_state` / :meth:`set_condition` would compute
+        in the stream's first step (None: no conditions). The cross-attention source is projected layer by
+        layer (tts-1.6b, a 10 s voice: ~10 GFLOP a layer)."""
+        if condition is None or not (condition.values or condition.tensors):
+            return None
+        if condition.batch_size != 1:
+            raise ValueError(f"project_condition takes one slot's conditions, got {condition.batch_size}")
+        fused = self._encode(condition, 1)
+        native = self.cross_native
+        cross = None
+        if self.lm.config.transformer.cross_attention:
+            cross = tuple(self.lm.transformer.cross_source_layers(fused.cross, native))
+        return PreparedCondition(fused.sum, cross, self.options.uses_cfg, native is not None)
+
+    def accepts(self, prepared: PreparedCondition | None) -> bool:
+        """Whether ``prepared`` was made for a stream like this one (same CFG rows, same cross-attention dtype);
+        else project the slot's conditions again (:meth:`project_condition`)."""
+        if prepared is None:
+            return True
+        if prepared.cfg != self.options.uses_cfg or prepared.native != (self.cross_native is not None):
+            return False
+        if prepared.cross:
+            dtype = torch.float16 if prepared.native else self.lm.dtype
+            return prepared.cross[0][0].dtype == dtype and len(prepared.cross) == self.lm.config.transformer.num_layers
+        return True
+
+    def _checked(self, prepared: Sequence[PreparedCondition | None], batch_size: int,
+                 selected: Sequence[bool]) -> list[PreparedCondition] | None:
+        """The prepared conditions of the ``selected`` slots, checked (None: the stream has no conditions)."""
+        if len(prepared) != batch_size:
+            raise ValueError(f"{len(prepared)} prepared conditions for {batch_size} slots")
+        chosen = [p for p, keep in zip(prepared, selected) if keep]
+        if all(p is None for p in chosen):
+            return None
+        for p in chosen:
+            if p is None:
+                raise ValueError("some slots have prepared conditions and some none")
+            if not self.accepts(p):
+                raise ValueError(f"a condition prepared for another stream kind (real CFG {p.cfg}, native "
+                                 f"cross-attention {p.native}) cannot condition this one: project it again")
+        return chosen  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def init_state(self, batch_size: int, condition: Conditions | None = None,
                    cfg_masked_until: Sequence[int] | None = None) -> StreamState:
         """A fresh stream of ``batch_size`` slots. ``condition`` describes each slot's conditions (the unconditional
-        half of real CFG is derived from it); ``cfg_masked_until`` see :class:`StreamState`."""
+        half of real CFG is derived from it), or gives them prepared, one per slot (:meth:`project_condition`:
+        nothing is projected here); ``cfg_masked_until`` see :class:`StreamState`."""
+        if condition is None or isinstance(condition, ConditionInputs):
+            return self._new_state(batch_size, self._encode(condition, batch_size), cfg_masked_until)
+        slots = self._checked(condition, batch_size, [True] * batch_size)
+        if slots is None:
+            return self._new_state(batch_size, self._encode(None, batch_size), cfg_masked_until)
+        use_cfg, merge = self.options.uses_cfg, [True] * batch_size
+        summed = None if slots[0].sum is None else _merge_rows(None, [p.sum for p in slots], merge, use_cfg)
+        if not slots[0].cross:
+            return self._new_state(batch_size, ConditionTensors(summed, None), cfg_masked_until)
+        if len({p.source_length for p in slots}) != 1:
+            raise ValueError("prepared cross-attention sources of different lengths")
+        # the state is made over a one-row placeholder source (a negligible projection), then takes the prepared
+        # keys/values (the stacks' init_state is left as it is: it projects a source it is given)
+        rows = 2 * batch_size if use_cfg else batch_size
+        placeholder = torch.zeros(rows, 1, self.lm.config.transformer.dim, dtype=self.lm.dtype, device=self.lm.device)
+        state = self._new_state(batch_size, ConditionTensors(summed, placeholder), cfg_masked_until)
+        layers = [[p.cross[i] for p in slots] for i in range(len(slots[0].cross))]  # type: ignore[index]
+        state.backbone.cross = [(_merge_rows(None, [kv[0] for kv in layer], merge, use_cfg),
+                                 _merge_rows(None, [kv[1] for kv in layer], merge, use_cfg)) for layer in layers]
+        return state
+
+    def _new_state(self, batch_size: int, fused: ConditionTensors,
+                   cfg_masked_until: Sequence[int] | None) -> StreamState:
         lm, device, use_cfg = self.lm, self.lm.device, self.options.uses_cfg
         rows = 2 * batch_size if use_cfg else batch_size
-        fused = self._encode(condition, batch_size)
         masked = [NOT_MASKED] * batch_size if cfg_masked_until is None else list(cfg_masked_until)
         if len(masked) != batch_size:
             raise ValueError(f"cfg_masked_until has {len(masked)} entries for {batch_size} slots")
@@ -183,9 +302,13 @@ class LMStream:
         return self.lm.encode_conditions(condition)
 
     @torch.no_grad()
-    def set_condition(self, state: StreamState, condition: ConditionInputs, mask: Tensor) -> None:
+    def set_condition(self, state: StreamState, condition: Conditions, mask: Tensor) -> None:
         """Give the slots selected by ``mask`` ``[B]`` the conditions of the same slots of ``condition`` (e.g. a new
-        voice for a slot being reset). Cross-attention sources must keep their length."""
+        voice for a slot being reset), or their prepared conditions (one entry per slot, those of the slots not
+        selected are ignored: nothing is projected here). Cross-attention sources must keep their length."""
+        if not isinstance(condition, ConditionInputs):
+            self._set_prepared(state, condition, mask)
+            return
         fused = self._encode(condition, state.batch_size)
         rows = state.model_rows(mask)
         if fused.sum is not None and state.condition_sum is not None:
@@ -201,6 +324,33 @@ class LMStream:
             keep = rows[:, None, None, None]
             state.backbone.cross[i] = (torch.where(keep, k_new, k_old), torch.where(keep, v_new, v_old))
             del k_new, v_new, k_old, v_old
+
+    def _set_prepared(self, state: StreamState, prepared: Sequence[PreparedCondition | None], mask: Tensor) -> None:
+        selected = [bool(m) for m in mask.tolist()]
+        slots = self._checked(prepared, state.batch_size, selected)
+        if slots is None:
+            return
+        chosen = iter(slots)
+        new = [next(chosen) if keep else None for keep in selected]  # per slot, None where kept
+        cross = state.backbone.cross
+        if cross is not None:
+            if slots[0].cross is None:
+                raise ValueError("the prepared conditions have no cross-attention source")
+            old_length = cross[0][0].shape[2]
+            lengths = {p.source_length for p in slots}
+            if lengths != {old_length}:
+                raise ValueError(f"cross-attention source length {sorted(lengths)} != {old_length}")
+        if state.condition_sum is not None and slots[0].sum is not None:
+            state.condition_sum = _merge_rows(state.condition_sum, [None if p is None else p.sum for p in new],
+                                              selected, state.cfg)
+        # one layer at a time (a batch of several slots builds new tensors: the old ones of a layer go as soon as
+        # its new ones exist); nothing is written into a prepared tensor, a batch-1 stream references them
+        for i in range(0 if cross is None else len(cross)):
+            k_old, v_old = cross[i]  # type: ignore[index]
+            layer = [None if p is None else p.cross[i] for p in new]  # type: ignore[index]
+            cross[i] = (_merge_rows(k_old, [None if kv is None else kv[0] for kv in layer], selected, state.cfg),
+                        _merge_rows(v_old, [None if kv is None else kv[1] for kv in layer], selected, state.cfg))
+            del k_old, v_old, layer
 
     # ------------------------------------------------------------------------------------- step
     @torch.no_grad()

@@ -243,6 +243,12 @@ class Transformer(nn.Module):
             return None
         return list(self.cross_source_layers(source, native))
 
+    def cross_native_op(self, device: torch.device | str, attention: KernelChoice) -> Callable | None:
+        """The native decode-attention op that :meth:`init_state` gives a state's ``cross_native`` on ``device``
+        under ``attention`` (then cross keys/values are float16), or None (SDPA; none without cross-attention):
+        what a voice projected before its stream must be made for."""
+        return decode_attention_op(attention, self.config.cross_attention and torch.device(device).type == "cpu")
+
     def cross_source_layers(self, source: Tensor | None,
                             native: Callable | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """:meth:`cross_source` layer by layer, each computed when asked for (nothing without cross-attention)."""

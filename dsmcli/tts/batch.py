@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dsmcli.engine import ConditionInputs, EngineOptions, LMStream, StepHooks, StepInfo, StreamState
+from dsmcli.engine import EngineOptions, LMStream, PreparedCondition, StepHooks, StepInfo, StreamState
 from dsmcli.engine.scheduler import SlotStream, StepReport
 from dsmcli.engine.stream import NOT_MASKED, StepOutput
 from dsmcli.errors import DsmError, InputError
@@ -175,7 +175,7 @@ class TtsBatch:
         mask = torch.zeros(self.batch_size, dtype=torch.bool, device=device)
         mask[fresh] = True
         voices = [slot.voice if slot is not None else self.slots[fresh[0]].voice for slot in self.slots]  # type: ignore
-        condition = _batch_condition(voices)
+        condition = self._conditions(voices, fresh if self.lm_state is not None else range(self.batch_size))
         masked = [self._masked_until(v) for v in voices]
         if self.lm_state is None:
             self.lm_state = self.stream.init_state(self.batch_size, condition, cfg_masked_until=masked)
@@ -196,6 +196,20 @@ class TtsBatch:
             self._set_prefix(index, voice.prefix)
             self.text.reset(index, text_closed=False, prefix_steps=voice.prefix_frames)
         return []
+
+    def _conditions(self, voices: list[SlotVoice], fresh) -> list[PreparedCondition | None] | None:
+        """The prepared conditions of the ``fresh`` slots (None elsewhere): each voice's own projection when it
+        was made for this batch's stream, else projected here, once per voice (None: the model takes none)."""
+        if any(voice.condition is None for voice in voices):
+            return None
+        made: dict[int, PreparedCondition | None] = {}
+        out: list[PreparedCondition | None] = [None] * len(voices)
+        for index in fresh:
+            voice = voices[index]
+            if id(voice) not in made:
+                made[id(voice)] = voice.prepared(self.stream)
+            out[index] = made[id(voice)]
+        return out
 
     def _masked_until(self, voice: SlotVoice) -> int:
         """Real CFG: the unconditional rows do not see the audio prefix (reference ``cfg_is_no_prefix``)."""
@@ -355,10 +369,3 @@ class TtsBatch:
         self.text.release(index)
         slot.stream.fail(error)
 
-
-def _batch_condition(voices: list[SlotVoice]) -> ConditionInputs | None:
-    """Per-slot conditions stacked for the batch (None when the model takes none)."""
-    conditions = [voice.condition for voice in voices]
-    if any(c is None for c in conditions):
-        return None
-    return ConditionInputs.concat(conditions)  # type: ignore[arg-type]

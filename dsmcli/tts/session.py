@@ -79,7 +79,8 @@ class _LiveEntries:
 
 class TtsEngine:
     """A loaded TTS model serving live streams on ``batch_size`` slots (one step thread). Voices are taken by
-    name from the model's voices repo only (no paths); their conditions are computed once and cached."""
+    name from the model's voices repo only (no paths); their conditions are computed and their cross-attention
+    sources projected once, and cached: a stream opening with a known voice projects nothing."""
 
     def __init__(self, model: TtsModel, options: SpeakOptions = SpeakOptions(), *, batch_size: int = 1,
                  max_waiting: int = 0, default_voice: str | None = None) -> None:
@@ -104,12 +105,12 @@ class TtsEngine:
         name = name or self.default_voice
         with self._lock:
             if name is None:
-                return slot_voice(self.model, [], self._cfg_value)
+                return slot_voice(self.model, [], self._cfg_value, self.batch.stream)
             if name not in self._voices:
                 if len(name) > 256 or not VOICE_NAME.match(name) or ".." in name.split("/"):
                     raise InputError(f"voice {name!r}: give a voice name from the voices repo")
                 resolved = _from_repo(name, name, self.model.voices, self.model.voices.voices)
-                self._voices[name] = slot_voice(self.model, [resolved], self._cfg_value)
+                self._voices[name] = slot_voice(self.model, [resolved], self._cfg_value, self.batch.stream)
             return self._voices[name]
 
     def open(self, voice: str | None = None, deliver: Callable[[object], None] | None = None) -> TtsSession:

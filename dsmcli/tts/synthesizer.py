@@ -123,13 +123,14 @@ class Synthesizer:
 
     def voice(self, name: str | None = None) -> SlotVoice:
         """The conditioning of voice ``name`` (as ``dsm speak --voice`` takes it: a name in the voices repo or a
-        file; None: the model's default). InputError for an unknown or unusable voice."""
+        file; None: the model's default), projected once and kept: later streams with it project nothing.
+        InputError for an unknown or unusable voice."""
         names = [name] if name is not None else [DEFAULT_VOICE] if self.model.voices.kind is VoiceKind.EMBEDDING \
             else []
         key = "\n".join(names)
         if key not in self._voices:
             resolved = resolve_voices(self.model.voices, names)
-            self._voices[key] = slot_voice(self.model, resolved, self.model.cfg_value(self.options))
+            self._voices[key] = slot_voice(self.model, resolved, self.model.cfg_value(self.options), self.batch.stream)
         return self._voices[key]
 
     def synthesize(self, text: str | Iterable[str], voice: str | SlotVoice | None = None) -> Iterator[AudioChunk]:
