@@ -232,7 +232,7 @@ class Transformer(nn.Module):
         cfg = self.config
         rings = KVRings.create(cfg.num_layers, batch_size, cfg.num_heads, capacity, cfg.head_dim, cfg.context,
                                device, dtype, static, attention)
-        cross_native = decode_attention_op(attention, cfg.cross_attention and torch.device(device).type == "cpu")
+        cross_native = self.cross_native_op(device, attention)
         product = fp32_linear_op(products, torch.device(device).type == "cpu" and dtype == torch.float32)
         return TransformerState(rings, self.cross_source(cross_source, cross_native), cross_native, product)
 
@@ -244,9 +244,9 @@ class Transformer(nn.Module):
         return list(self.cross_source_layers(source, native))
 
     def cross_native_op(self, device: torch.device | str, attention: KernelChoice) -> Callable | None:
-        """The native decode-attention op that :meth:`init_state` gives a state's ``cross_native`` on ``device``
-        under ``attention`` (then cross keys/values are float16), or None (SDPA; none without cross-attention):
-        what a voice projected before its stream must be made for."""
+        """The native decode-attention op a state's ``cross_native`` gets on ``device`` under ``attention`` (then
+        cross keys/values are float16), or None (SDPA; none without cross-attention): what :meth:`init_state` uses
+        and what a voice projected before its stream must be made for."""
         return decode_attention_op(attention, self.config.cross_attention and torch.device(device).type == "cpu")
 
     def cross_source_layers(self, source: Tensor | None,
