@@ -6,6 +6,10 @@ batch 1, give the LM the codes of the *previous* frame (training alignment), tur
 final words (``WordAssembler``) and end-of-turn events (semantic VAD heads), and hand them to the slot's stream
 as they happen. A slot with no frame ready pauses (its state untouched). An optional prompt
 (``dsmcli.stt.prompt``, experimental) adds audio before each input and forces text at its start.
+
+On CPU with two or more torch threads, Mimi encodes the step's new frames on a second thread
+(:class:`~dsmcli.engine.side_thread.SideThread`) while the LM steps on the previous frames' codes: the two do not
+read each other's outputs, and each takes the float paths it takes alone (same codes, same tokens).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from dsmcli.engine import EngineOptions, LMStream, SamplingOptions
 from dsmcli.engine.scheduler import SlotStream, StepReport
+from dsmcli.engine.side_thread import SideThread
 from dsmcli.errors import DsmError, OptionError, UsageError
 from dsmcli.results import TranscriptEvent
 from dsmcli.stt.events import InputEvents, Marker, StepValues, VadStep
@@ -73,6 +78,7 @@ class SttBatch:
         self.lm_state = self.stream.init_state(batch_size)
         self.prev_codes = torch.zeros(batch_size, model.config.n_q, 1, dtype=torch.long, device=device)
         self.slots: list[_Slot | None] = [None] * batch_size
+        self.encoder = SideThread("dsm-mimi-encode")  # see the module docstring; used when overlap_encode()
 
     # ------------------------------------------------------------------------------- slots
     def open(self, index: int, stream: SttStream) -> bool:
@@ -120,10 +126,14 @@ class SttBatch:
         ready = np.array([slot is not None and slot.feed.ready() for slot in self.slots])
         if not ready.any():
             return StepReport(False)
-        codes, encoded, finished = self._encode(ready)
-        device = self.model.lm.device
-        active = torch.from_numpy(ready).to(device)
-        out = self.stream.step(self.prev_codes, self.lm_state, active=active)
+        active = torch.from_numpy(ready).to(self.model.lm.device)
+        if self.overlap_encode():
+            encoding = self.encoder.submit(self._encode, ready)
+            out = self.stream.step(self.prev_codes, self.lm_state, active=active)
+            codes, encoded, finished = encoding.result()
+        else:
+            codes, encoded, finished = self._encode(ready)
+            out = self.stream.step(self.prev_codes, self.lm_state, active=active)
         self.prev_codes = torch.where(active[:, None, None], codes, self.prev_codes)  # frame t-1 at step t
         heads = any(slot is not None and slot.stream.want_steps for slot in self.slots)
         values = StepValues.read(out, self.options.vad, heads)
@@ -132,6 +142,10 @@ class SttBatch:
                 self.slots[index] = None
                 finished.append(int(index))
         return StepReport(True, finished)
+
+    def overlap_encode(self) -> bool:
+        """Whether this step's Mimi encode runs beside the LM step (CPU, two or more torch threads)."""
+        return self.model.lm.device.type == "cpu" and torch.get_num_threads() >= 2
 
     def _encode(self, ready: np.ndarray) -> tuple[torch.Tensor, np.ndarray, list[int]]:
         """Encode each ready slot's next frame into ``codes[i]`` (kept for the LM's next step, as trained);
