@@ -205,15 +205,15 @@ def test_native_frame_samples_what_the_sub_steps_sample(tiny_tts, method, option
     native = lm.depformer.native(torch.float32, "cpu")
     assert native is not None and native.frame_arguments() is not None
     expected = _tokens(lm, False, options, 2)
-    # AUTO (the default, exercised by this first run): POOL on the float model, SERIAL or HELPER (tuned) otherwise
+    # AUTO (the default, exercised by this first run): SERIAL or HELPER, tuned (float models included)
     assert torch.equal(_tokens(lm, True, options, 2, steps=8), _tokens(lm, False, options, 2, steps=8))
-    assert native.threads_mode() == POOL if method == "none" else native.threads_mode() in (SERIAL, HELPER)
+    assert native.threads_mode() in (SERIAL, HELPER)
     for threads in (POOL, SERIAL, HELPER):
         native.frame_threads = threads
-        assert native.threads_mode() == (POOL if method == "none" and threads == HELPER else threads)
-        # HELPER on a quantized model: every linear halved between two threads (kinds 5-7); float: never
+        assert native.threads_mode() == threads
+        # HELPER: every linear halved between two threads (kinds 5-7)
         split = native.frame_arguments(native.threads_mode() == HELPER)
-        assert split is not None and any(kind >= 5 for kind in split[1]) == (method != "none" and threads == HELPER)
+        assert split is not None and any(kind >= 5 for kind in split[1]) == (threads == HELPER)
         assert not any(kind >= 5 for kind in native.frame_arguments()[1])
         assert torch.equal(_tokens(lm, True, options, 2), expected)
     native.frame_threads = AUTO

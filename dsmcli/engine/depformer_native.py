@@ -52,15 +52,7 @@ def _linear_args(weight: Any) -> tuple[list[Tensor], int, int] | None:
 
 # the frame op's lists: tensors, kinds, group sizes, tensor / kind starts per codebook, output-norm eps per codebook
 FrameArguments = tuple[list[Tensor], list[int], list[int], list[int], list[int], list[float]]
-TORCH_MV, TORCH_LINEAR = 3, 4  # the frame op's torch products: dsmcli.nn.linear.linear, F.linear
 NO_LINEAR = -1
-
-
-def _prefix_linear(weight: Any, float_kind: int) -> tuple[list[Tensor], int, int] | None:
-    """A frame op linear computed as the torch path computes it (float32: ``float_kind``), or None."""
-    if isinstance(weight, Tensor):
-        return ([weight.contiguous()], float_kind, 0) if weight.dtype == torch.float32 and weight.dim() == 2 else None
-    return _linear_args(weight)
 
 
 # How the frame op uses the cores: POOL, each linear a parallel region of torch's pool (a thread wake-up each,
@@ -68,8 +60,10 @@ def _prefix_linear(weight: Any, float_kind: int) -> tuple[list[Tensor], int, int
 # cold weight from memory at the bandwidth two get, see benchmarks/README.md); HELPER, one region per frame, a
 # second thread computing half of each linear (spin-then-yield hand-offs: the fastest while both threads have a
 # core, 2x slower than SERIAL on an oversubscribed machine). All three compute the same tokens bit for bit.
-# AUTO: on int8 / int4 models, SERIAL or HELPER, whichever has been faster lately (:class:`ModeTuner`); float
-# models keep POOL (their MKL products inside the call keep torch's threads: the default path stays bit-identical).
+# AUTO: SERIAL or HELPER, whichever has been faster lately (:class:`ModeTuner`). Every linear of the frame is then
+# a native kernel (float32 ones included: each output a fixed-order dot product whatever the thread split), so the
+# three modes give the same bits; a float32 model's input projections differ from the torch path's BLAS products
+# by float rounding (~1e-6 relative), as its backbone's linears do (:func:`dsmcli.nn.linear.linear`).
 AUTO, POOL, SERIAL, HELPER = -1, 0, 1, 2
 FRAME_THREADS = AUTO
 
@@ -203,20 +197,20 @@ class NativeDepformer:
         starts, linear_starts, out_eps = [0], [0], []
         codebooks = []
         for k in range(dep.config.num_codebooks):
-            parts = [_prefix_linear(dep.input_projs[dep.config.input_schedule[k]].weight, TORCH_MV)]
+            parts = [_linear_args(dep.input_projs[dep.config.input_schedule[k]].weight)]
             if k > 0:
                 embedding = dep.audio_emb[k - 1]
                 if embedding.demux:
                     return None
                 parts.append(_table_args(embedding.weight))
                 low_rank = embedding.low_rank
-                parts.append(([], NO_LINEAR, 0) if low_rank is None else _prefix_linear(low_rank.weight, TORCH_LINEAR))
+                parts.append(([], NO_LINEAR, 0) if low_rank is None else _linear_args(low_rank.weight))
             if any(part is None for part in parts):
                 return None
             codebooks.append(parts)
-        # two threads per linear (one parallel region per frame) only where every linear is a native kernel: the
-        # float model's torch products (MKL) would run single-threaded inside the region, in another float order
-        native = all(part[1] in (INT8, INT4, NO_LINEAR) for parts in codebooks for part in parts[:1] + parts[2:])
+        # two threads per linear (one parallel region per frame) only where every linear is a native kernel (their
+        # outputs do not depend on the thread split; a torch product inside the region would run single-threaded)
+        native = all(part[1] in (FLOAT, INT8, INT4, NO_LINEAR) for parts in codebooks for part in parts[:1] + parts[2:])
         self._native_only = native
         split = split and native
         for k, parts in enumerate(codebooks):
