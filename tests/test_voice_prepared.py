@@ -27,14 +27,12 @@ def tiny_model(tiny_tts, tiny_voices):
 
 @pytest.fixture
 def projections(monkeypatch):
-    """Counts the cross-attention source projections of real sources (one per layer and projected batch; a
-    stream made over prepared keys/values starts from a one-row placeholder, not counted)."""
+    """Counts the cross-attention source projections (one per layer and projected batch)."""
     calls: list[int] = []
     original = CrossAttention.project_source
 
     def counted(self, source, native=None):
-        if source.shape[1] > 1:
-            calls.append(int(source.shape[0]))
+        calls.append(int(source.shape[0]))
         return original(self, source, native)
 
     monkeypatch.setattr(CrossAttention, "project_source", counted)

@@ -146,18 +146,20 @@ class LM(nn.Module):
         return KernelChoice(kernels)
 
     def init_state(self, batch_size: int, cross_source: Tensor | None = None, static: bool = False,
-                   kernels: KernelChoice | str = KernelChoice.AUTO, compiled: bool = False) -> TransformerState:
+                   kernels: KernelChoice | str = KernelChoice.AUTO, compiled: bool = False,
+                   cross: list[tuple[Tensor, Tensor]] | None = None) -> TransformerState:
         """Empty backbone rings of ``context`` steps for ``batch_size`` slots (cross source ``[B, S, D]``);
         ``static``: attend over the whole ring from the first step (fixed shapes, for ``torch.compile``);
         ``kernels``: the stream's choice (:meth:`attention_kernels`; a float32 model on CPU also takes its linears'
         native product from it, see :func:`dsmcli.nn.linear.linear`, unless the step is ``compiled``: inductor
-        compiles its own)."""
+        compiles its own); ``cross``: the source's per-layer keys/values already projected, instead of
+        ``cross_source`` (see :meth:`Transformer.init_state`)."""
         context = self.config.transformer.context
         if context is None:  # LMConfig.from_dict refuses this; a hand-built config might not
             raise ValueError("the backbone needs an attention context to size its KV rings")
         return self.transformer.init_state(batch_size, context, self.device, self.dtype, cross_source, static,
                                            self.attention_kernels(kernels),
-                                           KernelChoice.TORCH if compiled else KernelChoice(kernels))
+                                           KernelChoice.TORCH if compiled else KernelChoice(kernels), cross)
 
     def embed(self, tokens: Tensor, condition_sum: Tensor | None = None) -> Tensor:
         """``tokens`` ``[B, n_q + 1, T]`` (stream 0 text) -> summed input ``[B, T, D]``.

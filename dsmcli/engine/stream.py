@@ -261,18 +261,14 @@ class LMStream:
             return self._new_state(batch_size, ConditionTensors(summed, None), cfg_masked_until)
         if len({p.source_length for p in slots}) != 1:
             raise ValueError("prepared cross-attention sources of different lengths")
-        # the state is made over a one-row placeholder source (a negligible projection), then takes the prepared
-        # keys/values (the stacks' init_state is left as it is: it projects a source it is given)
-        rows = 2 * batch_size if use_cfg else batch_size
-        placeholder = torch.zeros(rows, 1, self.lm.config.transformer.dim, dtype=self.lm.dtype, device=self.lm.device)
-        state = self._new_state(batch_size, ConditionTensors(summed, placeholder), cfg_masked_until)
         layers = [[p.cross[i] for p in slots] for i in range(len(slots[0].cross))]  # type: ignore[index]
-        state.backbone.cross = [(_merge_rows(None, [kv[0] for kv in layer], merge, use_cfg),
-                                 _merge_rows(None, [kv[1] for kv in layer], merge, use_cfg)) for layer in layers]
-        return state
+        cross = [(_merge_rows(None, [kv[0] for kv in layer], merge, use_cfg),
+                  _merge_rows(None, [kv[1] for kv in layer], merge, use_cfg)) for layer in layers]
+        return self._new_state(batch_size, ConditionTensors(summed, None), cfg_masked_until, cross)
 
-    def _new_state(self, batch_size: int, fused: ConditionTensors,
-                   cfg_masked_until: Sequence[int] | None) -> StreamState:
+    def _new_state(self, batch_size: int, fused: ConditionTensors, cfg_masked_until: Sequence[int] | None,
+                   cross: list[tuple[Tensor, Tensor]] | None = None) -> StreamState:
+        """A fresh state over ``fused`` conditions, or over prepared per-layer cross-attention ``cross``."""
         lm, device, use_cfg = self.lm, self.lm.device, self.options.uses_cfg
         rows = 2 * batch_size if use_cfg else batch_size
         masked = [NOT_MASKED] * batch_size if cfg_masked_until is None else list(cfg_masked_until)
@@ -284,7 +280,8 @@ class LMStream:
             tokens=torch.full((batch_size, lm.config.num_streams, self.ring_size), UNGENERATED_TOKEN_ID,
                               dtype=torch.long, device=device),
             offsets=torch.zeros(batch_size, dtype=torch.long, device=device),
-            backbone=lm.init_state(rows, fused.cross, self.engine.uses_static_shapes, kernels, self.engine.compile),
+            backbone=lm.init_state(rows, fused.cross, self.engine.uses_static_shapes, kernels, self.engine.compile,
+                                   cross),
             depformer=depformer,
             condition_sum=fused.sum,
             cfg_masked_until=torch.tensor(masked, dtype=torch.long, device=device),

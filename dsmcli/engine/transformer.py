@@ -224,17 +224,24 @@ class Transformer(nn.Module):
     def init_state(self, batch_size: int, capacity: int, device: torch.device | str, dtype: torch.dtype,
                    cross_source: Tensor | None = None, static: bool = False,
                    attention: KernelChoice = KernelChoice.TORCH,
-                   products: KernelChoice = KernelChoice.TORCH) -> TransformerState:
+                   products: KernelChoice = KernelChoice.TORCH,
+                   cross: list[tuple[Tensor, Tensor]] | None = None) -> TransformerState:
         """Empty rings of ``capacity`` steps; ``cross_source`` ``[B, S, dim]`` feeds cross-attention; ``static``
         always attends over the whole ring (fixed shapes); ``attention`` not ``torch``: self- and cross-attention
         use the native CPU decode kernel where it applies (see :mod:`dsmcli.nn.kv_rings`); ``products`` not
-        ``torch``: float32 linears on CPU use the native product where it fits (:func:`dsmcli.nn.linear.linear`)."""
+        ``torch``: float32 linears on CPU use the native product where it fits (:func:`dsmcli.nn.linear.linear`);
+        ``cross``: per-layer keys/values already projected for this state's ``cross_native`` (a voice made before
+        its stream), taken as they are instead of projecting ``cross_source``."""
         cfg = self.config
         rings = KVRings.create(cfg.num_layers, batch_size, cfg.num_heads, capacity, cfg.head_dim, cfg.context,
                                device, dtype, static, attention)
         cross_native = self.cross_native_op(device, attention)
         product = fp32_linear_op(products, torch.device(device).type == "cpu" and dtype == torch.float32)
-        return TransformerState(rings, self.cross_source(cross_source, cross_native), cross_native, product)
+        if cross is None:
+            cross = self.cross_source(cross_source, cross_native)
+        elif cross_source is not None:
+            raise ValueError("give the cross-attention source or its projected keys/values, not both")
+        return TransformerState(rings, cross, cross_native, product)
 
     def cross_source(self, source: Tensor | None, native: Callable | None = None) -> list[tuple[Tensor, Tensor]] | None:
         """Per-layer cross-attention keys/values of ``source`` ``[B, S, dim]`` (None without cross-attention), in
