@@ -75,9 +75,11 @@ def default_paths(kind: ModelKind) -> tuple[BenchPath, ...]:
 
 class PathRunner(Protocol):
     """``start()`` opens fresh streams for the batch; ``step()`` runs one 80 ms step (returns when its results
-    are on the host); after ``first_output_steps`` steps of a fresh stream the first word / audio is out."""
+    are on the host); after ``first_output_steps`` steps of a fresh stream the first word / audio is out;
+    ``voice_projection_ms``: the tts path's voice made once, before its streams (None on the other paths)."""
 
     first_output_steps: int
+    voice_projection_ms: float | None
 
     def start(self) -> None: ...
 
@@ -137,6 +139,7 @@ class _Runner:
     """Endless streams on every slot of a task batch, stepped by the commands' scheduler."""
 
     first_output_steps: int
+    voice_projection_ms: float | None = None
 
     def __init__(self, batch: Any, batch_size: int) -> None:
         self.batch, self.batch_size = batch, batch_size
@@ -238,7 +241,7 @@ class TtsRunner(_Runner):
         start = time.perf_counter()
         self.voice = voice.prepare(self.stream)
         synchronize(model.lm.device)
-        self.voice_projection_ms: float | None = (time.perf_counter() - start) * 1e3
+        self.voice_projection_ms = (time.perf_counter() - start) * 1e3
         ids = tts.token_ids
         self.word = Entry((max(ids.new_word, ids.pad, ids.main, ids.other) + 1,), "word")
         self.first_output_steps = self.delay_steps + model.lm.config.max_delay + 1
@@ -249,6 +252,7 @@ class TtsRunner(_Runner):
 
 class CodecRunner:
     first_output_steps = 1
+    voice_projection_ms = None
 
     def __init__(self, model: BenchModel, batch: int, seed: int, encode: bool):
         self.model, self.batch, self.encode = model, batch, encode

@@ -198,7 +198,7 @@ def measure(path: BenchPath, model: BenchModel, batch: int, options: BenchOption
     peak, measure_kind = _peak_memory(device)
     return BenchResult(path, batch, options.steps, StepStats.of(samples), first, runner.first_output_steps,
                        options.warmup, sum(warm), warm[0] if warm else 0.0, peak, measure_kind,
-                       getattr(runner, "voice_projection_ms", None))
+                       runner.voice_projection_ms)
 
 
 def _paths(options: BenchOptions, model: BenchModel) -> tuple[BenchPath, ...]:

@@ -133,7 +133,6 @@ class NativeDepformer:
         self.depformer, self.op, self.frame_op = depformer, op, frame_op
         self.frame_threads = FRAME_THREADS
         self._frames: dict[bool, Any] = {}  # the frame op's lists, with halved linears (HELPER) or not
-        self._native_only = False  # every linear of the frame on a native int8 / int4 kernel
         self.tuner = ModeTuner()  # AUTO's choice between SERIAL and HELPER
         self._args: dict[int, tuple[list[Tensor], list[int], list[int], float, float] | None] = {}
 
@@ -208,11 +207,8 @@ class NativeDepformer:
             if any(part is None for part in parts):
                 return None
             codebooks.append(parts)
-        # two threads per linear (one parallel region per frame) only where every linear is a native kernel (their
-        # outputs do not depend on the thread split; a torch product inside the region would run single-threaded)
-        native = all(part[1] in (FLOAT, INT8, INT4, NO_LINEAR) for parts in codebooks for part in parts[:1] + parts[2:])
-        self._native_only = native
-        split = split and native
+        # every linear here is a native kernel (float32, int8, int4), whose outputs do not depend on the thread
+        # split: HELPER may halve them between two threads (one parallel region per frame)
         for k, parts in enumerate(codebooks):
             stack = self._build(k, split) if split else self.arguments(k)
             if stack is None:
@@ -231,10 +227,7 @@ class NativeDepformer:
         return tensors, kinds, sizes, starts, linear_starts, out_eps
 
     def threads_mode(self) -> int:
-        """POOL, SERIAL or HELPER: :attr:`frame_threads` resolved for this model (after :meth:`frame_arguments`;
-        AUTO: the tuner's choice)."""
-        if not self._native_only:
-            return POOL if self.frame_threads in (AUTO, HELPER) else self.frame_threads
+        """POOL, SERIAL or HELPER: :attr:`frame_threads` resolved (AUTO: the tuner's choice)."""
         return self.tuner.choose() if self.frame_threads == AUTO else self.frame_threads
 
     def frame(self, first: Tensor, hidden: Tensor, keys: Tensor, values: Tensor, count: int, temp: float,

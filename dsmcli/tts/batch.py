@@ -23,6 +23,7 @@ audio is then ``end_step + final_padding - max(delays) - P`` frames long, exactl
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -197,7 +198,7 @@ class TtsBatch:
             self.text.reset(index, text_closed=False, prefix_steps=voice.prefix_frames)
         return []
 
-    def _conditions(self, voices: list[SlotVoice], fresh) -> list[PreparedCondition | None] | None:
+    def _conditions(self, voices: list[SlotVoice], fresh: Iterable[int]) -> list[PreparedCondition | None] | None:
         """The prepared conditions of the ``fresh`` slots (None elsewhere): each voice's own projection when it
         was made for this batch's stream, else projected here, once per voice (None: the model takes none)."""
         if any(voice.condition is None for voice in voices):

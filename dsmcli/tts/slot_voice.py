@@ -56,9 +56,8 @@ class SlotVoice:
         """This voice with its conditions projected for ``stream`` (None: as it is)."""
         if stream is None or self.condition is None:
             return self
-        if self.projected is not None and stream.accepts(self.projected):
-            return self
-        return replace(self, projected=stream.project_condition(self.condition))
+        projected = self.prepared(stream)
+        return self if projected is self.projected else replace(self, projected=projected)
 
     @property
     def prefix_frames(self) -> int:
